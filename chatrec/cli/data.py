@@ -1,0 +1,1 @@
+"""CLI commands: data (registered on chatrec.cli.app groups)."""

@@ -1,0 +1,1 @@
+"""CLI commands: eval (registered on chatrec.cli.app groups)."""

@@ -1,0 +1,1 @@
+"""CLI commands: model (registered on chatrec.cli.app groups)."""

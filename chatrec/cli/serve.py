@@ -1,0 +1,1 @@
+"""CLI commands: serve (registered on chatrec.cli.app groups)."""

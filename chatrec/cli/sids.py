@@ -1,0 +1,1 @@
+"""CLI commands: sids (registered on chatrec.cli.app groups)."""

@@ -1,0 +1,1 @@
+"""CLI commands: train (registered on chatrec.cli.app groups)."""

@@ -1,0 +1,1 @@
+"""CLI commands: ui (registered on chatrec.cli.app groups)."""

@@ -1,0 +1,1 @@
+"""chatrec serve package."""

@@ -1,0 +1,1 @@
+"""chatrec tokenizer_ext package."""
