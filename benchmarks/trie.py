@@ -1,0 +1,96 @@
+"""Item-trie benchmark: build time, memory, and per-step constraint latency.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/trie.py [--sizes 10000 100000 1000000]
+
+Synthetic catalogs: 3 code levels of 256 codes plus a disambiguation level, mapped to token ids
+after a 49,152-token base vocabulary (a 50k-ish vocabulary in all), like `tokenizer extend` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from chatrec.trie import ItemTrie
+
+BASE_VOCAB = 49_152
+
+
+def synthetic(n: int, levels: int = 3, codebook: int = 256, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # skewed code usage, like real SIDs: the first levels are far from uniform
+    probs = rng.dirichlet(np.full(codebook, 0.5), size=levels)
+    codes = np.stack([rng.choice(codebook, size=n, p=probs[lvl]) for lvl in range(levels)], axis=1)
+    # disambiguation level: 0, 1, 2, ... within each collision group
+    order = np.lexsort(codes.T[::-1])
+    s = codes[order]
+    new = np.ones(n, dtype=bool)
+    new[1:] = (s[1:] != s[:-1]).any(axis=1)
+    group_start = np.maximum.accumulate(np.where(new, np.arange(n), 0))
+    dis = np.empty(n, dtype=np.int64)
+    dis[order] = np.arange(n) - group_start
+    codes = np.concatenate([codes, dis[:, None]], axis=1)
+    offsets = BASE_VOCAB + np.arange(levels + 1) * codebook
+    return codes + offsets
+
+
+def timeit(fn, repeat: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    args = ap.parse_args()
+    rows = []
+    for n in args.sizes:
+        res = measure(n)
+        rows.append(res)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, flush=True)
+    cols = list(rows[0])
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:,.3f}" if isinstance(r[c], float) else f"{r[c]:,}" for c in cols) + " |")
+
+
+def measure(n: int) -> dict[str, float | int]:
+    seqs = synthetic(n)
+    ids = [f"item{i}" for i in range(n)]
+    t0 = time.perf_counter()
+    trie = ItemTrie.from_sequences(seqs, ids)
+    build_s = time.perf_counter() - t0
+    vocab = int(seqs.max()) + 1
+    rng = np.random.default_rng(1)
+    picks = seqs[rng.integers(0, n, size=32)]
+    prefix1 = [picks[0, :2].tolist()]                       # batch 1, mid-span
+    prefix32 = [p[: int(k)].tolist() for p, k in zip(picks, rng.integers(0, 4, size=32), strict=True)]
+    allowed = np.ones(n, dtype=bool)
+    allowed[rng.integers(0, n, size=50)] = False            # 50 seen items excluded
+    node_allowed = trie.node_allowed(allowed)
+    m1 = np.zeros((1, vocab), dtype=bool)
+    m32 = np.zeros((32, vocab), dtype=bool)
+    res: dict[str, float | int] = {
+        "items": n,
+        "nodes": trie.n_nodes,
+        "build_s": build_s,
+        "MiB": trie.nbytes / 2**20,
+        "allowed_next_us": 1e6 * timeit(lambda: trie.allowed_next(prefix1[0]), 2000),
+        "allowed_next_root_us": 1e6 * timeit(lambda: trie.allowed_next([]), 2000),
+        "fill_b1_us": 1e6 * timeit(lambda: trie.fill_mask(m1, prefix1), 2000),
+        "fill_b1_filt_us": 1e6 * timeit(lambda: trie.fill_mask(m1, prefix1, node_allowed=node_allowed), 2000),
+        "fill_b32_us": 1e6 * timeit(lambda: trie.fill_mask(m32, prefix32), 500),
+        "fill_b32_filt_us": 1e6 * timeit(lambda: trie.fill_mask(m32, prefix32, node_allowed=node_allowed), 500),
+        "node_allowed_ms": 1e3 * timeit(lambda: trie.node_allowed(allowed), 10),
+    }
+    return res
+
+
+if __name__ == "__main__":
+    main()
