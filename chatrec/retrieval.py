@@ -1,0 +1,213 @@
+"""Top-K retrieval (constrained beam search over the item trie) and ranking, over an engine.
+
+Both are pure functions of a `logprobs_fn(prefix_ids, continuations, token_ids) -> [B, T]`
+(`Engine.next_token_logprobs`) and the trie, so they are tested without a model and run the same
+on every engine. The prompt is shared by every beam, so each level is one batched call whose
+prefix is computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from chatrec.errors import ConfigError
+from chatrec.trie import ItemTrie
+
+LogprobsFn = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int]], np.ndarray]
+
+
+@dataclass
+class RetrievalConfig:
+    """Beam search settings."""
+
+    k: int = field(default=10, metadata={"help": "Number of distinct items to return."})
+    beam_width: int | None = field(
+        default=None, metadata={"help": "Beams kept per level (default: max(k, 2 * k) = 2k)."})
+    fallback: bool = field(
+        default=True, metadata={"help": "When fewer than k items qualify, fill with items sharing a SID prefix."})
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"`k` must be >= 1, got {self.k}")
+        if self.beam_width is not None and self.beam_width < self.k:
+            raise ConfigError(f"`beam_width` must be >= k ({self.k}), got {self.beam_width}")
+
+    @property
+    def width(self) -> int:
+        return self.beam_width or 2 * self.k
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """One retrieved item: trie item index, id, token sequence, score (sum of log-probs)."""
+
+    index: int
+    item_id: str
+    tokens: tuple[int, ...]
+    score: float
+    exact: bool = True  # False: added by the shared-prefix fallback (score = its prefix's log-prob)
+
+
+def top_k(
+    logprobs_fn: LogprobsFn,
+    prompt_ids: Sequence[int],
+    trie: ItemTrie,
+    config: RetrievalConfig | None = None,
+    allowed: np.ndarray | None = None,
+) -> list[ScoredItem]:
+    """The K most probable allowed items after `prompt_ids` (which ends with `<|sid_begin|>`).
+
+    Beam search over the trie: each level extends every kept prefix by its allowed children in
+    one batched call and keeps the `width` best; the last level's leaves are distinct items.
+    """
+    cfg = config or RetrievalConfig()
+    node_allowed = None if allowed is None else trie.node_allowed(allowed)
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    kept_per_level: list[list[tuple[tuple[int, ...], float]]] = []
+    for _level in range(trie.depth):
+        children = [trie.allowed_next(list(p), node_allowed=node_allowed) for p, _ in beams]
+        union = np.unique(np.concatenate(children)) if children else np.empty(0, np.int64)
+        if not len(union):
+            break
+        lp = logprobs_fn(prompt_ids, [list(p) for p, _ in beams], union.tolist())  # [B, U]
+        col = {int(t): j for j, t in enumerate(union)}
+        cand: list[tuple[tuple[int, ...], float]] = []
+        for b, (prefix, score) in enumerate(beams):
+            for t in children[b]:
+                cand.append(((*prefix, int(t)), score + float(lp[b, col[int(t)]])))
+        cand.sort(key=lambda c: -c[1])
+        beams = cand[: cfg.width]
+        kept_per_level.append(beams)
+
+    results: list[ScoredItem] = []
+    seen: set[int] = set()
+    if len(kept_per_level) == trie.depth:
+        for seq, score in beams:
+            idx = trie.item_index(seq)
+            if idx is not None and idx not in seen:
+                seen.add(idx)
+                results.append(ScoredItem(idx, str(trie.item_ids[idx]), seq, score))
+            if len(results) == cfg.k:
+                return results
+    if cfg.fallback and len(results) < cfg.k:
+        results.extend(_fallback(trie, kept_per_level, cfg.k - len(results), seen, allowed))
+    return results[: cfg.k]
+
+
+def _fallback(trie: ItemTrie, kept_per_level: list[list[tuple[tuple[int, ...], float]]], need: int,
+              seen: set[int], allowed: np.ndarray | None) -> list[ScoredItem]:
+    """Items sharing the longest scored prefixes (deepest level first, best prefix first)."""
+    out: list[ScoredItem] = []
+    for level in range(len(kept_per_level) - 1, -1, -1):
+        for prefix, score in kept_per_level[level]:
+            for idx in trie.items_under(list(prefix), allowed):
+                idx = int(idx)
+                if idx in seen:
+                    continue
+                seen.add(idx)
+                seq = tuple(int(t) for t in trie.sequences[idx])
+                out.append(ScoredItem(idx, str(trie.item_ids[idx]), seq, score, exact=False))
+                if len(out) == need:
+                    return out
+    # nothing scored shares a prefix with the rest: any allowed item, in trie order
+    for idx in trie.items_under([], allowed):
+        idx = int(idx)
+        if idx not in seen:
+            seen.add(idx)
+            seq = tuple(int(t) for t in trie.sequences[idx])
+            out.append(ScoredItem(idx, str(trie.item_ids[idx]), seq, -math.inf, exact=False))
+            if len(out) == need:
+                break
+    return out
+
+
+# ranking ---------------------------------------------------------------------------------------
+@dataclass
+class ValueFunction:
+    """A linear value over action probabilities, e.g. P(like) - 10 * P(dislike)."""
+
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {"like": 1.0, "dislike": -10.0},
+        metadata={"help": "Weight of each action's probability; actions not listed count 0."})
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise ConfigError("`weights` must name at least one action, got {}")
+
+    @classmethod
+    def parse(cls, text: str) -> ValueFunction:
+        """Parse `"like - 10*dislike"` / `"like=1,dislike=-10"` into weights."""
+        weights: dict[str, float] = {}
+        src = text.replace(" ", "")
+        if "=" in src:
+            for part in src.split(","):
+                name, _, w = part.partition("=")
+                weights[name] = float(w)
+        else:
+            import re
+
+            for sign, coef, name in re.findall(r"([+-]?)(?:([0-9.]+)\*)?([a-z0-9_]+)", src):
+                w = float(coef) if coef else 1.0
+                weights[name] = -w if sign == "-" else w
+        if not weights:
+            raise ConfigError(f"cannot parse a value function from {text!r}; write e.g. 'like-10*dislike'")
+        return cls(weights)
+
+    def __call__(self, probs: Mapping[str, float]) -> float:
+        return float(sum(w * probs.get(a, 0.0) for a, w in self.weights.items()))
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """A candidate with its action distribution and value."""
+
+    item_id: str
+    probs: dict[str, float]
+    value: float
+
+
+def split_common_prefix(seqs: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    """The longest common prefix of `seqs` and each sequence's remainder (at least one token each)."""
+    if not seqs:
+        return [], []
+    n = min(len(s) for s in seqs) - 1  # keep >= 1 token per continuation
+    first = seqs[0]
+    cut = 0
+    while cut < n and all(s[cut] == first[cut] for s in seqs):
+        cut += 1
+    return list(first[:cut]), [list(s[cut:]) for s in seqs]
+
+
+def rank(
+    logprobs_fn: LogprobsFn,
+    prompts: Sequence[Sequence[int]],
+    item_ids: Sequence[str],
+    action_token_ids: Mapping[str, int],
+    value_fn: Callable[[Mapping[str, float]], float] | None = None,
+) -> list[RankedItem]:
+    """Rank candidates by value of P(action | history, item), best first.
+
+    `prompts[i]` is the action prompt for candidate `item_ids[i]` (ending with the assistant's
+    generation prompt); the action distribution is renormalised over the action tokens.
+    """
+    if len(prompts) != len(item_ids):
+        raise ValueError(f"{len(prompts)} prompts but {len(item_ids)} candidates")
+    if not prompts:
+        return []
+    value = value_fn or ValueFunction()
+    names = list(action_token_ids)
+    ids = [int(action_token_ids[a]) for a in names]
+    prefix, conts = split_common_prefix(prompts)
+    lp = logprobs_fn(prefix, conts, ids)                          # [B, A]
+    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)      # renormalise over actions
+    probs = np.exp(lp)
+    out = []
+    for i, item in enumerate(item_ids):
+        p = {a: float(probs[i, j]) for j, a in enumerate(names)}
+        out.append(RankedItem(str(item), p, value(p)))
+    out.sort(key=lambda r: -r.value)
+    return out
