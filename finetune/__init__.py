@@ -1,1 +1,1 @@
-"""chatrec finetune package."""
+"""Finetuning: training conversations, reasoning traces, the LoRA recipe, continual runs, export."""

@@ -1,0 +1,426 @@
+"""Training conversations from catalog + interactions + SIDs (`chatrec data build`).
+
+Point in time: a sample whose target happened at time t sees only the user's events with
+timestamp < t (ties excluded). Per user, the last positive event is the test target and the one
+before it the validation target (leave-last-out); every training sample of that user, of every
+task, lies strictly before the validation target's time. For continual runs a global time cut
+(`since`) keeps training targets at or after the cut and adds a `replay_fraction` of older ones.
+
+Tasks (mixed by `task_weights`, read as examples per next-item example):
+  next_item     history `SID ACTION ...` -> the next positive item's span (answered directly, so
+                retrieval can start after the generation prompt + `<|sid_begin|>`)
+  action        history + candidate -> its action token (what ranking reads)
+  alignment     SID -> title/description, and title -> SID
+  text_request  "a 90s comedy", "something like <title>" built from the target's metadata ->
+                `<think>` trace + the item (a `request_think_fraction` share; the rest answer the
+                span directly, like retrieval with a request)
+  conversation  the user speaks in titles and words; the assistant reasons in `<think>` and
+                recommends one to three items with explanations; a second turn asks about one
+
+Prompts come from `chatrec.prompts`, so serving builds exactly the prompts trained on.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chatrec.bundle import Bundle, atomic_path
+from chatrec.errors import ConfigError, DataError
+from chatrec.prompts import (
+    SYSTEM_PROMPT,
+    HistoryEvent,
+    action_answer,
+    action_messages,
+    next_item_answer,
+    next_item_messages,
+)
+from chatrec.tokens import sid_string
+from finetune.teacher import Teacher, TeacherConfig
+from finetune.traces import (
+    ItemInfo,
+    decade_words,
+    explanation,
+    gather_evidence,
+    taste_summary,
+    template_trace,
+    wrap_think,
+    year_from,
+)
+
+TASKS = ("next_item", "action", "alignment", "text_request", "conversation")
+SPLITS = ("train", "valid", "test")
+
+
+def _default_weights() -> dict[str, float]:
+    return {"next_item": 1.0, "action": 0.5, "alignment": 0.2, "text_request": 0.2, "conversation": 0.2}
+
+
+@dataclass
+class BuildConfig:
+    """How `chatrec data build` turns a bundle's logs into training conversations."""
+
+    history_len: int = field(default=20, metadata={"help": "Most recent events shown in a prompt; older ones go into a one-line summary."})
+    summary_max_words: int = field(default=24, metadata={"help": "Bound on the long-term taste summary, in words (~1.5 tokens each)."})
+    positive_actions: tuple[str, ...] = field(default=("like",), metadata={"help": "Actions that make an item a next-item target (if the log has none of them, every event counts)."})
+    negative_actions: tuple[str, ...] = field(default=("dislike",), metadata={"help": "Actions read as dislikes in traces and summaries."})
+    task_weights: dict[str, float] = field(default_factory=_default_weights, metadata={"help": "Examples of each task per next-item training example (tasks: " + ", ".join(TASKS) + ")."})
+    with_titles: bool = field(default=False, metadata={"help": "Write `(title)` after each SID in histories (serving must do the same)."})
+    request_think_fraction: float = field(default=0.5, metadata={"help": "Share of text-request answers that reason in <think> first (the rest answer the span directly)."})
+    max_users: int | None = field(default=None, metadata={"help": "Subsample this many users (seeded); None = all."})
+    max_targets_per_user: int | None = field(default=None, metadata={"help": "Keep only each user's most recent N training targets per task; None = all."})
+    since: str | None = field(default=None, metadata={"help": "Global time cut (ISO): training targets at/after it, valid/test only from it on (continual runs)."})
+    replay_fraction: float = field(default=0.0, metadata={"help": "With `since`: older training samples kept, as a fraction of the new ones."})
+    seed: int = field(default=0, metadata={"help": "Seed for subsampling, mixing and templates."})
+    teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"help": "Optional teacher LLM for trace wording."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, dict):
+            self.teacher = TeacherConfig(**self.teacher)
+        self.positive_actions = tuple(self.positive_actions)
+        self.negative_actions = tuple(self.negative_actions)
+        if self.history_len < 1:
+            raise ConfigError(f"`history_len` must be >= 1, got {self.history_len}")
+        if self.summary_max_words < 1:
+            raise ConfigError(f"`summary_max_words` must be >= 1, got {self.summary_max_words}")
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"`task_weights` has unknown tasks {unknown}; allowed: {list(TASKS)}")
+        bad = {k: v for k, v in self.task_weights.items() if not v >= 0}
+        if bad:
+            raise ConfigError(f"`task_weights` must be >= 0, got {bad}")
+        if not 0.0 <= self.request_think_fraction <= 1.0:
+            raise ConfigError(f"`request_think_fraction` must be in [0, 1], got {self.request_think_fraction}")
+        if not self.replay_fraction >= 0.0:
+            raise ConfigError(f"`replay_fraction` must be >= 0, got {self.replay_fraction}")
+        for name in ("max_users", "max_targets_per_user"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"`{name}` must be >= 1 or None, got {value}")
+        if self.since is not None:
+            try:
+                pd.Timestamp(self.since)
+            except (ValueError, TypeError):
+                raise ConfigError(f"`since` must be an ISO timestamp, got {self.since!r}") from None
+
+    @property
+    def since_ts(self) -> pd.Timestamp | None:
+        if self.since is None:
+            return None
+        ts = pd.Timestamp(self.since)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@dataclass(frozen=True)
+class Event:
+    item_id: str
+    action: str
+    time: pd.Timestamp
+
+
+@dataclass
+class Sample:
+    """One training conversation and where it came from."""
+
+    messages: list[dict[str, str]]
+    task: str
+    user_id: str
+    target_item_id: str | None
+    time: pd.Timestamp | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "task": self.task,
+            "user_id": self.user_id,
+            "target_item_id": self.target_item_id,
+            "time": None if self.time is None else self.time.isoformat(),
+        }
+
+
+# loading -----------------------------------------------------------------------------------
+def item_infos(catalog: pd.DataFrame, sids: pd.DataFrame) -> dict[str, ItemInfo]:
+    """ItemInfo per item that has a SID (items without one cannot be named by the model)."""
+    codes = {str(i): tuple(int(c) for c in cs) for i, cs in zip(sids["item_id"], sids["codes"], strict=True)}
+    years = catalog["year"] if "year" in catalog.columns else [None] * len(catalog)
+    out = {}
+    for item_id, title, text, cats, year in zip(catalog["item_id"], catalog["title"], catalog["text"],
+                                               catalog["categories"], years, strict=True):
+        item_id = str(item_id)
+        if item_id not in codes:
+            continue
+        cat_list = tuple(str(c) for c in (list(cats) if cats is not None else []))
+        out[item_id] = ItemInfo(item_id, str(title), str(text), cat_list, year_from(str(title), year), codes[item_id])
+    return out
+
+
+def user_events(interactions: pd.DataFrame, known_items: Iterable[str]) -> dict[str, list[Event]]:
+    """Events per user in time order, keeping only items that have a SID."""
+    known = set(known_items)
+    df = interactions[interactions["item_id"].astype(str).isin(known)]
+    df = df.sort_values(["user_id", "timestamp"], kind="stable")
+    out: dict[str, list[Event]] = {}
+    for user, item, action, ts in zip(df["user_id"], df["item_id"], df["action"], df["timestamp"], strict=True):
+        out.setdefault(str(user), []).append(Event(str(item), str(action), pd.Timestamp(ts)))
+    return out
+
+
+# the builder -------------------------------------------------------------------------------
+class ConversationBuilder:
+    """Builds point-in-time samples for each task from one catalog + log."""
+
+    def __init__(self, items: dict[str, ItemInfo], events: dict[str, list[Event]], config: BuildConfig,
+                 teacher: Teacher | None = None):
+        self.items = items
+        self.events = events
+        self.config = config
+        self.teacher = teacher or Teacher(config.teacher)
+        self.rng = random.Random(config.seed)
+        actions = {e.action for evs in events.values() for e in evs}
+        self.positive = tuple(a for a in config.positive_actions if a in actions) or tuple(sorted(actions))
+        self.by_genre: dict[str, list[str]] = {}
+        for info in items.values():
+            for g in info.categories:
+                self.by_genre.setdefault(g, []).append(info.item_id)
+
+    # history helpers ------------------------------------------------------------------------
+    def history_before(self, events: Sequence[Event], t: pd.Timestamp) -> list[Event]:
+        """The user's events strictly before `t` (point-in-time correct, ties excluded)."""
+        times = [e.time for e in events]
+        return list(events[: bisect.bisect_left(times, t)])
+
+    def prompt_history(self, history: Sequence[Event]) -> tuple[list[HistoryEvent], str | None]:
+        """The most recent `history_len` events, plus a bounded summary when older ones are dropped."""
+        recent = history[-self.config.history_len:]
+        hevents = [HistoryEvent(self.items[e.item_id].codes, e.action, self.items[e.item_id].title) for e in recent]
+        summary = None
+        if len(history) > self.config.history_len:
+            summary = taste_summary([(self.items[e.item_id], e.action) for e in history],
+                                    positive_actions=self.positive, negative_actions=self.config.negative_actions,
+                                    max_words=self.config.summary_max_words)
+        return hevents, summary
+
+    def _pairs(self, history: Sequence[Event]) -> list[tuple[ItemInfo, str]]:
+        return [(self.items[e.item_id], e.action) for e in history]
+
+    def _trace(self, history: Sequence[Event], target: ItemInfo) -> tuple[str, Any]:
+        ev = gather_evidence(self._pairs(history), target, positive_actions=self.positive,
+                             negative_actions=self.config.negative_actions)
+        text = self.teacher.trace(ev.facts(), template_trace(ev))
+        return wrap_think(text), ev
+
+    # tasks ----------------------------------------------------------------------------------
+    def next_item(self, user: str, history: Sequence[Event], target: Event) -> Sample:
+        hevents, summary = self.prompt_history(history)
+        msgs = next_item_messages(hevents, summary=summary, with_titles=self.config.with_titles)
+        msgs.append({"role": "assistant", "content": next_item_answer(self.items[target.item_id].codes)})
+        return Sample(msgs, "next_item", user, target.item_id, target.time)
+
+    def action(self, user: str, history: Sequence[Event], target: Event) -> Sample:
+        hevents, _ = self.prompt_history(history)
+        msgs = action_messages(hevents, self.items[target.item_id].codes, with_titles=self.config.with_titles)
+        msgs.append({"role": "assistant", "content": action_answer(target.action)})
+        return Sample(msgs, "action", user, target.item_id, target.time)
+
+    def text_request(self, user: str, history: Sequence[Event], target: Event) -> Sample:
+        info = self.items[target.item_id]
+        request = self._request_for(info, history)
+        hevents, summary = self.prompt_history(history)
+        msgs = next_item_messages(hevents, request, summary=summary, with_titles=self.config.with_titles)
+        if self.rng.random() < self.config.request_think_fraction:
+            think, _ = self._trace(history, info)
+            answer = f"{think}{sid_string(info.codes)} ({info.title})"
+        else:
+            answer = next_item_answer(info.codes)
+        msgs.append({"role": "assistant", "content": answer})
+        return Sample(msgs, "text_request", user, target.item_id, target.time)
+
+    def _request_for(self, info: ItemInfo, history: Sequence[Event]) -> str:
+        """A request the target satisfies: its genre, its decade (+ genre), or like a liked item sharing a genre."""
+        options = []
+        genre = self.rng.choice(info.categories) if info.categories else None
+        if genre:
+            options.append(f"I'm in the mood for a {genre.lower()} film.")
+            if info.decade is not None:
+                options.append(f"Can you suggest a {decade_words(info.decade)} {genre.lower()} movie?")
+        elif info.decade is not None:
+            options.append(f"Something from the {decade_words(info.decade)}, please.")
+        similar = [self.items[e.item_id] for e in history if e.action in self.positive
+                   and set(self.items[e.item_id].categories) & set(info.categories) and e.item_id != info.item_id]
+        if similar:
+            options.append(f"Something like {self.rng.choice(similar[-5:]).title}?")
+        return self.rng.choice(options) if options else "Surprise me with something good."
+
+    def conversation(self, user: str, history: Sequence[Event], target: Event) -> Sample:
+        info = self.items[target.item_id]
+        liked = list(dict.fromkeys(self.items[e.item_id].title for e in reversed(history)
+                                   if e.action in self.positive))[:3][::-1]
+        disliked = [self.items[e.item_id].title for e in history if e.action in self.config.negative_actions][-1:]
+        ask = "What should I watch next?"
+        if liked:
+            ask = f"I recently enjoyed {', '.join(liked)}" + (f" but not {disliked[0]}" if disliked else "") + f". {ask}"
+        think, ev = self._trace(history, info)
+        picks = [(info, ev)] + self._extra_picks(history, info)
+        lines = [f"{sid_string(p.codes)} ({p.title}): {explanation(e)}." for p, e in picks]
+        first = "Here is what I would pick:\n" if len(picks) > 1 else "Try this one:\n"
+        msgs = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": ask},
+            {"role": "assistant", "content": think + first + "\n".join(lines)},
+            {"role": "user", "content": f"Tell me more about {info.title}."},
+            {"role": "assistant", "content": f"{sid_string(info.codes)} {info.text}"},
+        ]
+        return Sample(msgs, "conversation", user, target.item_id, target.time)
+
+    def _extra_picks(self, history: Sequence[Event], target: ItemInfo) -> list[tuple[ItemInfo, Any]]:
+        """Up to two more catalog items sharing a genre with the target and unseen by the user so far."""
+        seen = {e.item_id for e in history} | {target.item_id}
+        pool = sorted({i for g in target.categories for i in self.by_genre.get(g, []) if i not in seen})
+        picks = self.rng.sample(pool, k=min(len(pool), self.rng.randint(0, 2)))
+        out = []
+        for item_id in picks:
+            info = self.items[item_id]
+            out.append((info, gather_evidence(self._pairs(history), info, positive_actions=self.positive,
+                                              negative_actions=self.config.negative_actions)))
+        return out
+
+    def alignment(self) -> list[Sample]:
+        out = []
+        for info in self.items.values():
+            span = sid_string(info.codes)
+            out.append(Sample([
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"What is {span}?"},
+                {"role": "assistant", "content": info.text if info.text.startswith(info.title) else f"{info.title}. {info.text}"},
+            ], "alignment", "", info.item_id, None))
+            out.append(Sample([
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": f"Which item is {info.title}?"},
+                {"role": "assistant", "content": next_item_answer(info.codes)},
+            ], "alignment", "", info.item_id, None))
+        return out
+
+    # splits ---------------------------------------------------------------------------------
+    def build(self) -> dict[str, list[Sample]]:
+        """All splits: train (mixed tasks), valid and test (one next-item sample per user)."""
+        cfg = self.config
+        since = cfg.since_ts
+        users = sorted(self.events)
+        if cfg.max_users is not None and len(users) > cfg.max_users:
+            users = sorted(random.Random(cfg.seed).sample(users, cfg.max_users))
+        pools: dict[str, list[tuple[str, list[Event], Event]]] = {t: [] for t in ("next_item", "action")}
+        valid: list[Sample] = []
+        test: list[Sample] = []
+        for user in users:
+            events = self.events[user]
+            pos = [i for i, e in enumerate(events) if e.action in self.positive]
+            held = [i for i in pos if since is None or events[i].time >= since][-2:]
+            if len(held) == 2 and events[held[0]].time < events[held[1]].time:
+                v, t = events[held[0]], events[held[1]]
+                if self.history_before(events, v.time):
+                    valid.append(self.next_item(user, self.history_before(events, v.time), v))
+                    test.append(self.next_item(user, self.history_before(events, t.time), t))
+                cutoff = v.time
+            else:
+                cutoff = None  # too few positives to hold out: all of this user's data trains
+            for kind, idxs in (("next_item", pos), ("action", range(len(events)))):
+                chosen = []
+                for i in idxs:
+                    e = events[i]
+                    if cutoff is not None and e.time >= cutoff:
+                        continue
+                    hist = self.history_before(events, e.time)
+                    if hist:
+                        chosen.append((user, hist, e))
+                if cfg.max_targets_per_user is not None:
+                    chosen = chosen[-cfg.max_targets_per_user:]
+                pools[kind].extend(chosen)
+        if since is not None:
+            for kind in pools:
+                new = [p for p in pools[kind] if p[2].time >= since]
+                old = [p for p in pools[kind] if p[2].time < since]
+                k = min(len(old), round(cfg.replay_fraction * len(new)))
+                pools[kind] = new + random.Random(cfg.seed + 1).sample(old, k)
+        train = self._mix(pools)
+        random.Random(cfg.seed + 2).shuffle(train)
+        return {"train": train, "valid": valid, "test": test}
+
+    def _mix(self, pools: dict[str, list[tuple[str, list[Event], Event]]]) -> list[Sample]:
+        w = self.config.task_weights
+        n_ref = len(pools["next_item"])
+        rng = random.Random(self.config.seed + 3)
+        out: list[Sample] = []
+
+        def take(pool: list[Any], weight: float) -> list[Any]:
+            n = round(weight * n_ref)
+            if n >= len(pool):
+                return list(pool)
+            return rng.sample(pool, n)
+
+        out += [self.next_item(*p) for p in take(pools["next_item"], w.get("next_item", 0.0))]
+        out += [self.action(*p) for p in take(pools["action"], w.get("action", 0.0))]
+        out += [self.text_request(*p) for p in take(pools["next_item"], w.get("text_request", 0.0))]
+        out += [self.conversation(*p) for p in take(pools["next_item"], w.get("conversation", 0.0))]
+        out += take(self.alignment(), w.get("alignment", 0.0))
+        return out
+
+
+# the stage ---------------------------------------------------------------------------------
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open() as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, tmp.open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def build_samples(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
+                  config: BuildConfig | None = None, teacher: Teacher | None = None) -> dict[str, list[Sample]]:
+    """Pure core of `chatrec data build`: tables in, samples per split out."""
+    config = config or BuildConfig()
+    items = item_infos(catalog, sids)
+    if not items:
+        raise DataError("no catalog item has a SID; run `chatrec sids fit` first")
+    events = user_events(interactions, items)
+    if not events:
+        raise DataError("no interaction refers to an item with a SID")
+    return ConversationBuilder(items, events, config, teacher).build()
+
+
+def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None) -> dict[str, int]:
+    """`chatrec data build`: write `train/{train,valid,test}.jsonl` and record the stage."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    config = config or BuildConfig()
+    inputs = {n: bundle.require(n) for n in ("catalog.parquet", "interactions.parquet", "sids.parquet")}
+    catalog = pd.read_parquet(inputs["catalog.parquet"])
+    interactions = pd.read_parquet(inputs["interactions.parquet"])
+    sids = pd.read_parquet(inputs["sids.parquet"])
+    teacher = Teacher(config.teacher, cache_path=config.teacher.cache_path or bundle.train_dir / "teacher_cache.jsonl")
+    splits = build_samples(catalog, interactions, sids, config, teacher)
+    if not splits["train"]:
+        raise DataError("no training samples: users need at least two events with a SID")
+    counts: dict[str, int] = {}
+    outputs = {}
+    for split in SPLITS:
+        path = bundle.train_dir / f"{split}.jsonl"
+        counts[split] = write_jsonl(path, (s.to_json() for s in splits[split]))
+        outputs[split] = path
+    for task, n in Counter(s.task for s in splits["train"]).items():
+        counts[f"train_{task}"] = n
+    counts.update({f"teacher_{k}": v for k, v in teacher.stats.items()})
+    bundle.record_stage("build", config=config, inputs=inputs, outputs=outputs, counts=counts)
+    return counts
