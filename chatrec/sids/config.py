@@ -1,0 +1,74 @@
+"""`SidConfig`: one config for both SID methods (residual k-means and RQ-VAE)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from chatrec.embeddings import EmbeddingConfig
+from chatrec.errors import ConfigError
+
+METHODS = ("rqkmeans", "rqvae")
+
+
+@dataclass
+class SidConfig:
+    """How semantic IDs are learned from item embeddings."""
+
+    method: str = field(default="rqkmeans", metadata={
+        "help": "rqkmeans: residual k-means on the embeddings (faiss); rqvae: an MLP autoencoder "
+                "with a residual vector quantizer (torch)."})
+    levels: int = field(default=3, metadata={
+        "help": "Code levels learned from the embeddings; one disambiguation level is added on top."})
+    codebook_size: int = field(default=256, metadata={
+        "help": "Codes per level (clamped, with a warning, to the number of items when larger)."})
+    seed: int = field(default=0, metadata={"help": "Random seed: the same seed gives the same SIDs."})
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig, metadata={
+        "help": "Text encoder settings (used when texts, not vectors, are given)."})
+    kmeans_iters: int = field(default=25, metadata={"help": "k-means iterations per level."})
+    rqvae_epochs: int = field(default=100, metadata={"help": "RQ-VAE training epochs."})
+    rqvae_batch_size: int = field(default=256, metadata={"help": "RQ-VAE minibatch size."})
+    rqvae_lr: float = field(default=1e-3, metadata={"help": "RQ-VAE Adam learning rate."})
+    rqvae_hidden: tuple[int, ...] = field(default=(256, 128), metadata={
+        "help": "Hidden layer widths of the RQ-VAE encoder (the decoder mirrors them)."})
+    rqvae_latent_dim: int = field(default=32, metadata={"help": "RQ-VAE latent (codebook vector) size."})
+    rqvae_beta: float = field(default=0.25, metadata={"help": "Commitment loss weight."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.embedding, dict):
+            self.embedding = EmbeddingConfig(**self.embedding)
+        self.rqvae_hidden = tuple(int(h) for h in self.rqvae_hidden)
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.levels < 1:
+            problems.append(f"`levels` must be >= 1, got {self.levels}")
+        if self.codebook_size < 2:
+            problems.append(f"`codebook_size` must be >= 2, got {self.codebook_size}")
+        if self.kmeans_iters < 1:
+            problems.append(f"`kmeans_iters` must be >= 1, got {self.kmeans_iters}")
+        if self.rqvae_epochs < 1:
+            problems.append(f"`rqvae_epochs` must be >= 1, got {self.rqvae_epochs}")
+        if self.rqvae_batch_size < 1:
+            problems.append(f"`rqvae_batch_size` must be >= 1, got {self.rqvae_batch_size}")
+        if not self.rqvae_lr > 0:
+            problems.append(f"`rqvae_lr` must be > 0, got {self.rqvae_lr}")
+        if self.rqvae_latent_dim < 1 or any(h < 1 for h in self.rqvae_hidden):
+            problems.append(f"`rqvae_latent_dim` and `rqvae_hidden` must be >= 1, got "
+                            f"{self.rqvae_latent_dim} and {list(self.rqvae_hidden)}")
+        if self.rqvae_beta < 0:
+            problems.append(f"`rqvae_beta` must be >= 0, got {self.rqvae_beta}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rqvae_hidden"] = list(self.rqvae_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SidConfig:
+        """Build from `to_dict` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

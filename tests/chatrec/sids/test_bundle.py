@@ -1,0 +1,193 @@
+"""SIDs over a bundle: the file contract, determinism, cold-start assignment, RQ-VAE, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from chatrec.bundle import Bundle
+from chatrec.cli import app
+from chatrec.errors import BundleError, DataError
+from chatrec.sids import SidConfig, assign_bundle, codes_matrix, fit_bundle, level_sizes, load_sids
+from chatrec.tokens import sid_string
+from tests.conftest import make_catalog
+
+pytest.importorskip("faiss")
+DIM = 32
+
+
+def vectors(item_ids: list[str]) -> np.ndarray:
+    """Deterministic stand-in embeddings per item id, clustered so codes collide."""
+    rows = []
+    for item in item_ids:
+        k = int(item.lstrip("m"))
+        rng = np.random.default_rng(k)
+        center = np.random.default_rng(1000 + k % 5).normal(size=DIM)
+        rows.append(center + 0.05 * rng.normal(size=DIM))
+    return np.asarray(rows, dtype=np.float32)
+
+
+def new_bundle(root: Path, n_items: int = 40) -> Bundle:
+    bundle = Bundle(root).ensure()
+    make_catalog(n_items).to_parquet(bundle.catalog_path, index=False)
+    return bundle
+
+
+def new_items() -> pd.DataFrame:
+    """Ten new items (m40..m49) plus five the bundle already holds (m0..m4)."""
+    more = make_catalog(50, seed=1)
+    return pd.concat([more.iloc[40:], more.iloc[:5]], ignore_index=True)
+
+
+CFG = SidConfig(levels=2, codebook_size=4, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    bundle = new_bundle(tmp_path_factory.mktemp("sids") / "bundle")
+    catalog = pd.read_parquet(bundle.catalog_path)
+    fit_bundle(bundle, CFG, embeddings=vectors(catalog["item_id"].tolist()))
+    return bundle
+
+
+def copy_of(bundle: Bundle, tmp_path: Path) -> Bundle:
+    shutil.copytree(bundle.root, tmp_path / "copy")
+    return Bundle(tmp_path / "copy")
+
+
+def test_fit_bundle_writes_the_contract(fitted: Bundle) -> None:
+    sids = load_sids(fitted)
+    catalog = pd.read_parquet(fitted.catalog_path)
+    assert list(sids.columns) == ["item_id", "codes", "sid"]
+    assert sids["item_id"].tolist() == catalog["item_id"].tolist()
+    assert all(len(c) == CFG.levels + 1 for c in sids["codes"])
+    assert sids["sid"].tolist() == [sid_string(c) for c in sids["codes"]]
+    assert sids["sid"].is_unique
+    for name in ("codebooks.npz", "config.json", "report.json"):
+        assert fitted.path("sids", name).exists()
+    report = json.loads(fitted.path("sids", "report.json").read_text())
+    assert report["after_disambiguation"]["collision_rate"] == 0.0
+    assert report["before_disambiguation"]["collision_rate"] > 0  # 40 items in 16 cells
+    assert report["level_sizes"] == level_sizes(fitted)
+    stage = fitted.stage("sids")
+    assert stage is not None and stage["counts"]["items"] == 40 and stage["config"]["levels"] == 2
+
+
+def test_same_seed_same_sids_in_a_bundle(fitted: Bundle, tmp_path: Path) -> None:
+    again = copy_of(fitted, tmp_path)
+    fit_bundle(again, CFG, embeddings=vectors([f"m{i}" for i in range(40)]))
+    assert load_sids(again).equals(load_sids(fitted))
+
+
+def test_assign_keeps_existing_sids_and_stays_unique(fitted: Bundle, tmp_path: Path) -> None:
+    bundle = copy_of(fitted, tmp_path)
+    before = load_sids(bundle)
+    items = new_items()
+    rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    assert rows["item_id"].tolist() == [f"m{i}" for i in range(40, 50)]  # re-listed m0..m4 skipped
+    after = load_sids(bundle)
+    assert after.iloc[:40].equals(before)                                   # nothing existing changed
+    assert len(after) == 50 and after["sid"].is_unique and after["item_id"].is_unique
+    assert len(set(map(tuple, codes_matrix(after).tolist()))) == 50
+    # new items land on the frozen codebooks: codes within the codebook, dis continues after existing
+    assert (codes_matrix(rows)[:, :2] < 4).all()
+    assert bundle.stage("sids_assign")["counts"]["new_items"] == 10
+    # a second run finds nothing new and changes nothing
+    again = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    assert again.empty and load_sids(bundle).equals(after)
+
+
+def test_assign_needs_embeddings_when_fitted_on_embeddings(fitted: Bundle, tmp_path: Path) -> None:
+    bundle = copy_of(fitted, tmp_path)
+    with pytest.raises(DataError, match="supplied embeddings"):
+        assign_bundle(bundle, new_items())
+    with pytest.raises(DataError, match="duplicate item id"):
+        items = pd.concat([new_items(), new_items().iloc[:1]], ignore_index=True)
+        assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    with pytest.raises(DataError, match="`item_id`"):
+        assign_bundle(bundle, pd.DataFrame({"text": ["x"]}), embeddings=np.zeros((1, DIM), np.float32))
+
+
+def test_missing_bundle_files_name_the_command(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="chatrec data import"):
+        fit_bundle(tmp_path / "nothing", CFG)
+    with pytest.raises(BundleError, match="chatrec sids fit"):
+        assign_bundle(tmp_path / "nothing", new_items())
+
+
+def test_rqvae_on_a_small_catalog(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    bundle = new_bundle(tmp_path / "b")
+    ids = [f"m{i}" for i in range(40)]
+    cfg = SidConfig(method="rqvae", levels=2, codebook_size=4, rqvae_epochs=4, rqvae_hidden=(32,),
+                    rqvae_latent_dim=8, progress=False)
+    result = fit_bundle(bundle, cfg, embeddings=vectors(ids))
+    assert result.codes.shape == (40, 3) and len({tuple(r) for r in result.codes.tolist()}) == 40
+    assert result.report["method"] == "rqvae" and result.report["reconstruction"]["mse"] > 0
+    again = fit_bundle(new_bundle(tmp_path / "b2"), cfg, embeddings=vectors(ids))
+    assert np.array_equal(again.codes, result.codes)                      # same seed, same SIDs
+    before = load_sids(bundle)
+    items = new_items()
+    rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    after = load_sids(bundle)
+    assert len(rows) == 10 and after.iloc[:40].equals(before) and after["sid"].is_unique
+
+
+# CLI ------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def one_line_error(result) -> str:
+    err = result.stderr.strip()
+    assert result.exit_code != 0
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "Traceback" not in result.output
+    return err
+
+
+def test_cli_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
+    err = one_line_error(runner.invoke(app, ["sids", "fit", "--bundle", str(tmp_path / "missing")]))
+    assert "catalog.parquet" in err and "chatrec data import" in err
+    err = one_line_error(runner.invoke(app, ["sids", "assign", "--bundle", str(tmp_path / "missing"),
+                                             "--items", str(tmp_path / "x.jsonl")]))
+    assert "sids.parquet" in err
+    bundle = new_bundle(tmp_path / "b")
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--levels", "0"])
+    assert result.exit_code == 2 and "`levels` must be >= 1, got 0" in one_line_error(result)
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--method", "pq"])
+    assert "`method`" in one_line_error(result)
+    for cmd in ("fit", "assign"):
+        result = runner.invoke(app, ["sids", cmd, "--help"])
+        assert result.exit_code == 0 and "--bundle" in result.output
+
+
+def test_cli_fit_and_assign_with_the_real_text_encoder(tmp_path: Path) -> None:
+    """The one test that runs all-MiniLM-L6-v2 (40 + 10 texts; cached after the first run)."""
+    pytest.importorskip("sentence_transformers")
+    bundle = new_bundle(tmp_path / "b")
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--codebook-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "level 0:" in result.stdout and "collisions:" in result.stdout
+    report = json.loads(bundle.path("sids", "report.json").read_text())
+    assert report["embedding_dim"] == 384 and report["embeddings"] == "texts"
+    before = load_sids(bundle)
+
+    items_file = tmp_path / "new.jsonl"
+    new_items().to_json(items_file, orient="records", lines=True)
+    result = runner.invoke(app, ["sids", "assign", "--bundle", str(bundle.root), "--items", str(items_file)])
+    assert result.exit_code == 0, result.output
+    assert "assigned SIDs to 10 new item(s), skipped 5" in result.stdout
+    after = load_sids(bundle)
+    assert after.iloc[:40].equals(before) and len(after) == 50 and after["sid"].is_unique
+    catalog = pd.read_parquet(bundle.catalog_path)
+    try:
+        import chatrec.data.store  # noqa: F401
+    except ImportError:
+        return
+    assert len(catalog) == 50 and catalog["item_id"].is_unique  # new items joined the catalog
