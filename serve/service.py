@@ -1,0 +1,374 @@
+"""The serving logic behind the HTTP routes: chat, recommendations, ranking, feedback, reload.
+
+`ChatService` holds one `Recommender` (one bundle, one engine) and is immutable once built;
+`ServiceHolder` swaps a freshly built service in atomically on reload and closes the old one
+when its last in-flight request finishes, so a reload never drops a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatrec.constrained import FilterError
+from chatrec.engine import GenerationParams
+from chatrec.errors import ChatrecError, ConfigError
+from chatrec.prompts import SYSTEM_PROMPT, history_text
+from chatrec.recommender import ENGINES, Recommender, UnknownItemError
+from chatrec.tokens import sid_string
+from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, interaction_row
+from serve.protocol import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    RankRequest,
+    RecommendationsRequest,
+)
+from serve.render import SpanRenderer
+
+
+class APIError(Exception):
+    """An error answered in the OpenAI shape `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ServeConfig:
+    """`chatrec serve` settings."""
+
+    bundle: str = field(metadata={"help": "Bundle directory to serve (uses export/ when present, else model/)."})
+    engine: str = field(default="transformers", metadata={"help": "Engine: vllm or transformers."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback by default)."})
+    port: int = field(default=8000, metadata={"help": "TCP port."})
+    api_key: str | None = field(default=None, metadata={"help": "Require `Authorization: Bearer KEY` (also CHATREC_API_KEY)."})
+    model_name: str = field(default="chatrec", metadata={"help": "Model id clients pass as `model`."})
+    log_chats: bool = field(default=False, metadata={"help": "Log served chats to BUNDLE/logs/chats.jsonl."})
+    max_messages: int = field(default=64, metadata={"help": "Most messages per chat request."})
+    max_request_bytes: int = field(default=256 * 1024, metadata={"help": "Largest request body in bytes."})
+    max_tokens_limit: int = field(default=1024, metadata={"help": "Largest `max_tokens` a request may ask for."})
+    default_max_tokens: int = field(default=256, metadata={"help": "`max_tokens` when a request gives none."})
+    max_model_len: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens."})
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {self.engine!r}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"`port` must be in 1..65535, got {self.port}")
+        for name in ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_model_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ConfigError(f"`default_max_tokens` ({self.default_max_tokens}) must be <= "
+                              f"`max_tokens_limit` ({self.max_tokens_limit})")
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+class ChatService:
+    """One bundle + engine behind the routes. Thread-safe; built once, never mutated."""
+
+    def __init__(self, config: ServeConfig, recommender: Recommender):
+        self.config = config
+        self.rec = recommender
+        self.created = int(time.time())
+        logs = recommender.bundle.logs_dir
+        self.feedback_log = JsonlLog(logs / FEEDBACK_FILE)
+        self.chat_log = JsonlLog(logs / CHATS_FILE) if config.log_chats else None
+        self.sids = {item_id: sid_string(codes) for item_id, codes in recommender.codes.items()}
+        self.eos_ids = tuple(getattr(recommender.engine, "eos_ids", ()))
+
+    @classmethod
+    def build(cls, config: ServeConfig, bundle: str | None = None) -> ChatService:
+        kwargs: dict[str, Any] = {}
+        if config.engine == "vllm":
+            kwargs["max_model_len"] = config.max_model_len
+        rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, **kwargs)
+        return cls(config, rec)
+
+    def close(self) -> None:
+        self.rec.close()
+
+    # models --------------------------------------------------------------------------------------
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.config.model_name]
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model not in self.model_ids:
+            raise APIError(404, f"The model `{model}` does not exist; this server serves {self.model_ids}",
+                           param="model", code="model_not_found")
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "created": self.created, "owned_by": "chatrec",
+             "root": str(self.rec.model_dir), "items": int(self.rec.core.trie.n_items)} for m in self.model_ids]}
+
+    # chat ----------------------------------------------------------------------------------------
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
+        self.check_model(req.model)
+        cfg = self.config
+        if len(req.messages) > cfg.max_messages:
+            raise APIError(400, f"too many messages: {len(req.messages)} > {cfg.max_messages}",
+                           param="messages", code="too_many_messages")
+        max_tokens = req.max_completion_tokens or req.max_tokens or cfg.default_max_tokens
+        if max_tokens > cfg.max_tokens_limit:
+            raise APIError(400, f"max_tokens must be <= {cfg.max_tokens_limit}, got {max_tokens}",
+                           param="max_tokens", code="max_tokens_too_large")
+        opts = req.options()
+        try:
+            events = self.rec.events([(h.item_id, h.action) for h in opts.history])
+            exclude = list(opts.exclude_item_ids) + ([h.item_id for h in opts.history] if opts.exclude_history else [])
+            allowed = self.rec.allowed(exclude, opts.categories)
+        except (UnknownItemError, FilterError) as exc:
+            raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        if messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+        if events:
+            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+            line = f"History: {history_text(events)}"
+            if last_user is None:
+                messages.append({"role": "user", "content": line})
+            else:
+                messages[last_user] = {"role": "user", "content": f"{line}\n{messages[last_user]['content']}"}
+        prompt = self.rec.prompt_ids(messages, [self.rec.token_map.sid_begin] if opts.start_with_item else [])
+        if len(prompt) + max_tokens > cfg.max_model_len:
+            raise APIError(400, f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
+                           f"context length {cfg.max_model_len}", param="messages", code="context_length_exceeded")
+        params = GenerationParams(
+            max_tokens=max_tokens, temperature=0.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, constrained=opts.constrained,
+            allowed_items=allowed, stop_token_ids=self.eos_ids)
+        meta = {"user_id": opts.user_id or req.user or "anonymous", "messages": messages,
+                "start_in_span": opts.start_with_item}
+        return prompt, params, meta
+
+    def _renderer(self, meta: dict[str, Any]) -> SpanRenderer:
+        renderer = SpanRenderer(self.rec.engine.tokenizer, self.rec.core, self.rec.titles, self.sids)
+        if meta.get("start_in_span"):
+            renderer.open_span()
+        return renderer
+
+    def _steps(self, prompt: list[int], params: GenerationParams) -> Iterator[Any]:
+        """Engine tokens up to (not including) a stop token; the last value is the finish reason."""
+        stops = set(params.stop_token_ids)
+        n = 0
+        for step in self.rec.engine.generate(prompt, params):
+            if step.token_id in stops:
+                yield "stop"
+                return
+            n += 1
+            yield step
+        yield "length" if n >= params.max_tokens else "stop"
+
+    def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        prompt, params, meta = self._prepare_chat(req)
+        renderer = self._renderer(meta)
+        finish = "stop"
+        for step in self._steps(prompt, params):
+            if isinstance(step, str):
+                finish = step
+            else:
+                renderer.feed(step)
+        renderer.finish()
+        items = [i.to_json() for i in renderer.items]
+        self._log_chat(meta, renderer.text, items)
+        return {
+            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": req.model,
+            "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
+                         "message": {"role": "assistant", "content": renderer.text, "chatrec": {"items": items}}}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": renderer.n_tokens,
+                      "total_tokens": len(prompt) + renderer.n_tokens},
+            "chatrec": {"items": items},
+        }
+
+    def chat_stream(self, req: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+        """Chunks of `chat.completion.chunk`; the last carries `finish_reason` and `chatrec.items`."""
+        prompt, params, meta = self._prepare_chat(req)
+        return self._stream(req, prompt, params, meta)
+
+    def _stream(self, req: ChatCompletionRequest, prompt: list[int], params: GenerationParams,
+                meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        cid, created = _completion_id(), int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+
+        yield chunk({"role": "assistant", "content": ""})
+        renderer = self._renderer(meta)
+        finish = "stop"
+        for step in self._steps(prompt, params):
+            if isinstance(step, str):
+                finish = step
+                continue
+            delta = renderer.feed(step)
+            if delta:
+                yield chunk({"content": delta})
+        tail = renderer.finish()
+        if tail:
+            yield chunk({"content": tail})
+        items = [i.to_json() for i in renderer.items]
+        self._log_chat(meta, renderer.text, items)
+        extra: dict[str, Any] = {"chatrec": {"items": items}}
+        if req.stream_options and req.stream_options.get("include_usage"):
+            extra["usage"] = {"prompt_tokens": len(prompt), "completion_tokens": renderer.n_tokens,
+                              "total_tokens": len(prompt) + renderer.n_tokens}
+        yield chunk({}, finish, **extra)
+
+    def _log_chat(self, meta: dict[str, Any], answer: str, items: list[dict[str, Any]]) -> None:
+        """With `--log-chats`: one interaction row per recommended item (action `recommended`),
+        the conversation in `context`, so `chatrec finetune --logs` can use it."""
+        if self.chat_log is None or not items:
+            return
+        context = {"messages": meta["messages"], "answer": answer, "source": "chat"}
+        self.chat_log.append([interaction_row(meta["user_id"], it["item_id"], "recommended", context=context)
+                              for it in items])
+
+    # recommendations, ranking, feedback ----------------------------------------------------------
+    def recommend(self, req: RecommendationsRequest) -> dict[str, Any]:
+        self.check_model(req.model)
+        try:
+            recs = self.rec.recommend([(h.item_id, h.action) for h in req.history], k=req.k, request=req.request,
+                                      exclude_item_ids=req.exclude_item_ids, categories=req.categories,
+                                      exclude_history=req.exclude_history)
+        except (UnknownItemError, FilterError) as exc:
+            raise APIError(400, str(exc), param="history", code="invalid_filter") from None
+        meta = self.rec.catalog.set_index("item_id")
+        items = []
+        for r in recs:
+            row = meta.loc[r.item_id] if r.item_id in meta.index else None
+            cats = [str(c) for c in row["categories"]] if row is not None and "categories" in row else []
+            items.append({"item_id": r.item_id, "title": r.title, "sid": r.sid, "score": r.score, "categories": cats})
+        return {"object": "chatrec.recommendations", "model": self.config.model_name, "items": items}
+
+    def rank(self, req: RankRequest) -> dict[str, Any]:
+        self.check_model(req.model)
+        try:
+            ranked = self.rec.rank([(h.item_id, h.action) for h in req.history], req.candidates, req.value)
+        except (UnknownItemError, FilterError, ConfigError) as exc:
+            raise APIError(400, str(exc), param="candidates", code="invalid_candidates") from None
+        return {"object": "chatrec.ranking", "model": self.config.model_name, "items": [
+            {"item_id": r.item_id, "title": self.rec.titles.get(r.item_id, r.item_id), "value": r.value,
+             "probs": r.probs} for r in ranked]}
+
+    def feedback(self, req: FeedbackRequest) -> dict[str, Any]:
+        from pydantic import ValidationError
+
+        try:
+            events = req.all_events()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise APIError(400, f"{'.'.join(map(str, err['loc']))}: {err['msg']}", param=str(err["loc"][0]),
+                           code="invalid_feedback") from None
+        if not events:
+            raise APIError(400, "no feedback event given (send user_id, item_id, action or events: [...])",
+                           param="events", code="invalid_feedback")
+        unknown = [e.item_id for e in events if e.item_id not in self.rec.titles]
+        if unknown:
+            raise APIError(400, f"unknown item ids {unknown[:5]}", param="item_id", code="unknown_item")
+        rows = [interaction_row(e.user_id, e.item_id, e.action, e.timestamp, e.context) for e in events]
+        written = self.feedback_log.append(rows)
+        return {"object": "chatrec.feedback", "written": written}
+
+
+class ServiceHolder:
+    """The current service, swapped atomically on reload; old services close when idle."""
+
+    def __init__(self, service: ChatService, factory: Callable[[str | None], ChatService]):
+        self._service = service
+        self._factory = factory
+        self._inflight: dict[int, int] = {}
+        self._retired: dict[int, ChatService] = {}
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self.generation = 0
+
+    @property
+    def current(self) -> ChatService:
+        return self._service
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[ChatService]:
+        """The service for one request; it stays open until the request finishes."""
+        with self._lock:
+            svc = self._service
+            self._inflight[id(svc)] = self._inflight.get(id(svc), 0) + 1
+        try:
+            yield svc
+        finally:
+            self._release(svc)
+
+    def acquire(self) -> ChatService:
+        with self._lock:
+            svc = self._service
+            self._inflight[id(svc)] = self._inflight.get(id(svc), 0) + 1
+            return svc
+
+    def _release(self, svc: ChatService) -> None:
+        close = None
+        with self._lock:
+            self._inflight[id(svc)] -= 1
+            if self._inflight[id(svc)] == 0 and id(svc) in self._retired:
+                close = self._retired.pop(id(svc))
+                del self._inflight[id(svc)]
+        if close is not None:
+            close.close()
+
+    release = _release
+
+    def reload(self, bundle: str | None = None) -> dict[str, Any]:
+        """Build a new service (slow: loads the engine) while the old one serves, then swap."""
+        with self._reload_lock:
+            started = time.time()
+            new = self._factory(bundle)
+            close = None
+            with self._lock:
+                old, self._service = self._service, new
+                self.generation += 1
+                if self._inflight.get(id(old), 0) == 0:
+                    self._inflight.pop(id(old), None)
+                    close = old
+                else:
+                    self._retired[id(old)] = old
+            if close is not None:
+                close.close()
+            return {"object": "chatrec.reload", "bundle": str(new.rec.bundle.root), "generation": self.generation,
+                    "items": int(new.rec.core.trie.n_items), "seconds": round(time.time() - started, 2),
+                    "reloaded_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+    def close(self) -> None:
+        with self._lock:
+            services = [self._service, *self._retired.values()]
+            self._retired.clear()
+        for svc in services:
+            svc.close()
+
+
+def error_for(exc: BaseException) -> APIError:
+    """Map library errors raised while serving to HTTP errors."""
+    if isinstance(exc, APIError):
+        return exc
+    from serve.engines.vllm_engine import EngineRequestError
+
+    if isinstance(exc, (EngineRequestError, FilterError, UnknownItemError, ConfigError)):
+        return APIError(400, str(exc))
+    if isinstance(exc, ChatrecError):
+        return APIError(500, str(exc), type="server_error")
+    return APIError(500, f"internal error: {exc.__class__.__name__}", type="server_error")

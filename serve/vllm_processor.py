@@ -1,0 +1,161 @@
+"""The vLLM v1 logits processor: span-switching trie constraint, opt-in per request.
+
+A request opts in with `SamplingParams(extra_args={"chatrec": {...}})` (over HTTP with vLLM's own
+server: `"vllm_xargs": {"chatrec": ...}`); requests without it are untouched. Keys:
+
+    mask        key of a bool item mask registered in this process (`register_mask`), used instead
+                of exclude/categories by the in-process engine
+    core        key of a `ConstraintCore` registered in this process (`register_core`); without it
+                the core is loaded from the served model folder (`trie.npz`, `chatrec_tokens.json`,
+                and `../catalog.parquet` for category filters), so `vllm serve ...
+                --logits-processors serve.vllm_processor:ChatrecLogitsProcessor` works too
+    exclude     item ids that may not be named
+    categories  only items with one of these categories
+
+`validate_params` rejects malformed values before the request is scheduled (HTTP 400 in vLLM's
+server, `VLLMValidationError` in-process). The masking itself is `chatrec.constrained`, the same
+code the transformers engine runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
+
+EXTRA_KEY = "chatrec"
+_KEYS = {"core", "mask", "exclude", "categories"}
+
+_CORES: dict[str, ConstraintCore] = {}
+_MASKS: dict[str, np.ndarray] = {}
+_CORES_LOCK = threading.Lock()
+
+
+def register_mask(key: str, allowed: np.ndarray) -> None:
+    """Make a precomputed item mask available as `{"chatrec": {"mask": key}}` (same process)."""
+    with _CORES_LOCK:
+        _MASKS[key] = allowed
+
+
+def unregister_mask(key: str) -> None:
+    with _CORES_LOCK:
+        _MASKS.pop(key, None)
+
+
+def register_core(key: str, core: ConstraintCore) -> None:
+    """Make `core` available to requests that pass `{"chatrec": {"core": key}}` (same process)."""
+    with _CORES_LOCK:
+        _CORES[key] = core
+
+
+def unregister_core(key: str) -> None:
+    with _CORES_LOCK:
+        _CORES.pop(key, None)
+
+
+def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
+    extra = params.extra_args or {}
+    value = extra.get(EXTRA_KEY)
+    return value if value is not None else None
+
+
+def _string_list(args: dict[str, Any], key: str) -> None:
+    value = args.get(key)
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} must be a list of strings, got {value!r}")
+
+
+class ChatrecLogitsProcessor(LogitsProcessor):
+    """Masks rows of requests that opted in: trie children inside SID spans, no codes outside."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        args = chatrec_args(sampling_params)
+        if args is None:
+            return
+        if not isinstance(args, dict):
+            raise ValueError(f"vllm_xargs.{EXTRA_KEY} must be an object, got {args!r}")
+        unknown = sorted(set(args) - _KEYS)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in vllm_xargs.{EXTRA_KEY}; allowed: {sorted(_KEYS)}")
+        for key in ("core", "mask"):
+            value = args.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} must be a string, got {value!r}")
+        _string_list(args, "exclude")
+        _string_list(args, "categories")
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
+        self.model_dir = Path(vllm_config.model_config.model)
+        self.device = device
+        self._default_core: ConstraintCore | None = None
+        # batch row -> (state, number of prompt tokens, reference to the running output ids)
+        self.rows: dict[int, tuple[SpanState, int, list[int]]] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def _core(self, key: str | None) -> ConstraintCore:
+        if key is not None:
+            with _CORES_LOCK:
+                core = _CORES.get(key)
+            if core is None:
+                raise ValueError(f"no chatrec constraint core registered as {key!r}")
+            return core
+        if self._default_core is None:
+            self._default_core = ConstraintCore.from_model_dir(self.model_dir)
+        return self._default_core
+
+    def _new_row(self, params: SamplingParams, prompt_ids: list[int] | None,
+                 output_ids: list[int]) -> tuple[SpanState, int, list[int]] | None:
+        args = chatrec_args(params)
+        if args is None:
+            return None
+        core = self._core(args.get("core"))
+        mask_key = args.get("mask")
+        if mask_key is not None:
+            with _CORES_LOCK:
+                allowed = _MASKS.get(mask_key)
+        else:
+            allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
+        state = core.new_state(prompt_ids or [], allowed)
+        return state, len(prompt_ids or []), output_ids
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            row = self._new_row(params, prompt_ids, output_ids)
+            if row is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = row
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if rb is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = rb
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        states: list[SpanState | None] = [None] * logits.shape[0]
+        for index, (state, n_prompt, output_ids) in self.rows.items():
+            if index >= len(states):
+                continue
+            if len(output_ids) + n_prompt > state.n_fed:
+                state.feed(output_ids[state.n_fed - n_prompt:])
+            states[index] = state
+        return mask_logits_(logits, states)

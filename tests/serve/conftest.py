@@ -1,0 +1,116 @@
+"""Server fixtures: a tiny bundle and `chatrec serve` as a subprocess on a free loopback port.
+
+`RemoteServer` follows vLLM's `RemoteOpenAIServer` test pattern: start the real CLI in its own
+process group, poll `/health`, hand out `openai` clients, kill the whole group at the end (a
+killed vLLM parent must not leave an engine child behind).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key"
+START_TIMEOUT = 420.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RemoteServer:
+    """`chatrec serve` in a subprocess; `.client()` gives an `openai.OpenAI` pointed at it."""
+
+    def __init__(self, bundle: Path, engine: str, *args: str, api_key: str | None = API_KEY,
+                 log: Path | None = None):
+        self.port = free_port()
+        self.api_key = api_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "chatrec", "serve", "--bundle", str(bundle), "--engine", engine,
+               "--port", str(self.port), *args]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+        self.log_path = log or bundle / "server.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.time() + START_TIMEOUT
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not healthy after {START_TIMEOUT}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def client(self, api_key: str | None = None, **kwargs):
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key or self.api_key or "none",
+                             max_retries=0, timeout=120, **kwargs)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def tiny_bundle(root: Path, **kwargs):
+    """A tiny bundle whose model vLLM's CPU attention accepts (head size 32: hidden 128, 4 heads)."""
+    from chatrec.testing import make_tiny_bundle
+
+    return make_tiny_bundle(root, hidden=128, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle").root
+
+
+ENGINES = ["transformers", pytest.param("vllm", marks=pytest.mark.vllm)]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(request: pytest.FixtureRequest, serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[RemoteServer]:
+    """One server per engine (and per test module), with an API key and chat logging on."""
+    engine = request.param
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    import shutil
+
+    bundle = tmp_path_factory.mktemp(f"serve-{engine}") / "bundle"
+    shutil.copytree(serve_bundle, bundle)
+    srv = RemoteServer(bundle, engine, "--log-chats", "--max-tokens-limit", "64")
+    srv.engine = engine  # type: ignore[attr-defined]
+    srv.bundle = bundle  # type: ignore[attr-defined]
+    yield srv
+    srv.stop()

@@ -1,0 +1,161 @@
+"""The server as users touch it: a subprocess on a loopback port, driven by the real `openai` client."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pandas as pd
+import pytest
+
+from tests.serve.conftest import RemoteServer
+
+
+def catalog(srv: RemoteServer) -> pd.DataFrame:
+    return pd.read_parquet(srv.bundle / "catalog.parquet")  # type: ignore[attr-defined]
+
+
+def test_models_and_health(server: RemoteServer) -> None:
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["chatrec"]
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["engine"] == server.engine  # type: ignore[attr-defined]
+
+
+def test_chat_non_stream_and_stream_agree(server: RemoteServer) -> None:
+    client = server.client()
+    kwargs = dict(model="chatrec", messages=[{"role": "user", "content": "Recommend a movie."}],
+                  max_tokens=12, temperature=0,
+                  extra_body={"chatrec": {"history": [{"item_id": "m1", "action": "like"}], "start_with_item": True}})
+    resp = client.chat.completions.create(**kwargs)
+    assert resp.object == "chat.completion" and resp.choices[0].message.role == "assistant"
+    text = resp.choices[0].message.content
+    items = resp.model_extra["chatrec"]["items"]
+    cat = catalog(server).set_index("item_id")
+    assert len(items) >= 1
+    for it in items:
+        assert it["item_id"] in cat.index and it["item_id"] != "m1"  # history items are excluded
+        assert it["title"] == cat.loc[it["item_id"], "title"] and it["title"] in text
+        assert it["sid"].startswith("<|sid_begin|>") and it["sid"] not in text  # spans are rendered as titles
+    assert resp.usage.completion_tokens >= 1
+
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].model_extra["chatrec"]["items"] == items
+
+
+def test_chat_items_respect_filters(server: RemoteServer) -> None:
+    client = server.client()
+    cat = catalog(server)
+    drama = set(cat.loc[cat["categories"].map(lambda c: "Drama" in list(c)), "item_id"])
+    seen = set()
+    for seed in range(6):
+        resp = client.chat.completions.create(
+            model="chatrec", messages=[{"role": "user", "content": "Something dramatic?"}], max_tokens=6,
+            temperature=1.0, seed=seed,
+            extra_body={"chatrec": {"categories": ["Drama"], "exclude_item_ids": sorted(drama)[:3],
+                                    "start_with_item": True}})
+        for it in resp.model_extra["chatrec"]["items"]:
+            seen.add(it["item_id"])
+    assert seen and seen <= drama - set(sorted(drama)[:3])
+
+
+def test_recommendations_endpoint(server: RemoteServer) -> None:
+    cat = catalog(server)
+    body = {"history": [{"item_id": "m0", "action": "like"}, {"item_id": "m2", "action": "dislike"}],
+            "k": 5, "exclude_item_ids": ["m3"], "request": "a comedy please"}
+    r = httpx.post(server.url + "/v1/recommendations", json=body, headers=server.headers(), timeout=120)
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    ids = [it["item_id"] for it in items]
+    assert len(ids) == 5 == len(set(ids))
+    assert set(ids) <= set(cat["item_id"]) and not set(ids) & {"m0", "m2", "m3"}
+    assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
+    r = httpx.post(server.url + "/v1/recommendations", json={**body, "categories": ["Horror"]},
+                   headers=server.headers(), timeout=120)
+    horror = set(cat.loc[cat["categories"].map(lambda c: "Horror" in list(c)), "item_id"])
+    assert r.status_code == 200 and {it["item_id"] for it in r.json()["items"]} <= horror
+
+
+def test_rank_endpoint(server: RemoteServer) -> None:
+    r = httpx.post(server.url + "/v1/rank", headers=server.headers(), timeout=120,
+                   json={"history": [{"item_id": "m0", "action": "like"}], "candidates": ["m4", "m5", "m6"]})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert sorted(i["item_id"] for i in items) == ["m4", "m5", "m6"]
+    assert all(abs(sum(i["probs"].values()) - 1) < 1e-6 for i in items)
+
+
+def test_errors_have_openai_shape(server: RemoteServer) -> None:
+    client = server.client()
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.AuthenticationError):
+        server.client(api_key="wrong").models.list()
+    r = httpx.get(server.url + "/v1/models")  # no key at all
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="nope", messages=msgs, max_tokens=2)
+    assert exc.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="chatrec", messages=msgs, max_tokens=10_000)
+    assert exc.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="chatrec", messages=msgs * 65, max_tokens=2)
+    assert exc.value.body["code"] == "too_many_messages"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="chatrec", messages=[{"role": "user", "content": "x" * 300_000}])
+    assert exc.value.body["code"] == "request_too_large"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="chatrec", messages=msgs, max_tokens=2,
+                                       extra_body={"chatrec": {"categories": ["Nonexistent"]}})
+    assert "unknown categories" in exc.value.body["message"]
+    r = httpx.post(server.url + "/v1/chat/completions", content=b'{"model": "chatrec", "messages": [',
+                   headers={**server.headers(), "Content-Type": "application/json"})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "invalid_json" and set(err) == {"message", "type", "param", "code"}
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "chatrec"}, headers=server.headers())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(server.url + "/v1/recommendations", json={"history": [{"item_id": "zzz"}]},
+                   headers=server.headers())
+    assert r.status_code == 400 and "zzz" in r.json()["error"]["message"]
+
+
+def test_feedback_concurrent_posts_are_all_persisted(server: RemoteServer) -> None:
+    log = server.bundle / "logs" / "feedback.jsonl"  # type: ignore[attr-defined]
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+
+    def post(i: int) -> int:
+        ev = {"user_id": f"u{i % 7}", "item_id": f"m{i % 40}", "action": "like" if i % 2 else "click",
+              "context": {"note": "x" * (i % 50)}}
+        body = ev if i % 3 else {"events": [ev, {**ev, "action": "dislike"}]}
+        r = httpx.post(server.url + "/v1/feedback", json=body, headers=server.headers(), timeout=60)
+        assert r.status_code == 200, r.text
+        return int(r.json()["written"])
+
+    with ThreadPoolExecutor(16) as pool:
+        written = sum(pool.map(post, range(64)))
+    lines = log.read_text().splitlines()
+    assert len(lines) - before == written == 64 + sum(1 for i in range(64) if i % 3 == 0)
+    rows = [json.loads(line) for line in lines]  # no interleaved or torn lines
+    assert {"user_id", "item_id", "action", "timestamp"} <= set(rows[-1])
+    pd.to_datetime([r["timestamp"] for r in rows], utc=True)
+    bad = httpx.post(server.url + "/v1/feedback", json={"user_id": "u", "item_id": "nope", "action": "like"},
+                     headers=server.headers())
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "unknown_item"
+    bad = httpx.post(server.url + "/v1/feedback", json={"user_id": "u", "item_id": "m1", "action": "Bad Action"},
+                     headers=server.headers())
+    assert bad.status_code == 400
+
+
+def test_chats_are_logged_in_the_interaction_schema(server: RemoteServer) -> None:
+    server.client().chat.completions.create(
+        model="chatrec", messages=[{"role": "user", "content": "one more"}], max_tokens=5,
+        user="alice", extra_body={"chatrec": {"start_with_item": True}})
+    rows = [json.loads(x) for x in (server.bundle / "logs" / "chats.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
+    mine = [r for r in rows if r["user_id"] == "alice"]
+    assert mine and mine[-1]["action"] == "recommended"
+    assert json.loads(mine[-1]["context"])["messages"][-1]["content"].endswith("one more")
