@@ -144,8 +144,8 @@ def _read_jsonl(p: Path, shown: str) -> RawTable:
             records.append(obj)
             locs.append(lineno)
     cols = list(columns)
-    frame = pd.DataFrame.from_records(records, columns=cols) if records else pd.DataFrame(columns=cols)
-    frame = frame.astype(object)
+    frame = pd.DataFrame({c: pd.Series([r.get(c) for r in records], dtype=object) for c in cols},
+                         columns=cols)
     return RawTable(path=shown, frame=frame, locs=locs, loc_kind="line", columns=cols, unreadable=unreadable)
 
 
@@ -174,6 +174,9 @@ def _read_csv(p: Path, shown: str, delimiter: str) -> RawTable:
             if header is None:
                 header = [c.strip() for c in record]
                 header_line = start
+                dupes = sorted({c for c in header if header.count(c) > 1})
+                if dupes:
+                    raise DataError(f"{shown}:{start}: {', '.join(dupes)}: duplicate column name in the header")
                 continue
             if len(record) != len(header):
                 unreadable.append(Unreadable(

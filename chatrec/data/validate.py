@@ -186,40 +186,36 @@ def validate_catalog(raw: RawTable) -> TableResult:
     errors = _RowErrors(raw)
     frame = raw.frame
     n = len(frame)
-    item_id = errors.column("item_id", _coerce_ids(frame["item_id"].tolist()))
-    title = errors.column("title", _coerce_strings(frame["title"].tolist()))
+    item_id = errors.column("item_id", _coerce_ids(frame["item_id"]))
+    title = errors.column("title", _coerce_strings(frame["title"]))
     if "categories" in frame:
         categories = errors.column("categories", _coerce_categories(frame["categories"].tolist()))
     else:
-        categories = [[] for _ in range(n)]
+        categories = _object_array([[] for _ in range(n)])
     if "text" in frame:
-        text = errors.column("text", _coerce_strings(frame["text"].tolist(), missing_ok=True))
+        text = errors.column("text", _coerce_strings(frame["text"], missing_ok=True))
     else:
-        text = [None] * n
+        text = np.full(n, None, dtype=object)
     seen: dict[str, int] = {}
-    for i in range(n):
-        if i in errors.rows:
-            continue
+    for i in np.flatnonzero(errors.keep_mask()):
         key = item_id[i]
         if key in seen:
-            errors.add(i, "item_id", f"duplicate item_id {key!r} (first at {_loc_text(raw, seen[key])}); "
-                                     "the first row is kept")
+            errors.add(int(i), "item_id", f"duplicate item_id {key!r} (first at {_loc_text(raw, seen[key])}); "
+                                          "the first row is kept")
         else:
-            seen[key] = i
-    keep = errors.keep_mask()
-    idx = np.flatnonzero(keep)
+            seen[key] = int(i)
+    idx = np.flatnonzero(errors.keep_mask())
     clean = pd.DataFrame({
-        "item_id": [item_id[i] for i in idx],
-        "title": [title[i] for i in idx],
+        "item_id": item_id[idx],
+        "title": title[idx],
         "text": [text[i] if text[i] else default_text(title[i], categories[i]) for i in idx],
-        "categories": [categories[i] for i in idx],
+        "categories": categories[idx],
     })
-    ignored: list[str] = []
     for col in frame.columns:
         if col in contract_columns("catalog"):
             continue
         clean[str(col)] = _metadata_column(frame[col], idx, from_text=raw.path.lower().endswith((".csv", ".tsv")))
-    return errors.result("catalog", clean, ignored)
+    return errors.result("catalog", clean, [])
 
 
 def validate_interactions(raw: RawTable, known_items: set[str] | None = None) -> TableResult:
@@ -227,28 +223,27 @@ def validate_interactions(raw: RawTable, known_items: set[str] | None = None) ->
     _require_columns(raw, "interactions")
     errors = _RowErrors(raw)
     frame = raw.frame
-    user_id = errors.column("user_id", _coerce_ids(frame["user_id"].tolist()))
-    item_id = errors.column("item_id", _coerce_ids(frame["item_id"].tolist()))
-    action = errors.column("action", _coerce_actions(frame["action"].tolist()))
+    user_id = errors.column("user_id", _coerce_ids(frame["user_id"]))
+    item_id = errors.column("item_id", _coerce_ids(frame["item_id"]))
+    action = errors.column("action", _coerce_actions(frame["action"]))
     timestamp = errors.column("timestamp", _coerce_timestamps(frame["timestamp"]))
     rating = errors.column("rating", _coerce_ratings(frame["rating"])) if "rating" in frame else None
     context = errors.column("context", _coerce_context(frame["context"].tolist())) if "context" in frame else None
     if known_items is not None:
-        for i, item in enumerate(item_id):
-            if item is not None and item not in known_items and i not in errors.rows:
-                errors.add(i, "item_id", f"unknown item_id {item!r} (not in the catalog)")
+        unknown = ~pd.Series(item_id, dtype=object).isin(known_items).to_numpy() & errors.keep_mask()
+        for i in np.flatnonzero(unknown):
+            errors.add(int(i), "item_id", f"unknown item_id {item_id[i]!r} (not in the catalog)")
     idx = np.flatnonzero(errors.keep_mask())
     clean = pd.DataFrame({
-        "user_id": [user_id[i] for i in idx],
-        "item_id": [item_id[i] for i in idx],
-        "action": [action[i] for i in idx],
-        "timestamp": pd.Series(np.asarray(timestamp, dtype="datetime64[ns]")[idx]).dt.tz_localize("UTC")
-        if len(idx) else pd.Series([], dtype="datetime64[ns, UTC]"),
+        "user_id": user_id[idx],
+        "item_id": item_id[idx],
+        "action": action[idx],
+        "timestamp": pd.Series(timestamp[idx].astype("datetime64[ns]")).dt.tz_localize("UTC"),
     })
     if rating is not None:
-        clean["rating"] = np.asarray(rating, dtype="float64")[idx]
+        clean["rating"] = rating[idx].astype("float64")
     if context is not None:
-        clean["context"] = pd.Series([context[i] for i in idx], dtype=object)
+        clean["context"] = pd.Series(context[idx], dtype=object)
     ignored = [str(c) for c in frame.columns if c not in contract_columns("interactions")]
     return errors.result("interactions", clean, ignored)
 
@@ -278,7 +273,7 @@ def write_quarantine(tables: Iterable[TableResult], out_dir: str | os.PathLike[s
 
 
 # row error bookkeeping -------------------------------------------------------------------------
-Coerced = tuple[list[Any], list[str | None]]
+Coerced = tuple[np.ndarray, np.ndarray]  # (clean values, reason or None), one per row
 
 
 class _RowErrors:
@@ -287,23 +282,21 @@ class _RowErrors:
     def __init__(self, raw: RawTable):
         self.raw = raw
         self.rows: dict[int, list[Problem]] = {}
+        self._keep = np.ones(len(raw.frame), dtype=bool)
 
-    def column(self, name: str, coerced: Coerced) -> list[Any]:
+    def column(self, name: str, coerced: Coerced) -> np.ndarray:
         values, reasons = coerced
-        for i, reason in enumerate(reasons):
-            if reason is not None:
-                self.add(i, name, reason)
+        for i in np.flatnonzero(pd.notna(reasons)):
+            self.add(int(i), name, str(reasons[i]))
         return values
 
     def add(self, i: int, name: str, reason: str) -> None:
+        self._keep[i] = False
         self.rows.setdefault(i, []).append(
             Problem(self.raw.path, self.raw.locs[i], name, reason, self.raw.loc_kind))
 
     def keep_mask(self) -> np.ndarray:
-        mask = np.ones(len(self.raw.frame), dtype=bool)
-        if self.rows:
-            mask[list(self.rows)] = False
-        return mask
+        return self._keep.copy()
 
     def result(self, kind: TableKind, clean: pd.DataFrame, ignored: list[str]) -> TableResult:
         raw = self.raw
@@ -324,6 +317,10 @@ def _require_columns(raw: RawTable, kind: TableKind) -> None:
     missing = [c for c in required_columns(kind) if c not in raw.columns]
     if not missing:
         return
+    if len(raw.frame) == 0 and raw.unreadable:
+        first = raw.unreadable[0]
+        raise DataError(f"{raw.path}:{first.loc}: {first.field}: no readable rows, {len(raw.unreadable)} "
+                        f"unreadable line(s); first: {first.reason}")
     found = ", ".join(raw.columns) or "none"
     names = ", ".join(missing)
     expected = ", ".join(c.name for c in COLUMNS[kind] if c.required)
@@ -354,44 +351,108 @@ def _describe(v: Any) -> str:
     return f"{kind} {text}"
 
 
-def _coerce_ids(values: list[Any]) -> Coerced:
-    out: list[Any] = []
-    reasons: list[str | None] = []
-    for v in values:
-        clean: str | None = None
-        reason: str | None = None
-        if _is_missing(v):
-            reason = "missing value"
-        elif isinstance(v, str):
-            clean = v.strip()
-        elif isinstance(v, (bool, np.bool_)):
-            reason = f"expected a string or integer id, got {_describe(v)}"
-        elif isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
-            clean = str(int(v))
-        else:
-            reason = f"expected a string or integer id, got {_describe(v)}"
-        out.append(clean)
-        reasons.append(reason)
+def _object_array(values: list[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _coerce_each(series: pd.Series, one: Callable[[Any], tuple[Any, str | None]]) -> Coerced:
+    """Apply `one` to every value; columns of plain strings or ints are done once per distinct value."""
+    n = len(series)
+    if pd.api.types.infer_dtype(series, skipna=True) in ("string", "integer", "empty"):
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        done = [one(u) for u in uniques] + [one(None)]  # code -1 (a missing value) -> the last entry
+        values = _object_array([v for v, _ in done])[codes]
+        reasons = _object_array([r for _, r in done])[codes]
+        return values, reasons
+    done = [one(v) for v in series.tolist()]
+    return _object_array([v for v, _ in done]), _object_array([r for _, r in done]) if n else np.empty(0, object)
+
+
+def _id_value(v: Any) -> tuple[str | None, str | None]:
+    if _is_missing(v):
+        return None, "missing value"
+    if isinstance(v, str):
+        return v.strip(), None
+    if isinstance(v, (bool, np.bool_)):
+        return None, f"expected a string or integer id, got {_describe(v)}"
+    if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+        return str(int(v)), None
+    return None, f"expected a string or integer id, got {_describe(v)}"
+
+
+def _string_value(v: Any) -> tuple[str | None, str | None]:
+    if _is_missing(v):
+        return None, "missing value"
+    if isinstance(v, str):
+        return v.strip(), None
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+        return str(v), None
+    return None, f"expected a string, got {_describe(v)}"
+
+
+def _optional_string_value(v: Any) -> tuple[str | None, str | None]:
+    return (None, None) if _is_missing(v) else _string_value(v)
+
+
+def _action_value(v: Any) -> tuple[str | None, str | None]:
+    if _is_missing(v):
+        return None, "missing value"
+    if not isinstance(v, str):
+        return None, f"expected a string, got {_describe(v)}"
+    s = v.strip().lower()
+    if ACTION_RE.fullmatch(s):
+        return s, None
+    return None, f"invalid action {v!r}: use lower-case letters, digits and _ (e.g. click, add_to_cart)"
+
+
+def _trimmed_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(stripped values, missing mask) computed in Arrow for a column of only strings; None otherwise."""
+    if pd.api.types.infer_dtype(series, skipna=True) != "string":
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pc.utf8_trim_whitespace(pa.array(series.to_numpy(dtype=object), type=pa.string(), from_pandas=True))
+    missing = pc.fill_null(pc.equal(arr, ""), True).to_numpy(zero_copy_only=False)
+    out = arr.to_numpy(zero_copy_only=False).astype(object)
+    out[missing] = None
+    return out, missing
+
+
+def _numeric_strings(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Mask of the (stripped, non-missing) strings that are plain numbers, e.g. unix seconds."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(values, type=pa.string(), from_pandas=True)
+    matched = pc.fill_null(pc.match_substring_regex(arr, f"^(?:{_NUMBER_RE.pattern})$"), False)
+    return matched.to_numpy(zero_copy_only=False) & ~missing
+
+
+def _strip_strings(series: pd.Series, missing_reason: str | None) -> Coerced | None:
+    """Vectorised path for a column holding only strings (and missing values); None otherwise."""
+    trimmed = _trimmed_strings(series)
+    if trimmed is None:
+        return None
+    out, missing = trimmed
+    reasons = np.full(len(out), None, dtype=object)
+    reasons[missing] = missing_reason
     return out, reasons
 
 
-def _coerce_strings(values: list[Any], missing_ok: bool = False) -> Coerced:
-    out: list[Any] = []
-    reasons: list[str | None] = []
-    for v in values:
-        clean: str | None = None
-        reason: str | None = None
-        if _is_missing(v):
-            reason = None if missing_ok else "missing value"
-        elif isinstance(v, str):
-            clean = v.strip()
-        elif isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
-            clean = str(v)
-        else:
-            reason = f"expected a string, got {_describe(v)}"
-        out.append(clean)
-        reasons.append(reason)
-    return out, reasons
+def _coerce_ids(series: pd.Series) -> Coerced:
+    return _strip_strings(series, "missing value") or _coerce_each(series, _id_value)
+
+
+def _coerce_strings(series: pd.Series, missing_ok: bool = False) -> Coerced:
+    fast = _strip_strings(series, None if missing_ok else "missing value")
+    return fast or _coerce_each(series, _optional_string_value if missing_ok else _string_value)
+
+
+def _coerce_actions(series: pd.Series) -> Coerced:
+    return _coerce_each(series, _action_value)
 
 
 def _coerce_categories(values: list[Any]) -> Coerced:
@@ -420,93 +481,84 @@ def _coerce_categories(values: list[Any]) -> Coerced:
                 items = [x.strip() for x in items]
         out.append(items)
         reasons.append(reason)
-    return out, reasons
-
-
-def _coerce_actions(values: list[Any]) -> Coerced:
-    out: list[Any] = []
-    reasons: list[str | None] = []
-    for v in values:
-        clean: str | None = None
-        reason: str | None = None
-        if _is_missing(v):
-            reason = "missing value"
-        elif not isinstance(v, str):
-            reason = f"expected a string, got {_describe(v)}"
-        else:
-            s = v.strip().lower()
-            if ACTION_RE.fullmatch(s):
-                clean = s
-            else:
-                reason = f"invalid action {v!r}: use lower-case letters, digits and _ (e.g. click, add_to_cart)"
-        out.append(clean)
-        reasons.append(reason)
-    return out, reasons
+    return _object_array(out), _object_array(reasons)
 
 
 def _coerce_timestamps(series: pd.Series) -> Coerced:
     """To datetime64[ns] UTC (as naive numpy values); ISO strings, unix seconds or datetimes."""
     n = len(series)
     out = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
-    reasons: list[str | None] = [None] * n
+    reasons = np.full(n, None, dtype=object)
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         s = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
         out[:] = s.dt.tz_localize(None).astype("datetime64[ns]").to_numpy()
-        for i in np.flatnonzero(s.isna().to_numpy()):
-            reasons[i] = "missing value"
-        return list(out), reasons
-    values = series.tolist()
-    num_i: list[int] = []
-    num_v: list[float] = []
-    str_i: list[int] = []
-    str_v: list[Any] = []
-    for i, v in enumerate(values):
-        if _is_missing(v):
-            reasons[i] = "missing value"
-        elif isinstance(v, (bool, np.bool_)):
-            reasons[i] = f"expected a timestamp, got {_describe(v)}"
-        elif isinstance(v, (int, float, np.integer, np.floating)):
-            num_i.append(i)
-            num_v.append(float(v))
-        elif isinstance(v, str):
-            s = v.strip()
-            if _NUMBER_RE.fullmatch(s):
+        reasons[s.isna().to_numpy()] = "missing value"
+        return out, reasons
+    kind = pd.api.types.infer_dtype(series, skipna=True)
+    num_i: list[int] | np.ndarray
+    str_i: list[int] | np.ndarray
+    trimmed = _trimmed_strings(series) if kind == "string" else None
+    if trimmed is not None:  # the usual CSV / JSONL column: vectorised
+        values, missing = trimmed
+        is_num = _numeric_strings(values, missing)
+        num_i, str_i = np.flatnonzero(is_num), np.flatnonzero(~is_num & ~missing)
+        num_v: list[Any] = values[num_i].astype("float64").tolist()
+        str_v: list[Any] = values[str_i].tolist()
+        reasons[missing] = "missing value"
+    elif kind in ("integer", "floating", "mixed-integer-float") and not pd.api.types.is_bool_dtype(series.dtype):
+        num = pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
+        missing = np.isnan(num)
+        reasons[missing] = "missing value"
+        num_i, str_i = np.flatnonzero(~missing), []
+        num_v, str_v = num[num_i].tolist(), []
+    else:
+        num_i, num_v, str_i, str_v = [], [], [], []
+        for i, v in enumerate(series.tolist()):
+            if _is_missing(v):
+                reasons[i] = "missing value"
+            elif isinstance(v, (bool, np.bool_)):
+                reasons[i] = f"expected a timestamp, got {_describe(v)}"
+            elif isinstance(v, (int, float, np.integer, np.floating)):
                 num_i.append(i)
-                num_v.append(float(s))
-            else:
+                num_v.append(float(v))
+            elif isinstance(v, str):
+                st = v.strip()
+                if _NUMBER_RE.fullmatch(st):
+                    num_i.append(i)
+                    num_v.append(float(st))
+                else:
+                    str_i.append(i)
+                    str_v.append(st)
+            elif isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat"):
                 str_i.append(i)
-                str_v.append(s)
-        elif isinstance(v, (pd.Timestamp, np.datetime64)) or hasattr(v, "isoformat"):
-            str_i.append(i)
-            str_v.append(v)
-        else:
-            reasons[i] = f"expected a timestamp, got {_describe(v)}"
+                str_v.append(v)
+            else:
+                reasons[i] = f"expected a timestamp, got {_describe(v)}"
     lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
 
-    def fill(idx: list[int], raw: list[Any], parse: Callable[[list[Any]], pd.DatetimeIndex]) -> None:
-        if not idx:
+    def fill(idx: list[int] | np.ndarray, raw: list[Any], parse: Callable[[list[Any]], pd.DatetimeIndex]) -> None:
+        if not len(idx):
             return
+        idx = np.asarray(idx, dtype=np.int64)
         parsed = parse(raw)
-        bad = parsed.isna() | (parsed < lo) | (parsed > hi)
+        bad = np.asarray(parsed.isna() | (parsed < lo) | (parsed > hi), dtype=bool)
         good = pd.DatetimeIndex(parsed.where(~bad)).tz_localize(None).astype("datetime64[ns]").to_numpy()
-        for j, i in enumerate(idx):
-            if bad[j]:
-                reasons[i] = f"unparseable timestamp {raw[j]!r} ({_TS_HINT})"
-            else:
-                out[i] = good[j]
+        out[idx[~bad]] = good[~bad]
+        for j in np.flatnonzero(bad):
+            reasons[idx[j]] = f"unparseable timestamp {raw[j]!r} ({_TS_HINT})"
 
     with np.errstate(all="ignore"):
         fill(num_i, num_v, lambda raw: pd.DatetimeIndex(
             pd.to_datetime(np.asarray(raw, dtype="float64"), unit="s", utc=True, errors="coerce")))
     fill(str_i, str_v, lambda raw: pd.DatetimeIndex(
         pd.to_datetime(pd.Series(raw, dtype=object), utc=True, format="ISO8601", errors="coerce")))
-    return list(out), reasons
+    return out, reasons
 
 
 def _coerce_ratings(series: pd.Series) -> Coerced:
     n = len(series)
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        return list(series.astype("float64").to_numpy()), [None] * n
+        return series.astype("float64").to_numpy(), np.full(n, None, dtype=object)
     out: list[Any] = []
     reasons: list[str | None] = []
     for v in series.tolist():
@@ -526,7 +578,7 @@ def _coerce_ratings(series: pd.Series) -> Coerced:
             reason = f"expected a number, got {_describe(v)}"
         out.append(clean)
         reasons.append(reason)
-    return out, reasons
+    return np.asarray(out, dtype="float64"), _object_array(reasons)
 
 
 def _coerce_context(values: list[Any]) -> Coerced:
@@ -544,7 +596,7 @@ def _coerce_context(values: list[Any]) -> Coerced:
                 reason = f"expected a JSON value, got {_describe(v)}"
         out.append(clean)
         reasons.append(reason)
-    return out, reasons
+    return _object_array(out), _object_array(reasons)
 
 
 def _metadata_column(col: pd.Series, idx: np.ndarray, from_text: bool) -> pd.Series:
