@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +25,33 @@ def smol_tok() -> Any:
 
 
 @pytest.fixture(scope="session")
-def qwen2_tokenizer_dir() -> Path:
-    """An HF folder with the Qwen2 tokenizer converted once from the vocab-only GGUF in tests data.
+def qwen2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF folder with the Qwen2 tokenizer, from `data/qwen2-tokenizer/` (tokenizer.json gzipped).
 
-    The GGUF (5.9 MB) is `vendor/llama.cpp/models/ggml-vocab-qwen2.gguf` from the
-    `llama-cpp-python==0.3.16` sdist (MIT). Reading it with transformers takes one to two minutes
-    on 2 CPU cores, so the converted tokenizer is cached under `CHATREC_HOME/cache`.
+    That folder is what `AutoTokenizer.from_pretrained(data, gguf_file="ggml-vocab-qwen2.gguf")`
+    saves; reading the GGUF takes 2-4 minutes on 2 busy CPU cores, so the fast tests use the saved
+    form and the slow test `test_shipped_qwen2_tokenizer_matches_gguf` checks that they agree.
     """
+    folder = tmp_path_factory.mktemp("qwen2-tokenizer")
+    src = DATA / "qwen2-tokenizer"
+    if not (src / "tokenizer.json.gz").exists():
+        pytest.skip(f"{src}/tokenizer.json.gz is missing")
+    with gzip.open(src / "tokenizer.json.gz", "rb") as fh:
+        (folder / "tokenizer.json").write_bytes(fh.read())
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(src / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen2_gguf() -> Path:
     from chatrec.assets import sha256_of
-    from chatrec.bundle import atomic_path
-    from chatrec.paths import cache_dir
 
     if not QWEN2_GGUF.exists():
         pytest.skip(f"{QWEN2_GGUF} is missing")
     if sha256_of(QWEN2_GGUF) != QWEN2_GGUF_SHA256:
         pytest.fail(f"{QWEN2_GGUF} has an unexpected sha256")
-    folder = cache_dir("test-assets") / f"qwen2-tokenizer-{QWEN2_GGUF_SHA256[:12]}"
-    if not (folder / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(DATA), gguf_file=QWEN2_GGUF.name)
-        with atomic_path(folder) as tmp:
-            tok.save_pretrained(tmp)
-    return folder
+    return QWEN2_GGUF
 
 
 @pytest.fixture

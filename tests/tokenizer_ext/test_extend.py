@@ -118,6 +118,17 @@ def test_sid_spans_tokenise_one_to_one_qwen2(qwen2_tok: Any) -> None:
     assert model.get_input_embeddings().weight.shape[0] >= rows_before
 
 
+@pytest.mark.slow
+def test_shipped_qwen2_tokenizer_matches_gguf(qwen2_gguf: Path, qwen2_tok: Any) -> None:
+    from transformers import AutoTokenizer
+
+    from_gguf = AutoTokenizer.from_pretrained(str(qwen2_gguf.parent), gguf_file=qwen2_gguf.name)
+    assert from_gguf.get_vocab() == qwen2_tok.get_vocab()
+    assert from_gguf.chat_template == qwen2_tok.chat_template
+    text = "Hello world! Try Alien (1979) — 東京 <|im_start|>user\n  code: x = 1"
+    assert from_gguf(text)["input_ids"] == qwen2_tok(text)["input_ids"]
+
+
 # resizing -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tie", [True, False])
 def test_resize_keeps_old_rows_bit_identical(smol_tok: Any, tie: bool) -> None:
