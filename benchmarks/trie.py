@@ -1,14 +1,21 @@
-"""Item-trie benchmark: build time, memory, and per-step constraint latency.
+"""Item-trie and SID-fit benchmark: trie build time, memory and per-step constraint latency;
+SID fit time and peak memory on synthetic embeddings.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/trie.py [--sizes 10000 100000 1000000]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/trie.py --fit rqkmeans --sizes 10000 100000 1000000
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/trie.py --fit rqvae --epochs 1 --sizes 10000 100000
 
-Synthetic catalogs: 3 code levels of 256 codes plus a disambiguation level, mapped to token ids
-after a 49,152-token base vocabulary (a 50k-ish vocabulary in all), like `tokenizer extend` does.
+Trie: synthetic catalogs with 3 code levels of 256 codes plus a disambiguation level, mapped to
+token ids after a 49,152-token base vocabulary (a 50k-ish vocabulary in all), like
+`tokenizer extend` does. Fit: 384-d clustered vectors (like MiniLM's, L2-normalised), 3 levels x
+256 codes; each size runs in a fresh process so its peak RSS is its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import resource
 import time
 
 import numpy as np
@@ -47,20 +54,33 @@ def timeit(fn, repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--fit", choices=["rqkmeans", "rqvae"], help="Benchmark SID fitting instead of the trie.")
+    ap.add_argument("--epochs", type=int, default=1, help="RQ-VAE epochs for --fit rqvae.")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict[str, float | int | str]] = []
     for n in args.sizes:
-        res = measure(n)
+        res: dict[str, float | int | str]
+        if args.fit:
+            with mp.get_context("spawn").Pool(1) as pool:
+                res = pool.apply(measure_fit, (n, args.fit, args.epochs))
+        else:
+            res = measure(n)
         rows.append(res)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, flush=True)
     cols = list(rows[0])
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:,.3f}" if isinstance(r[c], float) else f"{r[c]:,}" for c in cols) + " |")
+        print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
 
 
-def measure(n: int) -> dict[str, float | int]:
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def measure(n: int) -> dict[str, float | int | str]:
     seqs = synthetic(n)
     ids = [f"item{i}" for i in range(n)]
     t0 = time.perf_counter()
@@ -76,7 +96,7 @@ def measure(n: int) -> dict[str, float | int]:
     node_allowed = trie.node_allowed(allowed)
     m1 = np.zeros((1, vocab), dtype=bool)
     m32 = np.zeros((32, vocab), dtype=bool)
-    res: dict[str, float | int] = {
+    res: dict[str, float | int | str] = {
         "items": n,
         "nodes": trie.n_nodes,
         "build_s": build_s,
@@ -90,6 +110,36 @@ def measure(n: int) -> dict[str, float | int]:
         "node_allowed_ms": 1e3 * timeit(lambda: trie.node_allowed(allowed), 10),
     }
     return res
+
+
+def clustered_vectors(n: int, dim: int = 384, clusters: int = 2_000, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    x = centers[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def measure_fit(n: int, method: str, epochs: int) -> dict[str, float | int | str]:
+    from chatrec.sids import SidConfig, fit_sids
+
+    x = clustered_vectors(n)
+    cfg = SidConfig(method=method, levels=3, codebook_size=256, rqvae_epochs=epochs, progress=False)
+    t0 = time.perf_counter()
+    result = fit_sids(x, cfg)
+    seconds = time.perf_counter() - t0
+    rep = result.report
+    return {
+        "items": n,
+        "method": method,
+        "fit_s": seconds,
+        "peak_rss_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "collision_before_%": 100 * rep["before_disambiguation"]["collision_rate"],
+        "collision_after_%": 100 * rep["after_disambiguation"]["collision_rate"],
+        "max_dis": rep["max_disambiguation_index"],
+        "util_l0_%": 100 * rep["per_level"][0]["utilisation"],
+        "rel_error": rep["reconstruction"]["relative_error"],
+    }
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ class SidConfig:
         "help": "Hidden layer widths of the RQ-VAE encoder (the decoder mirrors them)."})
     rqvae_latent_dim: int = field(default=32, metadata={"help": "RQ-VAE latent (codebook vector) size."})
     rqvae_beta: float = field(default=0.25, metadata={"help": "Commitment loss weight."})
+    rqvae_threads: int = field(default=1, metadata={
+        "help": "torch CPU threads for RQ-VAE (the model is small: one thread is fastest on a busy "
+                "CPU; 0 keeps torch's setting). Ignored on GPU."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class SidConfig:
         if self.rqvae_latent_dim < 1 or any(h < 1 for h in self.rqvae_hidden):
             problems.append(f"`rqvae_latent_dim` and `rqvae_hidden` must be >= 1, got "
                             f"{self.rqvae_latent_dim} and {list(self.rqvae_hidden)}")
+        if self.rqvae_threads < 0:
+            problems.append(f"`rqvae_threads` must be >= 0, got {self.rqvae_threads}")
         if self.rqvae_beta < 0:
             problems.append(f"`rqvae_beta` must be >= 0, got {self.rqvae_beta}")
         if problems:

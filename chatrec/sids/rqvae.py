@@ -8,6 +8,8 @@ from live residuals after each epoch. Weights are kept as plain numpy arrays (sa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,9 +63,28 @@ def _build(in_dim: int, hidden: tuple[int, ...], latent: int, levels: int, k: in
     return RQVAE()
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads (0: unchanged), restoring the previous setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_rqvae(x: np.ndarray, config: SidConfig, codebook_size: int) -> dict[str, np.ndarray]:
     """Train on `x` `[N, dim]`; returns the model state as numpy arrays (`rqvae.*` keys)."""
     require("torch", "RQ-VAE semantic IDs")
+    with _torch_threads(config.rqvae_threads):
+        return _fit_rqvae(x, config, codebook_size)
+
+
+def _fit_rqvae(x: np.ndarray, config: SidConfig, codebook_size: int) -> dict[str, np.ndarray]:
     import torch
     from tqdm.auto import tqdm
 
@@ -124,7 +145,7 @@ def rqvae_encode(x: np.ndarray, state: dict[str, np.ndarray], config: SidConfig,
     model.eval()
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     codes, recons = [], []
-    with torch.no_grad():
+    with torch.no_grad(), _torch_threads(config.rqvae_threads):
         for start in range(0, len(data), batch):
             z_q, c, _, _ = model.quantize(model.encoder(data[start:start + batch]))
             codes.append(c.numpy())
