@@ -118,7 +118,7 @@ class ChatSession:
         turns = [*turns, turn]
         options = ChatRequestOptions(
             history=[{"item_id": h["item_id"], "action": h["action"]} for h in history],
-            exclude_seen=exclude_seen, k=self.config.k, user_id=user_id or self.config.user_id,
+            exclude_seen=exclude_seen, user_id=user_id or self.config.user_id,
             max_tokens=self.config.max_tokens,
         )
         yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html("Thinking…")
@@ -137,14 +137,26 @@ class ChatSession:
             yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html(msg, kind="error")
             return
         answer = split_reasoning(turn["raw"])[1]
-        items = items or []
+        items = (items or [])[: self.config.k]
+        note = f"{len(items)} recommendation{'s' if len(items) != 1 else ''} from the answer."
+        if not items:
+            # the answer named no item: show the structured top-K for the same request and history
+            try:
+                items = self.client.recommend(options.history, k=self.config.k, request=request,
+                                              exclude_seen=exclude_seen)
+            except Exception as exc:
+                yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html(
+                    f"The answer named no items, and top-K failed: {_plain_error(exc)}", kind="error")
+                return
+            items = [{**it, "reason": f"Top pick #{n} for your history and request (top-K retrieval)"}
+                     for n, it in enumerate(items, start=1)]
+            note = f"The answer named no items; {len(items)} recommendation{'s' if len(items) != 1 else ''} " \
+                   "from top-K retrieval."
         try:
             rows = self.catalog.rows([str(i.get("item_id")) for i in items])
         except ChatrecError:
             rows = {}
         cards = [card.__dict__ for card in make_cards(items, answer, rows)]
-        note = f"{len(cards)} recommendation{'s' if len(cards) != 1 else ''}." if cards else \
-            "The answer named no catalog items."
         yield chat_display(turns, show_reasoning=show_reasoning), turns, "", cards, status_html(note, kind="ok")
 
     def redisplay(self, turns: list[dict[str, Any]], show_reasoning: bool) -> list[dict[str, Any]]:
@@ -239,8 +251,8 @@ def build_app(config: UIConfig, session: ChatSession | None = None) -> gr.Blocks
                         for button, action in ((like, "like"), (dislike, "dislike")):
                             button.click(
                                 lambda uid, hist, card=card, action=action: _feedback_outputs(
-                                    session.feedback(card, action, uid, hist)),
-                                inputs=[user_id, history], outputs=[status, history, history_box],
+                                    session.feedback(card, action, uid, hist), action),
+                                inputs=[user_id, history], outputs=[status, history, history_box, like, dislike],
                             )
 
             with gr.Column(scale=2):
@@ -257,9 +269,14 @@ def build_app(config: UIConfig, session: ChatSession | None = None) -> gr.Blocks
                                           label="History (oldest first; × removes)", elem_id="chatrec-history")
                 clear = gr.Button("Clear history", size="sm", elem_id="chatrec-clear")
 
-        def _feedback_outputs(result: tuple[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]], Any]:
+        def _feedback_outputs(result: tuple[str, list[dict[str, Any]]], action: str,
+                              ) -> tuple[str, list[dict[str, Any]], Any, Any, Any]:
+            """After a click: banner, history, and the pair of buttons showing what was recorded."""
             banner, hist = result
-            return banner, hist, _history_widget_update(hist)
+            recorded = "chatrec-status-ok" in banner
+            like = gr.update(value="Liked" if recorded and action == "like" else "Like")
+            dislike = gr.update(value="Disliked" if recorded and action == "dislike" else "Dislike")
+            return banner, hist, _history_widget_update(hist), like, dislike
 
         def _search(query: str) -> tuple[Any, list[tuple[str, str]], str]:
             choices, banner = session.search(query)

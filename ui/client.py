@@ -12,8 +12,8 @@ from typing import Any
 
 from chatrec.errors import ChatrecError
 
-# extra response field that carries the structured items (serve/protocol.py)
-ITEMS_FIELD = "items"
+# chatrec's extra field, in requests (options) and responses (`{"items": [...]}`), see serve/protocol.py
+CHATREC_FIELD = "chatrec"
 
 
 class EndpointError(ChatrecError):
@@ -41,7 +41,6 @@ class ChatRequestOptions:
 
     history: list[dict[str, str]] = field(default_factory=list)
     exclude_seen: bool = True
-    k: int = 5
     user_id: str | None = None
     max_tokens: int = 256
     temperature: float = 0.7
@@ -134,15 +133,13 @@ class ChatrecClient:
         return self._model
 
     def recommend(self, history: Sequence[Mapping[str, str]], *, k: int = 5, request: str | None = None,
-                  exclude_seen: bool = True, user_id: str | None = None) -> list[dict[str, Any]]:
+                  exclude_seen: bool = True) -> list[dict[str, Any]]:
         """Structured top-K for a history (`POST /v1/recommendations`)."""
-        body: dict[str, Any] = {"history": list(history), "k": k, "exclude_seen": exclude_seen}
+        body: dict[str, Any] = {"history": list(history), "k": k, "exclude_history": exclude_seen}
         if request:
             body["request"] = request
-        if user_id:
-            body["user_id"] = user_id
         data = self._request("POST", "/v1/recommendations", json=body)
-        return list(data.get(ITEMS_FIELD) or data.get("items") or [])
+        return [dict(i) for i in data.get("items") or []]
 
     def feedback(self, user_id: str, item_id: str, action: str, *, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Record a like / dislike / click on an item (`POST /v1/feedback`)."""
@@ -168,11 +165,10 @@ class ChatrecClient:
 
     def chat_extra_body(self, options: ChatRequestOptions) -> dict[str, Any]:
         """The non-OpenAI request fields the chatrec server reads (history and filters)."""
-        extra: dict[str, Any] = {"history": list(options.history), "exclude_seen": options.exclude_seen,
-                                 "k": options.k}
+        opts: dict[str, Any] = {"history": list(options.history), "exclude_history": options.exclude_seen}
         if options.user_id:
-            extra["user_id"] = options.user_id
-        return extra
+            opts["user_id"] = options.user_id
+        return {CHATREC_FIELD: opts}
 
     def stream_chat(self, messages: Sequence[Mapping[str, Any]], options: ChatRequestOptions | None = None) -> Iterator[ChatDelta]:
         """Stream an answer: `ChatDelta`s with text pieces; the one that carries the items has `items` set."""
@@ -186,8 +182,8 @@ class ChatrecClient:
                 extra_body=self.chat_extra_body(options),
             )
             for chunk in stream:
-                extra = chunk.model_extra or {}
-                items = extra.get(ITEMS_FIELD)
+                extra = (chunk.model_extra or {}).get(CHATREC_FIELD)
+                items = extra.get("items") if isinstance(extra, Mapping) else None
                 text, finish = "", None
                 if chunk.choices:
                     choice = chunk.choices[0]

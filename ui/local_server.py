@@ -49,6 +49,16 @@ def wait_for_health(url: str, *, timeout: float, proc: subprocess.Popen[bytes] |
     raise ServerStartError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: deliver SIGTERM to this child when the parent dies, so a killed UI leaves no server behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalServer:
     """`chatrec serve --bundle B --engine E --port P` in its own process group.
 
@@ -95,7 +105,8 @@ class LocalServer:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **(self.env or {})}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
             wait_for_health(f"{self.url}/health", timeout=self.start_timeout, proc=self.proc)
         except ServerStartError as exc:

@@ -31,6 +31,7 @@ def ui_command(
     port: int = typer.Option(7860, "--port", help=_help("port")),
     user_id: str = typer.Option("ui-user", "--user-id", help=_help("user_id")),
     k: int = typer.Option(5, "--k", help=_help("k")),
+    max_tokens: int = typer.Option(256, "--max-tokens", help=_help("max_tokens")),
     engine: str = typer.Option("transformers", "--engine",
                                help="Engine of the local server started when no --endpoint is given."),
 ) -> None:
@@ -42,7 +43,7 @@ def ui_command(
 
     if endpoint:
         config = UIConfig(endpoint=endpoint, api_key=api_key, bundle=str(bundle) if bundle else None,
-                          host=host, port=port, user_id=user_id, k=k)
+                          host=host, port=port, user_id=user_id, k=k, max_tokens=max_tokens)
         _serve_ui(config)
         return
 
@@ -56,7 +57,7 @@ def ui_command(
     with LocalServer(root.root, engine=engine, api_key=api_key) as server:
         typer.echo(f"server ready at {server.url}", err=True)
         config = UIConfig(endpoint=server.url, api_key=api_key, bundle=str(root.root), host=host, port=port,
-                          user_id=user_id, k=k)
+                          user_id=user_id, k=k, max_tokens=max_tokens)
         _serve_ui(config)
 
 

@@ -43,8 +43,9 @@ def test_client_says_plainly_when_the_endpoint_is_down(down_url: str) -> None:
 def test_client_normalises_the_endpoint() -> None:
     assert ChatrecClient("http://h:1/v1/").endpoint == "http://h:1"
     extra = ChatrecClient("http://h:1").chat_extra_body(
-        ChatRequestOptions(history=[{"item_id": "m1", "action": "like"}], exclude_seen=False, k=3, user_id="u1"))
-    assert extra == {"history": [{"item_id": "m1", "action": "like"}], "exclude_seen": False, "k": 3, "user_id": "u1"}
+        ChatRequestOptions(history=[{"item_id": "m1", "action": "like"}], exclude_seen=False, user_id="u1"))
+    assert extra == {"chatrec": {"history": [{"item_id": "m1", "action": "like"}], "exclude_history": False,
+                                 "user_id": "u1"}}
 
 
 def test_session_shows_a_plain_error_when_the_endpoint_is_down(down_url: str, catalog: LocalCatalog) -> None:

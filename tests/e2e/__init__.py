@@ -1,0 +1,1 @@
+"""End-to-end tests: the CLI, server and UI driven the way a user drives them."""
