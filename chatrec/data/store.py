@@ -93,19 +93,20 @@ def write_catalog_frame(clean: pd.DataFrame, target: Path) -> Path:
 def write_interactions_frame(clean: pd.DataFrame, target: Path) -> Path:
     """Write an already validated log frame, sorted by (`user_id`, `timestamp`), ties in input order."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    order = clean.assign(_order=range(len(clean))).sort_values(["user_id", "timestamp", "_order"]).index
-    df = clean.loc[order].reset_index(drop=True)
-    fields = interactions_arrow_fields("rating" in df, "context" in df)
+    fields = interactions_arrow_fields("rating" in clean, "context" in clean)
     arrays = []
     for f in fields:
-        col = df[f.name]
+        col = clean[f.name]
         if f.name == "timestamp":
             arrays.append(pa.array(col.astype("datetime64[ns, UTC]"), type=f.type))
         else:
             arrays.append(pa.array(col, type=f.type, from_pandas=True))
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    # Arrow's sort is stable: rows with the same user and time keep their input order
+    table = table.take(pc.sort_indices(table, sort_keys=[("user_id", "ascending"), ("timestamp", "ascending")]))
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
     return target

@@ -230,7 +230,11 @@ def validate_interactions(raw: RawTable, known_items: set[str] | None = None) ->
     rating = errors.column("rating", _coerce_ratings(frame["rating"])) if "rating" in frame else None
     context = errors.column("context", _coerce_context(frame["context"].tolist())) if "context" in frame else None
     if known_items is not None:
-        unknown = ~pd.Series(item_id, dtype=object).isin(known_items).to_numpy() & errors.keep_mask()
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        known = pc.is_in(pa.array(item_id, type=pa.string()), value_set=pa.array(list(known_items), type=pa.string()))
+        unknown = ~pc.fill_null(known, True).to_numpy(zero_copy_only=False) & errors.keep_mask()
         for i in np.flatnonzero(unknown):
             errors.add(int(i), "item_id", f"unknown item_id {item_id[i]!r} (not in the catalog)")
     idx = np.flatnonzero(errors.keep_mask())
@@ -414,7 +418,7 @@ def _trimmed_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = pc.utf8_trim_whitespace(pa.array(series.to_numpy(dtype=object), type=pa.string(), from_pandas=True))
+    arr = pc.utf8_trim_whitespace(pa.array(series, type=pa.string(), from_pandas=True))
     missing = pc.fill_null(pc.equal(arr, ""), True).to_numpy(zero_copy_only=False)
     out = arr.to_numpy(zero_copy_only=False).astype(object)
     out[missing] = None
