@@ -216,3 +216,22 @@ def test_llm_system_needs_a_model(bundle_dir: Path) -> None:
     with pytest.raises(Exception, match="model|sids"):
         evaluate_bundle(bundle_dir, config, log=lambda _: None)
     assert not (bundle_dir / "eval.json").exists()
+
+
+def test_split_agrees_with_the_training_data_build(fixture_data: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    """Every eval case is a held-out case of `chatrec data build`, and nothing it trains on is past a cutoff."""
+    from chatrec.testing import make_sids
+    from finetune.data import build_samples
+
+    catalog, inter = fixture_data
+    built = build_samples(catalog, inter, make_sids(catalog))
+    split = leave_last_out(inter, known_items=catalog["item_id"])
+    for name, cases in (("test", split.test), ("valid", split.valid)):
+        theirs = {(s.user_id, s.target_item_id, pd.Timestamp(s.time)) for s in built[name]}
+        mine = {(c.user_id, c.target, c.time) for c in cases}
+        assert mine and mine <= theirs, name
+        # the only cases data build holds out and eval does not: targets already in their own input
+        assert len(theirs - mine) == sum(1 for s in built[name] if s.user_id not in {c.user_id for c in cases})
+    for sample in built["train"]:
+        cutoff = split.cutoffs.get(sample.user_id)
+        assert cutoff is None or sample.time is None or pd.Timestamp(sample.time) < cutoff
