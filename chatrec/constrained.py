@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +62,21 @@ class ConstraintCore:
         self.catalog = catalog
         self.banned = span.banned_in_text
         self._categories: set[str] | None = None
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, catalog: pd.DataFrame | None = None) -> ConstraintCore:
+        """Load `trie.npz` + `chatrec_tokens.json` from a model folder; the catalog (for category
+        filters) defaults to `../catalog.parquet` when the folder sits in a bundle."""
+        from tokenizer_ext.token_map import TokenMap
+
+        model_dir = Path(model_dir)
+        trie = ItemTrie.load(model_dir / "trie.npz")
+        span = SpanTokens.from_token_map(TokenMap.load(model_dir / "chatrec_tokens.json"))
+        if catalog is None and (model_dir.parent / "catalog.parquet").exists():
+            import pandas as pd
+
+            catalog = pd.read_parquet(model_dir.parent / "catalog.parquet", columns=["item_id", "categories"])
+        return cls(trie, span, catalog)
 
     @property
     def known_categories(self) -> set[str]:
@@ -161,23 +177,32 @@ def mask_logits_(logits: Any, states: Sequence[SpanState | None], banned: np.nda
     """
     import torch
 
-    free_rows: list[int] = []
+    free_rows: dict[int, list[int]] = {}  # id(core) -> rows in free text
+    cores: dict[int, ConstraintCore] = {}
+    span_rows: list[int] = []
+    span_ids: list[np.ndarray] = []
     width = logits.shape[-1]
     for b, state in enumerate(states):
         if state is None:
             continue
         ids = state.allowed_tokens()
         if ids is None:
-            free_rows.append(b)
-            continue
-        idx = torch.from_numpy(ids[ids < width]).to(logits.device)
-        keep = logits[b, idx].clone()
-        logits[b].fill_(float("-inf"))
-        logits[b, idx] = keep
-    if free_rows:
-        ban = banned if banned is not None else next(s for s in states if s is not None).core.banned
+            free_rows.setdefault(id(state.core), []).append(b)
+            cores[id(state.core)] = state.core
+        else:
+            span_rows.append(b)
+            span_ids.append(ids[ids < width])
+    if span_rows:
+        # one [S, V] keep-mask for every row inside a span: few large ops, not a few per row
+        keep = torch.zeros(len(span_rows), width, dtype=torch.bool, device=logits.device)
+        r = np.repeat(np.arange(len(span_rows)), [len(ids) for ids in span_ids])
+        keep[torch.from_numpy(r), torch.from_numpy(np.concatenate(span_ids))] = True
+        rows_t = torch.tensor(span_rows, device=logits.device)
+        logits[rows_t] = logits[rows_t].masked_fill(~keep, float("-inf"))
+    for key, rows_list in free_rows.items():
+        ban = banned if banned is not None and len(cores) == 1 else cores[key].banned
         ban_t = torch.from_numpy(ban[ban < width]).to(logits.device)
-        rows = torch.tensor(free_rows, device=logits.device)
+        rows = torch.tensor(rows_list, device=logits.device)
         logits[rows.unsqueeze(1), ban_t.unsqueeze(0)] = float("-inf")  # [F, |ban|]
     return logits
 
@@ -192,11 +217,14 @@ class SpanCheck:
 
 
 def check_spans(core: ConstraintCore, token_ids: Sequence[int], *, start_in_span: bool = False,
-                allowed: np.ndarray | None = None) -> SpanCheck:
-    """Audit generated token ids: every complete span must be an (allowed) item, no stray codes."""
+                start_prefix: Sequence[int] = (), allowed: np.ndarray | None = None) -> SpanCheck:
+    """Audit generated token ids: every complete span must be an (allowed) item, no stray codes.
+
+    `start_in_span` / `start_prefix`: the prompt ended inside a span, after these code tokens.
+    """
     begin, end = core.span.sid_begin, core.span.sid_end
     codes = set(core.span.code_ids.tolist())
-    in_span, prefix = start_in_span, []
+    in_span, prefix = start_in_span or bool(start_prefix), [int(t) for t in start_prefix]
     items: list[int] = []
     invalid = 0
     for t in token_ids:

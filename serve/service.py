@@ -337,7 +337,7 @@ class ServiceHolder:
         """Build a new service (slow: loads the engine) while the old one serves, then swap."""
         with self._reload_lock:
             started = time.time()
-            new = self._factory(bundle)
+            new = self._factory(bundle or str(self._service.rec.bundle.root))  # default: re-read the current bundle
             close = None
             with self._lock:
                 old, self._service = self._service, new

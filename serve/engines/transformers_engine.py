@@ -40,11 +40,12 @@ class SpanLogitsProcessor(_logits_processor_base()):  # type: ignore[misc]
         self.states: list[SpanState] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        ids = input_ids.tolist()
         if not self.states:
-            self.states = [SpanState(self.core, self.allowed) for _ in ids]
-        for state, row in zip(self.states, ids, strict=True):
-            state.sync(row)
+            self.states = [SpanState(self.core, self.allowed) for _ in range(input_ids.shape[0])]
+        fed = min(s.n_fed for s in self.states)
+        new = input_ids[:, fed:].tolist()  # only the tokens not seen yet
+        for state, row in zip(self.states, new, strict=True):
+            state.feed(row[state.n_fed - fed:])
         return mask_logits_(scores, self.states, self.core.banned)
 
 
@@ -98,7 +99,7 @@ class TransformersEngine:
                 total = len(prefix_ids) + length
                 mask = torch.ones(len(rows), total, dtype=torch.long, device=self.device)
                 logits = self.model(input_ids=ids, past_key_values=past, attention_mask=mask,
-                                    use_cache=True).logits[:, -1].float()              # [b, V]
+                                    use_cache=True, logits_to_keep=1).logits[:, -1].float()  # [b, V]
                 out[rows] = torch.log_softmax(logits, dim=-1)[:, cols].cpu().numpy()
             return out
 
@@ -160,7 +161,7 @@ class TransformersEngine:
             for _ in range(params.max_tokens):
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=pos,
-                                 past_key_values=past, use_cache=True)
+                                 past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 logits = out.logits[:, -1].float()                                  # [B, V]
                 raw = torch.log_softmax(logits, dim=-1)
@@ -192,13 +193,17 @@ def _sample(logits: Any, params: GenerationParams, gen: Any) -> Any:
 
     if params.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    scaled = logits / params.temperature
     if params.top_p < 1:
+        probs = torch.softmax(scaled, dim=-1)
         sorted_p, order = probs.sort(dim=-1, descending=True)
         cut = sorted_p.cumsum(-1) - sorted_p > params.top_p
-        sorted_p = sorted_p.masked_fill(cut, 0)
-        probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+        drop = torch.zeros_like(cut).scatter(1, order, cut)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    # inverse-CDF sampling: one uniform per row (cheaper than multinomial on a large vocabulary)
+    cdf = torch.softmax(scaled, dim=-1).cumsum_(dim=-1)                          # [B, V]
+    u = torch.rand((scaled.shape[0], 1), generator=gen, device=scaled.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u)[:, 0].clamp_(max=scaled.shape[-1] - 1)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> list[int]:

@@ -159,3 +159,71 @@ def test_chats_are_logged_in_the_interaction_schema(server: RemoteServer) -> Non
     mine = [r for r in rows if r["user_id"] == "alice"]
     assert mine and mine[-1]["action"] == "recommended"
     assert json.loads(mine[-1]["context"])["messages"][-1]["content"].endswith("one more")
+
+
+def add_items(src, dst, n_new: int = 5) -> list[str]:
+    """Copy bundle `src` to `dst` and add `n_new` cold-start items (new SIDs over the existing code tokens)."""
+    import shutil
+
+    from tokenizer_ext import TokenMap, build_trie
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("logs", "server.log"))
+    cat = pd.read_parquet(dst / "catalog.parquet")
+    sids = pd.read_parquet(dst / "sids.parquet")
+    used = {tuple(c[:-1]) for c in sids["codes"]}
+    free = [(a, b) for a in range(8) for b in range(8) if (a, b) not in used][:n_new]
+    new_ids = [f"new{i}" for i in range(len(free))]
+    cat = pd.concat([cat, pd.DataFrame({"item_id": new_ids, "title": [f"Brand New {i}" for i in range(len(free))],
+                                        "text": "new", "categories": [["Comedy"]] * len(free),
+                                        "year": 2024})], ignore_index=True)
+    from chatrec.tokens import sid_string
+
+    codes = [[a, b, 0] for a, b in free]
+    sids = pd.concat([sids, pd.DataFrame({"item_id": new_ids, "codes": codes,
+                                          "sid": [sid_string(c) for c in codes]})], ignore_index=True)
+    cat.to_parquet(dst / "catalog.parquet", index=False)
+    sids.to_parquet(dst / "sids.parquet", index=False)
+    build_trie(sids, TokenMap.load(dst / "model")).save(dst / "model" / "trie.npz")
+    return new_ids
+
+
+def test_reload_adds_items_without_dropping_requests(server: RemoteServer, tmp_path) -> None:
+    """Runs last in the module: swaps in a bundle with new items while chats keep coming."""
+    import os
+    import signal
+    import threading
+    import time
+
+    if server.engine == "vllm":  # type: ignore[attr-defined]
+        pytest.skip("the swap is engine-agnostic; a second vLLM engine start would add ~1 min to CI")
+    new_ids = add_items(server.bundle, tmp_path / "new")  # type: ignore[attr-defined]
+    old_ids = catalog(server)["item_id"].tolist()
+    client = server.client()
+    statuses: list[str] = []
+    stop = threading.Event()
+
+    def keep_chatting() -> None:
+        while not stop.is_set():
+            chunks = list(client.chat.completions.create(
+                model="chatrec", messages=[{"role": "user", "content": "more"}], max_tokens=16, stream=True,
+                extra_body={"chatrec": {"start_with_item": True}}))
+            statuses.append(chunks[-1].choices[0].finish_reason)
+
+    worker = threading.Thread(target=keep_chatting)
+    worker.start()
+    r = httpx.post(server.url + "/v1/admin/reload", json={"bundle": str(tmp_path / "new")},
+                   headers=server.headers(), timeout=600)
+    stop.set()
+    worker.join(timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == len(old_ids) + len(new_ids)
+    assert statuses and all(s in ("stop", "length") for s in statuses)  # every in-flight stream finished
+    rec = httpx.post(server.url + "/v1/recommendations", headers=server.headers(), timeout=120,
+                     json={"k": len(new_ids), "exclude_item_ids": old_ids}).json()
+    assert sorted(it["item_id"] for it in rec["items"]) == sorted(new_ids)
+    generation = httpx.get(server.url + "/health").json()["generation"]
+    os.kill(server.proc.pid, signal.SIGHUP)  # reload the current bundle on SIGHUP
+    deadline = time.time() + 300
+    while httpx.get(server.url + "/health").json()["generation"] == generation and time.time() < deadline:
+        time.sleep(0.5)
+    assert httpx.get(server.url + "/health").json()["generation"] == generation + 1
