@@ -125,7 +125,7 @@ def _read_jsonl(p: Path, shown: str) -> RawTable:
     locs: list[int] = []
     unreadable: list[Unreadable] = []
     columns: dict[str, None] = {}
-    with p.open("r", encoding="utf-8", errors="replace") as fh:
+    with p.open("r", encoding="utf-8-sig", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -155,7 +155,7 @@ def _read_csv(p: Path, shown: str, delimiter: str) -> RawTable:
     unreadable: list[Unreadable] = []
     header: list[str] | None = None
     header_line: int | None = None
-    with p.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+    with p.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         last_line = 0
         while True:

@@ -141,3 +141,23 @@ def test_rows_in_equals_kept_plus_quarantined_on_random_garbage() -> None:
     res = check_log(pd.DataFrame(cols, dtype=object), known={"m1", "3"})
     assert res.rows_quarantined > 0
     assert len({r.loc for r in res.rejected}) == res.rows_quarantined
+
+
+def test_csv_with_byte_order_mark_and_tsv(tmp_path) -> None:
+    from chatrec.data import validate_files
+
+    (tmp_path / "cat.csv").write_bytes("\ufeffitem_id,title\nm1,Amélie\n".encode())
+    (tmp_path / "log.tsv").write_text("user_id\titem_id\taction\ttimestamp\nu1\tm1\tclick\t1704103200\n")
+    report = validate_files([tmp_path / "cat.csv", tmp_path / "log.tsv"])
+    assert report.ok
+    assert [t.kind for t in report.tables] == ["catalog", "interactions"]
+    assert report.tables[0].frame["title"].tolist() == ["Amélie"]
+
+
+def test_sort_keeps_input_order_for_ties(tmp_path) -> None:
+    write_catalog(make_catalog(5), tmp_path)
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    log = pd.DataFrame({"user_id": ["u2", "u1", "u1", "u1"], "item_id": ["m4", "m3", "m1", "m2"],
+                        "action": ["click"] * 4, "timestamp": [t, t + pd.Timedelta("1s"), t, t]})
+    write_interactions(log, tmp_path)
+    assert load_interactions(tmp_path)["item_id"].tolist() == ["m1", "m2", "m3", "m4"]
