@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ import pandas as pd
 from chatrec.errors import DataError
 
 LocKind = Literal["line", "row"]
+PROGRESS_MIN_BYTES = 32 << 20
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".csv": "csv", ".tsv": "tsv"}
 
@@ -126,7 +128,7 @@ def _read_jsonl(p: Path, shown: str) -> RawTable:
     unreadable: list[Unreadable] = []
     columns: dict[str, None] = {}
     with p.open("r", encoding="utf-8-sig", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, line in enumerate(_with_progress(fh, p), start=1):
             if not line.strip():
                 continue
             try:
@@ -156,7 +158,7 @@ def _read_csv(p: Path, shown: str, delimiter: str) -> RawTable:
     header: list[str] | None = None
     header_line: int | None = None
     with p.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
+        reader = csv.reader(_with_progress(fh, p), delimiter=delimiter)
         last_line = 0
         while True:
             start = last_line + 1
@@ -189,6 +191,26 @@ def _read_csv(p: Path, shown: str, delimiter: str) -> RawTable:
     frame = pd.DataFrame(rows, columns=cols, dtype=object) if rows else pd.DataFrame(columns=cols, dtype=object)
     return RawTable(path=shown, frame=frame, locs=locs, loc_kind="line", columns=cols,
                     unreadable=unreadable, header_line=header_line)
+
+
+def _with_progress(lines: Iterable[str], p: Path) -> Iterator[str]:
+    """Yield `lines`, with a progress bar over the file's size for files of 32 MB and more."""
+    from tqdm import tqdm
+
+    size = p.stat().st_size
+    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {p.name}", leave=False,
+               disable=size < PROGRESS_MIN_BYTES)
+    pending = 0
+    try:
+        for n, line in enumerate(lines):
+            pending += len(line)
+            if n % 16384 == 0:
+                bar.update(pending)
+                pending = 0
+            yield line
+    finally:
+        bar.update(pending)
+        bar.close()
 
 
 def _first_line(exc: BaseException) -> str:
