@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chatrec.errors import ChatrecError, DataError
+from chatrec.errors import BundleError, ChatrecError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,7 +93,7 @@ class ItemTrie:
             raise DataError(f"token ids must lie in [0, 2**31), got range [{seqs.min()}, {seqs.max()}]")
         if len(np.unique(ids)) != n:
             raise DataError("item ids must be unique")
-        seqs = seqs.astype(np.int32, copy=False)
+        seqs = seqs.astype(np.int32)  # a copy: the trie's arrays are made read-only
 
         order = np.lexsort(seqs.T[::-1]).astype(np.int32)  # sort rows lexicographically
         s = seqs[order]                                     # [N, D]
@@ -359,7 +359,7 @@ class ItemTrie:
         """Read a trie written by `save`."""
         path = Path(path)
         if not path.exists():
-            raise ChatrecError(f"{path} does not exist; build the trie with `chatrec tokenizer extend`")
+            raise BundleError(f"{path} does not exist; build the trie with `chatrec tokenizer extend`")
         with np.load(path, allow_pickle=False) as data:
             version = int(data["format_version"]) if "format_version" in data else -1
             if version != FORMAT_VERSION:

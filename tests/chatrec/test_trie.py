@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatrec.errors import DataError
+from chatrec.errors import BundleError, DataError
 from chatrec.trie import ItemFilter, ItemTrie
 from tests.conftest import make_catalog
 
@@ -161,6 +161,11 @@ def test_duplicate_and_bad_inputs_raise() -> None:
         ItemTrie.from_sequences(np.array([[1, -2]]), ["a"])
     with pytest.raises(DataError, match="empty"):
         ItemTrie.from_sequences(np.zeros((0, 3), dtype=int), [])
+    mine = np.array([[1, 2], [1, 3]], dtype=np.int32)
+    ItemTrie.from_sequences(mine, ["a", "b"])
+    assert mine.flags.writeable  # the caller's array is copied, not frozen
+    with pytest.raises(BundleError, match="tokenizer extend"):
+        ItemTrie.load("/nonexistent/trie.npz")
     trie = ItemTrie.from_sequences(np.array([[1, 2]]), ["a"])
     with pytest.raises(ValueError, match="bool mask"):
         trie.allowed_next([], np.array([1, 0]))
