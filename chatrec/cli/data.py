@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from chatrec.cli.app import ChatrecGroup, data_app
-from chatrec.data.config import ImportFilesConfig, MovieLensConfig, help_of
+from chatrec.data.config import ImportFilesConfig, MovieLensConfig, help_of, parse_column_map
 from chatrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ import_app = typer.Typer(cls=ChatrecGroup, help="Import a dataset into a bundle 
                          pretty_exceptions_enable=False, add_completion=False)
 data_app.add_typer(import_app, name="import")
 
+_MAP_HELP = help_of(ImportFilesConfig, "columns")
 _MAX_PROBLEMS_HELP = "How many problems to print (all are in the quarantine files)."
 
 
@@ -57,6 +58,7 @@ def import_files_cmd(
     interactions: Path = typer.Option(..., "--interactions", help=help_of(ImportFilesConfig, "interactions")),
     out: Path = typer.Option(None, "--out", help="Bundle directory (default: CHATREC_HOME/bundles/default)."),
     strict: bool = typer.Option(False, "--strict", help=help_of(ImportFilesConfig, "strict")),
+    column_map: list[str] = typer.Option([], "--map", metavar="FIELD=COLUMN", help=_MAP_HELP),
     max_problems: int = typer.Option(20, "--max-problems", help=_MAX_PROBLEMS_HELP),
 ) -> None:
     """Validate your catalog and log and write them into a bundle; bad rows go to BUNDLE/quarantine/."""
@@ -64,7 +66,8 @@ def import_files_cmd(
     from chatrec.paths import default_bundle
 
     try:
-        result = import_files(catalog, interactions, out or default_bundle(), strict=strict)
+        result = import_files(catalog, interactions, out or default_bundle(), strict=strict,
+                              columns=parse_column_map(column_map))
     except ValidationFailed as exc:
         _print_problems(exc.report.problems, max_problems)
         raise
@@ -88,12 +91,14 @@ def validate_cmd(
                                                              "against every catalog given)."),
     interactions: list[Path] = typer.Option([], "--interactions", help="An interaction log file."),
     quarantine: Path = typer.Option(None, "--quarantine", help="Write rejected rows to DIR/<file-name>.jsonl."),
+    column_map: list[str] = typer.Option([], "--map", metavar="FIELD=COLUMN", help=_MAP_HELP),
     max_problems: int = typer.Option(20, "--max-problems", help=_MAX_PROBLEMS_HELP),
 ) -> None:
     """Check catalog and log files (Parquet, JSONL, CSV); exits 3 on any problem, 0 when all rows are valid."""
     from chatrec.data.validate import validate_files
 
-    report = validate_files(files or [], catalogs=catalog, interactions=interactions, quarantine_dir=quarantine)
+    report = validate_files(files or [], catalogs=catalog, interactions=interactions, quarantine_dir=quarantine,
+                            columns=parse_column_map(column_map))
     for table in report.tables:
         typer.echo(table.summary())
     for note in report.notes:

@@ -17,6 +17,30 @@ def help_of(cls: type, name: str) -> str:
     raise KeyError(name)
 
 
+FIELDS = ("item_id", "title", "text", "categories", "user_id", "action", "timestamp", "rating", "context")
+
+
+def check_column_map(columns: dict[str, str]) -> None:
+    """Raise `ConfigError` unless `columns` maps our field names to non-empty column names."""
+    for ours, theirs in columns.items():
+        if ours not in FIELDS:
+            raise ConfigError(f"`columns` maps unknown field {ours!r}; fields are {', '.join(FIELDS)}")
+        if not str(theirs).strip():
+            raise ConfigError(f"`columns` maps {ours!r} to an empty column name")
+
+
+def parse_column_map(pairs: list[str]) -> dict[str, str]:
+    """`["item_id=movieId", ...]` (the CLI's --map) to `{"item_id": "movieId"}`."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        ours, sep, theirs = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"`--map` takes FIELD=COLUMN (e.g. item_id=movieId), got {pair!r}")
+        out[ours.strip()] = theirs.strip()
+    check_column_map(out)
+    return out
+
+
 @dataclass
 class ImportFilesConfig:
     """`chatrec data import files`: a user's catalog and interaction log into a bundle."""
@@ -28,12 +52,15 @@ class ImportFilesConfig:
     out: str = field(metadata={"help": "Bundle directory to write catalog.parquet and interactions.parquet into."})
     strict: bool = field(default=False, metadata={
         "help": "Fail (exit 3, nothing written) when any row is invalid, instead of quarantining it."})
+    columns: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "Your column names: FIELD=COLUMN, e.g. item_id=movieId (repeatable)."})
 
     def __post_init__(self) -> None:
         for name in ("catalog", "interactions", "out"):
             value = getattr(self, name)
             if not str(value).strip():
                 raise ConfigError(f"`{name}` must be a path, got {value!r}")
+        check_column_map(self.columns)
         self.catalog, self.interactions, self.out = str(self.catalog), str(self.interactions), str(self.out)
 
 

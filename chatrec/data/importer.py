@@ -71,11 +71,15 @@ def import_files(
     out_dir: str | os.PathLike[str],
     *,
     strict: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> ImportResult:
-    """Validate a user's catalog and log and write them into bundle `out_dir` (see module docstring)."""
-    config = ImportFilesConfig(str(catalog_path), str(interactions_path), str(out_dir), strict)
-    cat_raw = read_table(config.catalog, "catalog")
-    log_raw = read_table(config.interactions, "interactions")
+    """Validate a user's catalog and log and write them into bundle `out_dir` (see module docstring).
+
+    `columns` maps our field names to yours, e.g. `{"item_id": "movieId", "timestamp": "ts"}`.
+    """
+    config = ImportFilesConfig(str(catalog_path), str(interactions_path), str(out_dir), strict, dict(columns or {}))
+    cat_raw = read_table(config.catalog, "catalog", config.columns)
+    log_raw = read_table(config.interactions, "interactions", config.columns)
     catalog = validate_catalog(cat_raw)
     log = validate_interactions(log_raw, known_items=set(catalog.frame["item_id"]))
     if config.strict and (catalog.rejected or log.rejected):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -77,10 +77,13 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise DataError(f"{path}: unknown file type {p.suffix!r}; expected one of {allowed}")
 
 
-def read_table(path: str | os.PathLike[str], kind: str | None = None) -> RawTable:
+def read_table(
+    path: str | os.PathLike[str], kind: str | None = None, columns: Mapping[str, str] | None = None
+) -> RawTable:
     """Read one input file; raises `DataError` for a missing, unreadable or empty file.
 
     `kind` ("catalog" / "interactions"), when known, only makes error messages name the columns needed.
+    `columns` maps our field names to the file's column names (`{"item_id": "movieId"}`).
     """
     p = Path(path)
     shown = str(path)
@@ -103,6 +106,8 @@ def read_table(path: str | os.PathLike[str], kind: str | None = None) -> RawTabl
         table = _read_jsonl(p, shown)
     else:
         table = _read_csv(p, shown, delimiter="\t" if fmt == "tsv" else ",")
+    if columns:
+        _rename(table, columns)
     if table.rows_in == 0:
         where = f"{shown}:{table.header_line}" if table.header_line is not None else shown
         found = f"found columns: {', '.join(table.columns)}; " if table.columns else ""
@@ -191,6 +196,18 @@ def _read_csv(p: Path, shown: str, delimiter: str) -> RawTable:
     frame = pd.DataFrame(rows, columns=cols, dtype=object) if rows else pd.DataFrame(columns=cols, dtype=object)
     return RawTable(path=shown, frame=frame, locs=locs, loc_kind="line", columns=cols,
                     unreadable=unreadable, header_line=header_line)
+
+
+def _rename(table: RawTable, columns: Mapping[str, str]) -> None:
+    """Give the file's columns our names: `columns` is {our field: the file's column}."""
+    back = {theirs: ours for ours, theirs in columns.items() if theirs in table.columns}
+    clash = [ours for theirs, ours in back.items() if ours in table.columns and ours not in back]
+    if clash:
+        where = f"{table.path}:{table.header_line}" if table.header_line is not None else table.path
+        raise DataError(f"{where}: {', '.join(clash)}: the file already has this column; "
+                        "cannot also map another column onto it")
+    table.columns = [back.get(c, c) for c in table.columns]
+    table.frame = table.frame.rename(columns=back)
 
 
 def _with_progress(lines: Iterable[str], p: Path) -> Iterator[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,19 +153,21 @@ def validate_files(
     catalogs: Sequence[str | os.PathLike[str]] = (),
     interactions: Sequence[str | os.PathLike[str]] = (),
     quarantine_dir: str | os.PathLike[str] | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> ValidationReport:
     """Validate files; `paths` are classified by their columns, `catalogs`/`interactions` are explicit.
 
     Log item ids are checked against the valid rows of every catalog given; with no catalog that
     check is skipped (and said so in `notes`). Whole-file errors raise `DataError`; row problems are
-    collected in the report and, with `quarantine_dir`, written there.
+    collected in the report and, with `quarantine_dir`, written there. `columns` maps our field names
+    to the files' column names (`{"item_id": "movieId"}`).
     """
     tables: list[tuple[TableKind, RawTable]] = []
     for p in paths:
-        raw = read_table(p)
+        raw = read_table(p, columns=columns)
         tables.append((guess_kind(raw.columns), raw))
-    tables += [("catalog", read_table(p, "catalog")) for p in catalogs]
-    tables += [("interactions", read_table(p, "interactions")) for p in interactions]
+    tables += [("catalog", read_table(p, "catalog", columns)) for p in catalogs]
+    tables += [("interactions", read_table(p, "interactions", columns)) for p in interactions]
     if not tables:
         raise DataError("no files to validate; pass one or more .parquet, .jsonl or .csv files")
     results: list[TableResult] = []

@@ -269,3 +269,20 @@ def test_extra_log_columns_are_reported(tmp_path: Path, catalog: pd.DataFrame, l
     inter = load_interactions(tmp_path / "b")
     assert json.loads(inter["context"].iloc[0]) == {"device": "tv"}
     assert "session" not in inter
+
+
+def test_column_mapping(tmp_path: Path, catalog: pd.DataFrame, log: pd.DataFrame) -> None:
+    cat = write_csv(catalog.rename(columns={"item_id": "movieId", "title": "name"}), tmp_path / "movies.csv")
+    events = write_jsonl(log.rename(columns={"item_id": "movieId", "timestamp": "ts"}), tmp_path / "ratings.jsonl")
+    code, _, err = run("data", "import", "files", "--catalog", cat, "--interactions", events, "--out", tmp_path / "b")
+    assert code == 3 and f"{cat}:1: item_id, title: missing required catalog column" in error_line(err)
+    maps = ["--map", "item_id=movieId", "--map", "title=name", "--map", "timestamp=ts"]
+    code, out, err = run("data", "import", "files", "--catalog", cat, "--interactions", events,
+                         "--out", tmp_path / "b", *maps)
+    assert code == 0, err
+    assert "5 users, 20 items, 30 interactions" in out
+    assert load_catalog(tmp_path / "b")["item_id"].tolist() == catalog["item_id"].tolist()
+    code, _, err = run("data", "validate", cat, events, *maps)
+    assert code == 0, err
+    code, _, err = run("data", "validate", cat, "--map", "itemid=movieId")
+    assert code == 2 and "unknown field 'itemid'" in error_line(err)
