@@ -99,7 +99,7 @@ class ChatSession:
         try:
             self.client.health()
             model = self.client.model()
-        except ChatrecError as exc:
+        except Exception as exc:
             return status_html(_plain_error(exc), kind="error")
         return status_html(f"Connected to {self.client.endpoint} (model {model}).", kind="ok")
 

@@ -48,6 +48,23 @@ def test_client_normalises_the_endpoint() -> None:
                                  "user_id": "u1"}}
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "text", "expected"),
+    [(401, {"error": {"message": "invalid API key", "type": "authentication_error"}}, "",
+      "the chatrec server refused the API key (401): invalid API key"),
+     (400, {"error": {"message": "unknown item id 'x'\n in the history"}}, "",
+      "the chatrec server rejected the request (400): unknown item id 'x' in the history"),
+     (422, {"detail": "bad body"}, "", "the chatrec server rejected the request (422): bad body"),
+     (404, None, "Not Found", "the chatrec server at http://h:1 has no such endpoint (404): Not Found"),
+     (502, None, "<html>" + "x" * 1000, "the chatrec server failed (502): <html>x")],
+)
+def test_http_errors_become_one_plain_line(status: int, body: object, text: str, expected: str) -> None:
+    err = ChatrecClient("http://h:1")._status_error(status, body, text)
+    assert isinstance(err, EndpointError) and err.status == status
+    assert str(err).startswith(expected)
+    assert "\n" not in str(err) and len(str(err)) < 400
+
+
 def test_session_shows_a_plain_error_when_the_endpoint_is_down(down_url: str, catalog: LocalCatalog) -> None:
     session = ChatSession(UIConfig(endpoint=down_url, timeout=5), catalog=catalog)
     assert "cannot reach the chatrec server" in session.check()
