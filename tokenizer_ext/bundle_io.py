@@ -130,6 +130,9 @@ def extend_bundle(bundle: Bundle | str | os.PathLike[str], base: str = "smollm2-
     existing = bundle.model_dir / TOKEN_MAP_FILE
     if existing.exists():
         source = str(bundle.model_dir)
+        if not quiet and base != ExtendConfig.base:
+            print(f"chatrec: {bundle.model_dir} exists; re-extending it (ids stay stable), `base` {base!r} "
+                  "is not used. Delete that folder to start from another base.", file=sys.stderr)
         model, tokenizer, _ = load_extended(bundle.model_dir)
     elif model is not None and tokenizer is not None:
         source = getattr(model.config, "name_or_path", "") or "in-memory model"
