@@ -3,9 +3,11 @@
 A user edits the history through catalog search, types a request, watches the answer stream in,
 sees item cards whose titles are catalog titles, clicks like, and the like lands in
 `BUNDLE/logs/feedback.jsonl`. Then the server is stopped under the running UI, and the page says
-so in one plain line. The run saves screenshots under the test's tmp dir. Cards come from the items the answer names,
-or (a random tiny model rarely writes an item) from the server's top-K for the same request.
-A first test drives the UI's client against the same server without a browser.
+so in one plain line. Screenshots go to the test's tmp dir (docs/ui.png is one of them).
+
+Cards come from the items the answer names, or (a random tiny model rarely writes one) from the
+server's top-K for the same request and history. A first test drives the UI's client against the
+same server without a browser, pinning the protocol the UI relies on.
 
 Needs `/usr/bin/chromium` (Debian's `chromium` package; `./install.sh --dev` installs it) and
 Playwright for Python; no browser is downloaded.
