@@ -1,1 +1,54 @@
-"""CLI commands: demo (registered on chatrec.cli.app groups)."""
+"""CLI command: `chatrec demo` (the README's main command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from chatrec.cli.app import app
+
+
+def _help(name: str) -> str:
+    from chatrec.demo import DemoConfig
+
+    return str(DemoConfig.__dataclass_fields__[name].metadata["help"])
+
+
+@app.command("demo")
+def demo(
+    quick: bool = typer.Option(False, "--quick", help=_help("quick")),
+    out: Path = typer.Option(None, "--out", help="Bundle directory (default: CHATREC_HOME/bundles/default)."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Stop after the bundle is built and evaluated."),
+    engine: str = typer.Option("auto", "--engine", help="Serving engine: vllm, transformers, or auto (vllm when installed)."),
+    port: int = typer.Option(8000, "--port", help="Port of the OpenAI-compatible endpoint."),
+    ui_port: int = typer.Option(7860, "--ui-port", help="Port of the Gradio UI."),
+    max_steps: int = typer.Option(None, "--max-steps", help=_help("max_steps")),
+) -> None:
+    """Import MovieLens-100k, fit SIDs, extend + finetune SmolLM2, evaluate, then serve it with a chat UI.
+
+    Re-running reuses finished stages (the manifest's config and input hashes decide what is stale).
+    """
+    from chatrec.demo import DemoConfig, client_snippet, run_pipeline
+    from chatrec.deps import is_vllm_available
+    from chatrec.paths import default_bundle
+
+    config = DemoConfig(quick=quick)
+    if max_steps is not None:
+        config.max_steps = max_steps
+    result = run_pipeline(out or default_bundle(), config, log=lambda m: typer.echo(m, err=True))
+    bundle = Path(result["bundle"])
+    typer.echo(f"bundle ready: {bundle}", err=True)
+    if no_serve:
+        return
+    if engine == "auto":
+        engine = "vllm" if is_vllm_available() else "transformers"
+    from ui.app import UIConfig, launch
+    from ui.local_server import LocalServer
+
+    typer.echo(f"starting the endpoint ({engine} engine) …", err=True)
+    with LocalServer(bundle, engine=engine, port=port) as server:
+        typer.echo(f"\nendpoint: {server.url}/v1  (OpenAI-compatible; model `chatrec`)")
+        typer.echo(f"chat UI:  http://127.0.0.1:{ui_port}\n")
+        typer.echo("call it from Python:\n\n" + client_snippet(server.url) + "\n")
+        launch(UIConfig(endpoint=server.url, bundle=str(bundle), port=ui_port), block=True)

