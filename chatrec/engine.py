@@ -29,6 +29,7 @@ class GenerationParams:
     allowed_items: np.ndarray | None = field(
         default=None, metadata={"help": "Bool mask over trie items that spans may name (None = all)."})
     stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "Extra tokens that end generation."})
+    ignore_eos: bool = field(default=False, metadata={"help": "Keep going past end-of-sequence (benchmarks)."})
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -184,12 +184,12 @@ def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCo
     if kind == "transformers":
         from serve.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model_dir, core, **kwargs)
+        return TransformersEngine(Path(model_dir), core, **kwargs)
     if kind == "vllm":
         from chatrec.deps import require
 
         require("vllm", "the vLLM engine")
         from serve.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_dir, core, **kwargs)
+        return VLLMEngine(Path(model_dir), core, **kwargs)
     raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {kind!r}")

@@ -151,8 +151,8 @@ class ValueFunction:
             import re
 
             for sign, coef, name in re.findall(r"([+-]?)(?:([0-9.]+)\*)?([a-z0-9_]+)", src):
-                w = float(coef) if coef else 1.0
-                weights[name] = -w if sign == "-" else w
+                value = float(coef) if coef else 1.0
+                weights[name] = -value if sign == "-" else value
         if not weights:
             raise ConfigError(f"cannot parse a value function from {text!r}; write e.g. 'like-10*dislike'")
         return cls(weights)

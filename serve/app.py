@@ -114,12 +114,13 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
+        errors = exc.errors()
+        err: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request", "type": ""}
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         if err.get("type") == "json_invalid":
             msg, code = f"request body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", "invalid_json"
         else:
-            msg, code = f"{'.'.join(loc) or 'body'}: {err['msg']}", err.get("type")
+            msg, code = f"{'.'.join(loc) or 'body'}: {err['msg']}", str(err.get("type") or "invalid_request")
         return _error_response(APIError(400, msg, param=".".join(loc) or None, code=code))
 
     @app.exception_handler(Exception)

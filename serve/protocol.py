@@ -69,8 +69,27 @@ class ChatCompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     seed: int | None = None
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extra parameter: generate exactly max_tokens (benchmarks)
     chatrec: ChatrecOptions | None = None
     vllm_xargs: dict[str, Any] | None = None  # vLLM's per-request extra args; `chatrec` key as in vLLM
+
+    @field_validator("vllm_xargs")
+    @classmethod
+    def _xargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Same rules as the vLLM processor's `validate_params`: `chatrec: {exclude, categories}`."""
+        args = (v or {}).get("chatrec")
+        if args is None:
+            return v
+        if not isinstance(args, dict):
+            raise ValueError("vllm_xargs.chatrec must be an object")
+        unknown = sorted(set(args) - {"exclude", "categories"})
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in vllm_xargs.chatrec; allowed: ['categories', 'exclude']")
+        for key in ("exclude", "categories"):
+            value = args.get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(x, str) for x in value)):
+                raise ValueError(f"vllm_xargs.chatrec.{key} must be a list of strings, got {value!r}")
+        return v
 
     def options(self) -> ChatrecOptions:
         """`chatrec` options, also read from `vllm_xargs.chatrec` ({"exclude", "categories"})."""

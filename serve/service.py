@@ -49,7 +49,7 @@ class ServeConfig:
     """`chatrec serve` settings."""
 
     bundle: str = field(metadata={"help": "Bundle directory to serve (uses export/ when present, else model/)."})
-    engine: str = field(default="transformers", metadata={"help": "Engine: vllm or transformers."})
+    engine: str = field(default="auto", metadata={"help": "Engine: vllm, transformers, or auto (vllm when installed)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Bind address (loopback by default)."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
     api_key: str | None = field(default=None, metadata={"help": "Require `Authorization: Bearer KEY` (also CHATREC_API_KEY)."})
@@ -62,6 +62,10 @@ class ServeConfig:
     max_model_len: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens."})
 
     def __post_init__(self) -> None:
+        if self.engine == "auto":
+            from chatrec.deps import is_vllm_available
+
+            self.engine = "vllm" if is_vllm_available() else "transformers"
         if self.engine not in ENGINES:
             raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {self.engine!r}")
         if not 0 < self.port < 65536:
@@ -153,7 +157,8 @@ class ChatService:
         params = GenerationParams(
             max_tokens=max_tokens, temperature=0.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, constrained=opts.constrained,
-            allowed_items=allowed, stop_token_ids=self.eos_ids)
+            allowed_items=allowed, stop_token_ids=() if req.ignore_eos else self.eos_ids,
+            ignore_eos=req.ignore_eos)
         meta = {"user_id": opts.user_id or req.user or "anonymous", "messages": messages,
                 "start_in_span": opts.start_with_item}
         return prompt, params, meta
@@ -333,22 +338,26 @@ class ServiceHolder:
 
     release = _release
 
+    def swap(self, new: ChatService) -> None:
+        """Make `new` current; the old service closes now if idle, else when its last request ends."""
+        close = None
+        with self._lock:
+            old, self._service = self._service, new
+            self.generation += 1
+            if self._inflight.get(id(old), 0) == 0:
+                self._inflight.pop(id(old), None)
+                close = old
+            else:
+                self._retired[id(old)] = old
+        if close is not None:
+            close.close()
+
     def reload(self, bundle: str | None = None) -> dict[str, Any]:
         """Build a new service (slow: loads the engine) while the old one serves, then swap."""
         with self._reload_lock:
             started = time.time()
             new = self._factory(bundle or str(self._service.rec.bundle.root))  # default: re-read the current bundle
-            close = None
-            with self._lock:
-                old, self._service = self._service, new
-                self.generation += 1
-                if self._inflight.get(id(old), 0) == 0:
-                    self._inflight.pop(id(old), None)
-                    close = old
-                else:
-                    self._retired[id(old)] = old
-            if close is not None:
-                close.close()
+            self.swap(new)
             return {"object": "chatrec.reload", "bundle": str(new.rec.bundle.root), "generation": self.generation,
                     "items": int(new.rec.core.trie.n_items), "seconds": round(time.time() - started, 2),
                     "reloaded_at": dt.datetime.now(dt.timezone.utc).isoformat()}

@@ -19,7 +19,7 @@ def _help(name: str) -> str:
 @app.command("serve")
 def serve(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle directory to serve (export/ when present, else model/)."),
-    engine: str = typer.Option("transformers", "--engine", help="Engine: vllm or transformers."),
+    engine: str = typer.Option("auto", "--engine", help="Engine: vllm, transformers, or auto (vllm when installed)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_key: str = typer.Option(None, "--api-key", help="Require `Authorization: Bearer KEY` (default: $CHATREC_API_KEY)."),

@@ -66,7 +66,8 @@ class TransformersEngine:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=dtype).to(self.device)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=dtype)
+        self.model = model.to(self.device)
         self.model.eval()
         self.core = core
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
@@ -145,7 +146,7 @@ class TransformersEngine:
             gen.manual_seed(int(params.seed))
         else:
             gen.seed()
-        stops = set(self.eos_ids) | set(params.stop_token_ids)
+        stops = set(params.stop_token_ids) if params.ignore_eos else set(self.eos_ids) | set(params.stop_token_ids)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros_like(ids)

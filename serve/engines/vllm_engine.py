@@ -55,13 +55,17 @@ class VLLMEngine:
         if core is not None:
             register_core(self.core_key, core)
         on_gpu = torch.cuda.is_available()
+        llm_dtype: Any = dtype or ("bfloat16" if on_gpu else "float32")
         self.llm = LLM(
-            model=str(self.model_dir), dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+            model=str(self.model_dir), dtype=llm_dtype,
             max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
             logits_processors=[ChatrecLogitsProcessor], max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )
         self.engine = self.llm.llm_engine
+        from vllm.exceptions import VLLMClientError
+
+        self._client_error = VLLMClientError
         self.tokenizer = self.llm.get_tokenizer()
         from serve.engines.transformers_engine import _eos_ids
 
@@ -119,7 +123,7 @@ class VLLMEngine:
             self._queues[rid] = q
             try:
                 self.engine.add_request(rid, {"prompt_token_ids": [int(t) for t in prompt_ids]}, sp)
-            except ValueError as exc:  # VLLMValidationError is a ValueError
+            except (ValueError, TypeError, self._client_error) as exc:  # bad request parameters
                 self._queues.pop(rid, None)
                 raise EngineRequestError(str(exc)) from None
             self._wake.notify()
@@ -146,7 +150,7 @@ class VLLMEngine:
         return SamplingParams(
             max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             seed=params.seed, stop_token_ids=list(params.stop_token_ids) or None,
-            logprobs=0 if logprobs else None, detokenize=False, extra_args=extra,
+            logprobs=0 if logprobs else None, detokenize=False, extra_args=extra, ignore_eos=params.ignore_eos,
         )
 
     # engine protocol -------------------------------------------------------------------------
@@ -195,20 +199,23 @@ class VLLMEngine:
 
         mask_key = self._mask_key(params)
         try:
-            sp = self._sampling(params, logprobs=False, mask_key=mask_key)
-            subs = [self._submit(p, sp) for p in prompts]
-            outs: list[list[int]] = []
-            for _rid, q in subs:
-                ids: list[int] = []
-                while (item := q.get()) is not _DONE:
-                    if isinstance(item, BaseException):
-                        raise ChatrecError(f"the vLLM engine failed: {item}")
-                    ids.extend(item[0])
-                outs.append(ids)
-            return outs
+            return self.generate_raw(prompts, self._sampling(params, logprobs=False, mask_key=mask_key))
         finally:
             if mask_key:
                 unregister_mask(mask_key)
+
+    def generate_raw(self, prompts: Sequence[Sequence[int]], sampling_params: Any) -> list[list[int]]:
+        """Generate with vLLM `SamplingParams` as given (e.g. `extra_args` as vLLM's server passes them)."""
+        subs = [self._submit(p, sampling_params) for p in prompts]
+        outs: list[list[int]] = []
+        for _rid, q in subs:
+            ids: list[int] = []
+            while (item := q.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise ChatrecError(f"the vLLM engine failed: {item}")
+                ids.extend(item[0])
+            outs.append(ids)
+        return outs
 
     def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                             token_ids: Sequence[int]) -> np.ndarray:

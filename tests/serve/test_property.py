@@ -83,3 +83,35 @@ def test_unconstrained_generation_is_not_trivially_valid(recommender: Recommende
     bad = sum(check_spans(rec.core, o, start_in_span=True).invalid + (check_spans(rec.core, o, start_in_span=True)
               .open_span) for o in outs)
     assert bad > len(outs) // 2
+
+
+def test_vllm_processor_per_request_args(recommender: Recommender) -> None:
+    """The v1 processor as vLLM's own server drives it: `extra_args` with item ids and categories
+    (no registered core or mask: loaded from the model folder), and `validate_params` errors."""
+    if recommender.engine.name != "vllm":
+        pytest.skip("vLLM processor only")
+    from vllm import SamplingParams
+
+    from serve.engines.vllm_engine import EngineRequestError
+    from serve.vllm_processor import ChatrecLogitsProcessor
+
+    with pytest.raises(ValueError, match="list of strings"):
+        ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"exclude": 5}}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"nope": []}}))
+    ChatrecLogitsProcessor.validate_params(SamplingParams())  # no opt-in: untouched
+    rec = recommender
+    engine = rec.engine
+    with pytest.raises(EngineRequestError, match="list of strings"):
+        engine.generate_raw([[1, 2, 3]], SamplingParams(max_tokens=2, extra_args={"chatrec": {"exclude": 5}}))
+    excluded = [str(x) for x in rec.core.trie.item_ids[:10]]
+    allowed = rec.allowed(excluded, ["Comedy"])
+    prompts = [p for p, prefix, in_span in random_prompts(rec, 96, np.random.default_rng(3)) if in_span and not prefix]
+    sp = SamplingParams(max_tokens=5, temperature=1.0, detokenize=False,
+                        extra_args={"chatrec": {"exclude": excluded, "categories": ["Comedy"]}})
+    named = 0
+    for out in engine.generate_raw(prompts, sp):
+        check = check_spans(rec.core, out, start_in_span=True, allowed=allowed)
+        assert check.invalid == 0
+        named += len(check.items)
+    assert named >= len(prompts) // 2

@@ -1,0 +1,117 @@
+"""Pure pieces of the server: span rendering, the durable log, request validation, atomic swap."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from chatrec.constrained import ConstraintCore, SpanTokens
+from chatrec.engine import TokenStep
+from chatrec.trie import ItemTrie
+from serve.feedback import JsonlLog, interaction_row
+from serve.protocol import ChatCompletionRequest, FeedbackRequest
+from serve.render import SpanRenderer
+from serve.service import ServiceHolder
+
+BEGIN, END = 40, 41
+
+
+class FakeTokenizer:
+    """Token i decodes to a word; 99 is half of a multi-byte character."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("\ufffd" if i == 99 else ("é" if i == 98 else f"w{i} ") for i in ids)
+
+
+def renderer() -> SpanRenderer:
+    trie = ItemTrie.from_sequences(np.array([[10, 20], [11, 21]]), ["a", "b"])
+    core = ConstraintCore(trie, SpanTokens(BEGIN, END, np.array([10, 11, 20, 21])))
+    return SpanRenderer(FakeTokenizer(), core, {"a": "Alien (1979)", "b": "Brazil (1985)"},
+                        {"a": "<|sid_begin|><|s0_0|><|s1_0|><|sid_end|>", "b": "..."})
+
+
+def test_spans_render_as_titles_incrementally() -> None:
+    r = renderer()
+    steps = [1, 2, BEGIN, 11, 21, END, 3, BEGIN, 10]  # the last span is cut off by max_tokens
+    deltas = [r.feed(TokenStep(t, -0.5)) for t in steps]
+    deltas.append(r.finish())
+    assert "".join(deltas) == r.text == "w1 w2 Brazil (1985)w3 "
+    assert [(i.item_id, i.title, i.score) for i in r.items] == [("b", "Brazil (1985)", -1.0)]
+    assert deltas[5] == "Brazil (1985)"  # the title arrives when the span closes
+
+
+def test_partial_characters_are_held_back() -> None:
+    r = renderer()
+    assert r.feed(TokenStep(99, 0.0)) == ""
+
+
+def test_jsonl_log_concurrent_threads_and_processes(tmp_path: Path) -> None:
+    log = JsonlLog(tmp_path / "logs" / "feedback.jsonl")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: log.append([interaction_row(f"u{i}", "m1", "like", context={"pad": "x" * 5000})] * 3),
+                      range(40)))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_from_process, args=(str(log.path), k)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = log.read()
+    assert len(rows) == 40 * 3 + 3 * 20
+    assert all(set(r) == {"user_id", "item_id", "action", "timestamp", "context"} for r in rows)
+    assert json.loads(rows[0]["context"]) == {"pad": "x" * 5000}
+
+
+def _append_from_process(path: str, k: int) -> None:
+    log = JsonlLog(path)
+    for i in range(20):
+        log.append([interaction_row(f"p{k}", f"m{i}", "click", context={"pad": "y" * 3000})])
+
+
+def test_request_validation() -> None:
+    ok = ChatCompletionRequest(model="chatrec", messages=[{"role": "user", "content": "hi"}],
+                               vllm_xargs={"chatrec": {"exclude": ["m1"], "categories": ["Drama"]}},
+                               chatrec={"exclude_item_ids": ["m2"]})
+    opts = ok.options()
+    assert opts.exclude_item_ids == ["m2", "m1"] and opts.categories == ["Drama"]
+    with pytest.raises(ValidationError, match="list of strings"):
+        ChatCompletionRequest(model="x", messages=[{"role": "user", "content": "hi"}],
+                              vllm_xargs={"chatrec": {"exclude": "m1"}})
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(model="x", messages=[])
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(model="x", messages=[{"role": "user", "content": "hi"}], n=2)
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(model="x", messages=[{"role": "user", "content": "hi"}], chatrec={"bogus": 1})
+    with pytest.raises(ValidationError, match="lower-case"):
+        FeedbackRequest(user_id="u", item_id="m1", action="Like!").all_events()
+
+
+class FakeService:
+    def __init__(self, name: str):
+        self.name, self.closed = name, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_holder_swaps_atomically_and_closes_old_when_idle() -> None:
+    holder = ServiceHolder(FakeService("old"), lambda bundle: FakeService("new"))  # type: ignore[arg-type]
+    old = holder.acquire()
+    holder.swap(FakeService("v2"))  # type: ignore[arg-type]
+    assert holder.current.name == "v2" and holder.generation == 1  # type: ignore[attr-defined]
+    assert not old.closed  # type: ignore[attr-defined]  # a request is still in flight on it
+    holder.release(old)
+    assert old.closed  # type: ignore[attr-defined]
+    with holder.use() as svc:
+        assert svc.name == "v2"  # type: ignore[attr-defined]
+    idle = holder.current
+    holder.swap(FakeService("v3"))  # type: ignore[arg-type]
+    assert idle.closed  # type: ignore[attr-defined]  # no request in flight: closed at once
