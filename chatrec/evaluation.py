@@ -270,6 +270,11 @@ class LLMSystem:
             out.append([str(getattr(r, "item_id", r)) for r in recs])
         return out
 
+    def close(self) -> None:
+        if self.rec is not None:
+            self.rec.close()
+            self.rec = None
+
 
 # conversational requests -----------------------------------------------------------------------
 def make_constraints(cases: Sequence[Case], catalog: Catalog, seed: int = 0) -> list[Constraint | None]:
@@ -428,6 +433,9 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
         if config.conversational:
             scores.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
         results[name] = scores
+        close = getattr(system, "close", None)
+        if close is not None:
+            close()
         log(f"{name}: " + ", ".join(f"{k}={scores[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr") if k in scores))
     valid_cons = [c for c in constraints if c is not None]
     base = [np.mean([c.satisfied(m) for m in catalog.meta]) for c in valid_cons]

@@ -235,3 +235,18 @@ def test_split_agrees_with_the_training_data_build(fixture_data: tuple[pd.DataFr
     for sample in built["train"]:
         cutoff = split.cutoffs.get(sample.user_id)
         assert cutoff is None or sample.time is None or pd.Timestamp(sample.time) < cutoff
+
+
+@pytest.mark.slow
+def test_llm_system_on_a_tiny_bundle(tmp_path: Path) -> None:
+    """The constrained LLM path end to end (random tiny Llama): only catalog items, none already seen."""
+    from chatrec.testing import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "b", n_users=30)
+    config = EvalConfig(systems=("popularity", "llm-tiny"), ks=(5, 10), max_users=4, progress=False)
+    out = evaluate_bundle(bundle, config, log=lambda _: None)
+    llm = out["llm-tiny"]
+    assert llm["users"] == 4 and llm["invalid_rate"] == 0.0 and llm["seen_rate"] == 0.0
+    assert llm["latency_ms_per_user"] > 0 and 0 <= llm["conv_sat@10"] <= 1
+    assert "conv_filter_hr@10" not in llm  # the LLM reads the request itself
+    assert out["split"]["systems"]["llm-tiny"]["history_len"] == 20
