@@ -7,8 +7,8 @@ SID fit time and peak memory on synthetic embeddings.
 
 Trie: synthetic catalogs with 3 code levels of 256 codes plus a disambiguation level, mapped to
 token ids after a 49,152-token base vocabulary (a 50k-ish vocabulary in all), like
-`tokenizer extend` does. Fit: 384-d clustered vectors (like MiniLM's, L2-normalised), 3 levels x
-256 codes; each size runs in a fresh process so its peak RSS is its own.
+`tokenizer extend` does. Fit: 384-d low-rank synthetic embeddings (see `synthetic_embeddings`),
+3 levels x 256 codes; each size runs in a fresh process so its peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -112,10 +112,16 @@ def measure(n: int) -> dict[str, float | int | str]:
     return res
 
 
-def clustered_vectors(n: int, dim: int = 384, clusters: int = 2_000, seed: int = 0) -> np.ndarray:
+def synthetic_embeddings(n: int, dim: int = 384, rank: int = 64, seed: int = 0) -> np.ndarray:
+    """Low-rank 384-d vectors (a 64-d Gaussian latent through a random projection, plus 10% noise),
+    L2-normalised: a stand-in for text embeddings, whose variance sits in few directions."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
-    x = centers[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    proj = rng.normal(size=(rank, dim)).astype(np.float32) / np.sqrt(rank)
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        z = rng.normal(size=(m, rank)).astype(np.float32)
+        x[start:start + m] = z @ proj + 0.1 * rng.normal(size=(m, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
 
@@ -123,7 +129,7 @@ def clustered_vectors(n: int, dim: int = 384, clusters: int = 2_000, seed: int =
 def measure_fit(n: int, method: str, epochs: int) -> dict[str, float | int | str]:
     from chatrec.sids import SidConfig, fit_sids
 
-    x = clustered_vectors(n)
+    x = synthetic_embeddings(n)
     cfg = SidConfig(method=method, levels=3, codebook_size=256, rqvae_epochs=epochs, progress=False)
     t0 = time.perf_counter()
     result = fit_sids(x, cfg)

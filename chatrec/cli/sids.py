@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +46,12 @@ def fit_cmd(
     config = SidConfig(method=method, levels=levels, codebook_size=codebook_size, seed=seed,
                        rqvae_epochs=epochs, embedding=embedding)
     b = Bundle(bundle or default_bundle())
-    result = fit_bundle(b, config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = fit_bundle(b, config)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            typer.echo(f"warning: {w.message}", err=True)
     typer.echo(summary(result.report))
     typer.echo(f"wrote {b.sids_path} and {b.path('sids')}/; next: `chatrec tokenizer extend --bundle {b.root}`")
 

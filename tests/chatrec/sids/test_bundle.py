@@ -171,9 +171,10 @@ def test_cli_fit_and_assign_with_the_real_text_encoder(tmp_path: Path) -> None:
     """The one test that runs all-MiniLM-L6-v2 (40 + 10 texts; cached after the first run)."""
     pytest.importorskip("sentence_transformers")
     bundle = new_bundle(tmp_path / "b")
-    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--codebook-size", "8"])
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--codebook-size", "64"])
     assert result.exit_code == 0, result.output
     assert "level 0:" in result.stdout and "collisions:" in result.stdout
+    assert "warning: codebook_size 64 exceeds the 40 items; using 40" in result.stderr
     report = json.loads(bundle.path("sids", "report.json").read_text())
     assert report["embedding_dim"] == 384 and report["embeddings"] == "texts"
     before = load_sids(bundle)
