@@ -1,9 +1,9 @@
 """RQ-VAE (TIGER-style): an MLP autoencoder whose latent is quantized by a residual quantizer.
 
 Codebooks are initialised by residual k-means on the initial latents, trained with the
-straight-through estimator plus codebook and commitment losses, and unused codes are re-seeded
-from live residuals after each epoch. Weights are kept as plain numpy arrays (saved in
-`sids/codebooks.npz`), so assigning new items needs no pickle.
+straight-through estimator plus codebook and commitment losses, and codes unused for 25 steps
+(or an epoch, when shorter) are re-seeded from live residuals. Weights are kept as plain numpy
+arrays (saved in `sids/codebooks.npz`), so assigning new items needs no pickle.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 from chatrec.deps import require
 from chatrec.sids.config import SidConfig
 from chatrec.sids.rqkmeans import fit_rqkmeans
+
+_RESTART_WINDOW = 25  # steps between dead-code checks (or one epoch, when shorter)
 
 
 def _build(in_dim: int, hidden: tuple[int, ...], latent: int, levels: int, k: int) -> Any:
@@ -99,17 +101,20 @@ def _fit_rqvae(x: np.ndarray, config: SidConfig, codebook_size: int) -> dict[str
                              iters=config.kmeans_iters)
         model.codebooks.copy_(torch.from_numpy(books))
     opt = torch.optim.Adam(model.parameters(), lr=config.rqvae_lr)
+    steps_per_epoch = -(-n // config.rqvae_batch_size)
+    total_steps = steps_per_epoch * config.rqvae_epochs
+    window = min(steps_per_epoch, _RESTART_WINDOW)  # dead-code check every `window` steps
+    used = torch.zeros(config.levels, codebook_size, dtype=torch.bool)
+    step = 0
     bar = tqdm(range(config.rqvae_epochs), desc="rq-vae epochs", disable=not config.progress)
-    for epoch in bar:
+    for _ in bar:
         model.train()
         perm = torch.randperm(n, generator=gen)
-        used = torch.zeros(config.levels, codebook_size, dtype=torch.bool)
         total = 0.0
-        last_residuals: list[torch.Tensor] = []
         for start in range(0, n, config.rqvae_batch_size):
             batch = data[perm[start:start + config.rqvae_batch_size]]            # [B, dim]
             z = model.encoder(batch)
-            z_q, codes, q_loss, last_residuals = model.quantize(z, config.rqvae_beta)
+            z_q, codes, q_loss, residuals = model.quantize(z, config.rqvae_beta)
             recon = model.decoder(z_q)
             loss = (recon - batch).pow(2).sum(-1).mean() + q_loss
             opt.zero_grad()
@@ -118,16 +123,24 @@ def _fit_rqvae(x: np.ndarray, config: SidConfig, codebook_size: int) -> dict[str
             total += float(loss.detach()) * len(batch)
             for level in range(config.levels):
                 used[level, codes[:, level]] = True
-        if epoch < config.rqvae_epochs - 1:  # re-seed dead codes from live residuals
-            with torch.no_grad():
-                for level in range(config.levels):
-                    dead = torch.nonzero(~used[level]).flatten()
-                    pool = last_residuals[level]
-                    if len(dead) and len(pool):
-                        pick = torch.randint(len(pool), (len(dead),), generator=gen)
-                        model.codebooks[level, dead] = pool[pick]
+            step += 1
+            if step % window == 0 and step < total_steps:
+                _restart_dead_codes(model, used, residuals, gen)
+                used.zero_()
         bar.set_postfix(loss=f"{total / n:.4f}")
     return {f"rqvae.{k}": v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _restart_dead_codes(model: Any, used: Any, residuals: list[Any], gen: Any) -> None:
+    """Re-seed codes unused since the last check with live residuals of the latest batch."""
+    import torch
+
+    with torch.no_grad():
+        for level, pool in enumerate(residuals):
+            dead = torch.nonzero(~used[level]).flatten()
+            if len(dead) and len(pool):
+                pick = torch.randint(len(pool), (len(dead),), generator=gen)
+                model.codebooks[level, dead] = pool[pick]
 
 
 def rqvae_encode(x: np.ndarray, state: dict[str, np.ndarray], config: SidConfig,
