@@ -1,0 +1,167 @@
+"""Continual finetune on new logs: `chatrec finetune --from BUNDLE --logs NEW_LOGS --out NEW_BUNDLE`.
+
+1. The parent bundle is copied to NEW_BUNDLE (catalog, log, SIDs, model; not its checkpoints,
+   training data or exports). Its manifest gets a `continual` stage naming the parent.
+2. New log rows are validated (rejected rows go to `quarantine/` with file:line); items the
+   catalog lacks must come with `--items` (catalog-shaped rows) and get SIDs from the frozen
+   codebooks (`chatrec.sids.assign_bundle`) and, where their codes need them, new tokens
+   (`tokenizer_ext.extend_bundle` re-extension: existing ids never move; `trie.npz` is rebuilt).
+3. Training data is rebuilt with a global time cut at the first new event: training targets from
+   the new period plus a `replay_fraction` of older ones; valid/test are the new period's held-out
+   events per user.
+4. Before: the parent adapter is scored on the new period's test users. Training continues from
+   the parent adapter (its LoRA weights and trained token rows). After: the new adapter is scored
+   on the same users. Both go into the `continual` stage record.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chatrec.bundle import Bundle
+from chatrec.errors import ConfigError, DataError
+from finetune.data import BuildConfig, build_bundle
+from finetune.recipe import FinetuneConfig, evaluate, finetune, validation_rows
+
+COPIED = ("catalog.parquet", "interactions.parquet", "sids.parquet", "sids", "model", "manifest.json")
+
+
+@dataclass
+class ContinualConfig:
+    """How a continual run mixes new and old data and what it measures."""
+
+    replay_fraction: float = field(default=0.5, metadata={"help": "Older training samples replayed, as a fraction of the new ones."})
+    eval_users: int = field(default=64, metadata={"help": "New-period test users scored before and after (0 = skip)."})
+    eval_k: int = field(default=10, metadata={"help": "K of HR@K / NDCG@K."})
+
+    def __post_init__(self) -> None:
+        if not self.replay_fraction >= 0:
+            raise ConfigError(f"`replay_fraction` must be >= 0, got {self.replay_fraction}")
+        if self.eval_users < 0:
+            raise ConfigError(f"`eval_users` must be >= 0, got {self.eval_users}")
+
+
+def _config_from(record: dict[str, Any] | None, cls: type, **overrides: Any) -> Any:
+    """The parent's stage config as a dataclass (unknown keys dropped), with overrides applied."""
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in ((record or {}).get("config") or {}).items() if k in names}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def read_new_logs(logs: str | Path, out: Bundle) -> pd.DataFrame:
+    """Validated new interactions; rejected rows are written to `out/quarantine/`."""
+    from chatrec.data.readers import read_table
+    from chatrec.data.validate import validate_interactions, write_quarantine
+
+    result = validate_interactions(read_table(logs, "interactions"))
+    if result.rejected:
+        write_quarantine([result], out.path("quarantine"))
+    if result.frame.empty:
+        raise DataError(f"{logs}: no valid interaction rows ({len(result.rejected)} rejected)")
+    return result.frame
+
+
+def read_new_items(items: str | Path) -> pd.DataFrame:
+    from chatrec.data.readers import read_table
+    from chatrec.data.validate import validate_catalog
+
+    result = validate_catalog(read_table(items, "catalog"))
+    if result.rejected:
+        first = result.rejected[0]
+        raise DataError(f"{items}: {len(result.rejected)} invalid item rows, e.g. {first}")
+    return result.frame
+
+
+def copy_parent(parent: Bundle, out: Bundle) -> None:
+    if out.root.exists() and any(out.root.iterdir()):
+        raise DataError(f"{out.root} is not empty; choose a new --out folder for the continual bundle")
+    out.ensure()
+    for name in COPIED:
+        src = parent.path(name)
+        if src.is_dir():
+            shutil.copytree(src, out.path(name))
+        elif src.exists():
+            shutil.copy2(src, out.path(name))
+
+
+def continual_finetune(
+    parent: Bundle | str | Path,
+    logs: str | Path,
+    out: Bundle | str | Path,
+    *,
+    items: str | Path | None = None,
+    config: ContinualConfig | None = None,
+    finetune_overrides: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the whole continual update; returns the `continual` record (counts, before/after metrics)."""
+    from chatrec.data.store import load_catalog, load_interactions, write_interactions
+    from chatrec.sids import assign_bundle
+    from tokenizer_ext import extend_bundle
+
+    parent = parent if isinstance(parent, Bundle) else Bundle(parent)
+    out = out if isinstance(out, Bundle) else Bundle(out)
+    cfg = config or ContinualConfig()
+    parent_adapter = parent.require("adapter")
+    for name in ("catalog.parquet", "interactions.parquet", "sids.parquet", "model"):
+        parent.require(name)
+
+    copy_parent(parent, out)
+    new_logs = read_new_logs(logs, out)
+    known = set(load_catalog(out)["item_id"].astype(str))
+    missing = sorted(set(new_logs["item_id"].astype(str)) - known)
+    new_items = pd.DataFrame()
+    if missing:
+        if items is None:
+            raise DataError(f"{len(missing)} items in {logs} are not in the catalog (e.g. {missing[0]}); "
+                            "pass their catalog rows with --items FILE")
+        new_items = read_new_items(items)
+        absent = sorted(set(missing) - set(new_items["item_id"].astype(str)))
+        if absent:
+            raise DataError(f"--items {items} lacks {len(absent)} items the logs name, e.g. {absent[0]}")
+        new_items = new_items[new_items["item_id"].astype(str).isin(missing)]
+        assign_bundle(out, new_items, update_catalog=True)
+    old = load_interactions(out)
+    merged = pd.concat([old, new_logs], ignore_index=True)
+    merged = merged.drop_duplicates(subset=["user_id", "item_id", "action", "timestamp"])
+    write_interactions(merged, out)
+    token_map = extend_bundle(out, quiet=True)
+
+    since = pd.Timestamp(new_logs["timestamp"].min())
+    build_cfg = _config_from(parent.stage("build"), BuildConfig, since=since.isoformat(),
+                             replay_fraction=cfg.replay_fraction)
+    counts = build_bundle(out, build_cfg)
+    record: dict[str, Any] = {
+        "parent": str(parent.root), "logs": str(logs), "since": since.isoformat(),
+        "new_interactions": len(new_logs), "new_items": len(new_items),
+        "vocab_size": token_map.vocab_size, "train_rows": counts["train"],
+    }
+    out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
+
+    rows = validation_rows(out, "test", cfg.eval_users) if cfg.eval_users else []
+    before = _score(out, parent_adapter, rows, cfg.eval_k) if rows else {}
+    ft_cfg = _config_from(parent.stage("finetune"), FinetuneConfig, init_adapter=str(parent_adapter),
+                          **(finetune_overrides or {}))
+    ft_counts = finetune(out, ft_cfg, quiet=quiet)
+    after = _score(out, out.adapter_dir, rows, cfg.eval_k) if rows else {}
+    record.update({"before": before, "after": after, "finetune": ft_counts})
+    out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
+    return record
+
+
+def _score(bundle: Bundle, adapter_dir: Path, rows: list[dict[str, Any]], k: int) -> dict[str, float]:
+    """HR@K / NDCG@K of `adapter_dir` on `bundle`'s (re-extended) model over `rows`."""
+    from peft import PeftModel
+
+    from tokenizer_ext import load_extended
+
+    model, tokenizer, token_map = load_extended(bundle.model_dir)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return evaluate(model, tokenizer, token_map, bundle, rows, k)
+
