@@ -322,9 +322,11 @@ class ConversationBuilder:
         for user in users:
             events = self.events[user]
             pos = [i for i, e in enumerate(events) if e.action in self.positive]
-            held = [i for i in pos if since is None or events[i].time >= since][-2:]
-            if len(held) == 2 and events[held[0]].time < events[held[1]].time:
-                v, t = events[held[0]], events[held[1]]
+            held = [i for i in pos if since is None or events[i].time >= since]
+            # test: the last positive; valid: the last positive strictly before it (ties share a time)
+            earlier = [i for i in held if held and events[i].time < events[held[-1]].time]
+            if earlier:
+                v, t = events[earlier[-1]], events[held[-1]]
                 if self.history_before(events, v.time):
                     valid.append(self.next_item(user, self.history_before(events, v.time), v))
                     test.append(self.next_item(user, self.history_before(events, t.time), t))

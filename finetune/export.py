@@ -96,19 +96,26 @@ def write_token_rows(model: Any, adapter_dir: Path) -> int:
     return written
 
 
-def load_lora_weights(peft_model: Any, adapter_dir: Path) -> int:
-    """Load only the LoRA A/B matrices of `adapter_dir` into `peft_model`; returns tensors loaded."""
-    from peft import set_peft_model_state_dict
+def load_lora_weights(peft_model: Any, adapter_dir: Path, adapter_name: str = "default") -> int:
+    """Copy only the LoRA A/B matrices of `adapter_dir` into `peft_model`; returns tensors loaded.
+
+    (peft's `set_peft_model_state_dict` also wants the trainable-token rows, whose index list may
+    have grown since the adapter was saved; those rows are carried by `write_token_rows`.)
+    """
+    import torch
 
     _, weights = _read_adapter(adapter_dir)
     lora = {k: v for k, v in weights.items() if ".lora_" in k}
     if not lora:
         raise BundleError(f"{adapter_dir}: the adapter holds no LoRA weights")
-    result = set_peft_model_state_dict(peft_model, lora)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    if unexpected:
-        raise BundleError(f"{adapter_dir}: LoRA weights do not fit the model (e.g. {unexpected[0]}); "
-                          "was it trained with other target modules?")
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for key, value in lora.items():
+            name = key.removesuffix(".weight") + f".{adapter_name}.weight"
+            if name not in params or params[name].shape != value.shape:
+                raise BundleError(f"{adapter_dir}: LoRA weight {key} does not fit the model; "
+                                  "was it trained with other target modules or rank?")
+            params[name].copy_(value.to(params[name].dtype))
     return len(lora)
 
 

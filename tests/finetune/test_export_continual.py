@@ -1,0 +1,135 @@
+"""Export layouts (merged, multi-adapter) and the continual finetune on new logs with new items."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chatrec.bundle import Bundle
+from finetune.data import BuildConfig, build_bundle
+from finetune.recipe import FinetuneConfig, finetune
+
+QUICK = dict(batch_size=4, learning_rate=2e-2, warmup_steps=1, lora_dropout=0.0, eval_users=0, save_every=0,
+             num_threads=1, max_tokens=256, tasks=("next_item", "action", "alignment"))
+
+
+@pytest.fixture
+def trained(tmp_path) -> Bundle:
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    build_bundle(b, BuildConfig(history_len=3))
+    finetune(b, FinetuneConfig(max_steps=3, **QUICK), quiet=True)
+    return b
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def test_export_merged_and_multi_adapter_match_the_trained_adapter(trained):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from finetune.export import ExportConfig, export_bundle
+    from tokenizer_ext import load_extended
+
+    out = export_bundle(trained, ExportConfig())
+    export = trained.export_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chatrec_tokens.json", "trie.npz"):
+        assert (export / name).exists(), name
+    assert (trained.adapter_dir / "adapter_model.safetensors").exists()  # adapter kept
+
+    base, tok, token_map = load_extended(trained.model_dir)
+    reference = PeftModel.from_pretrained(base, str(trained.adapter_dir)).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                  return_dict=False) + [token_map.sid_begin, *token_map.level_token_ids(0)[:3]]
+    want = _logits(reference, ids)
+    # the trained rows really moved away from the extended model's rows
+    assert not np.allclose(want, _logits(load_extended(trained.model_dir)[0].eval(), ids), atol=1e-4)
+
+    merged = AutoModelForCausalLM.from_pretrained(str(export)).eval()
+    np.testing.assert_allclose(_logits(merged, ids), want, atol=1e-4)
+
+    adapter_dir = trained.export_dir / "multi" / "adapters" / "chatrec"
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert cfg["trainable_token_indices"] is None and cfg["modules_to_save"] is None
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as fh:
+        assert fh.keys() and all(".lora_" in k for k in fh.keys())
+    multi_base = AutoModelForCausalLM.from_pretrained(out["multi_base"])
+    multi = PeftModel.from_pretrained(multi_base, str(adapter_dir)).eval()
+    np.testing.assert_allclose(_logits(multi, ids), want, atol=1e-4)
+    assert trained.stage("export")["outputs"]["merged"] == "export"
+
+
+def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
+    from peft import PeftModel
+
+    from chatrec.conversation import prompt_ids
+    from chatrec.prompts import HistoryEvent, next_item_messages
+    from chatrec.retrieval import RetrievalConfig, top_k
+    from chatrec.sids import SidConfig, fit_bundle
+    from chatrec.testing import make_catalog, make_interactions, smollm2_tokenizer, tiny_llama
+    from chatrec.trie import ItemTrie
+    from finetune.continual import ContinualConfig, continual_finetune
+    from finetune.validation import CachedLogprobs
+    from tokenizer_ext import extend_bundle, load_extended
+
+    full = make_catalog(46)
+    catalog, new_items = full.iloc[:40], full.iloc[40:]
+    inter = make_interactions(catalog, n_users=12, per_user=12)
+    parent = Bundle(tmp_path / "parent").ensure()
+    catalog.to_parquet(parent.catalog_path, index=False)
+    inter.to_parquet(parent.interactions_path, index=False)
+    fit_bundle(parent, SidConfig(levels=2, codebook_size=4))
+    tok = smollm2_tokenizer()
+    extend_bundle(parent, base="tiny", model=tiny_llama(tok), tokenizer=tok, quiet=True)
+    build_bundle(parent, BuildConfig(history_len=3))
+    finetune(parent, FinetuneConfig(max_steps=2, **QUICK), quiet=True)
+
+    # new logs: later events of existing users, half on the new items
+    t0 = inter["timestamp"].max() + pd.Timedelta(days=1)
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(12):
+        for k in range(4):
+            item = new_items["item_id"].iloc[(u + k) % len(new_items)] if k % 2 else catalog["item_id"].iloc[rng.integers(40)]
+            rows.append({"user_id": f"u{u}", "item_id": item, "action": "like",
+                         "timestamp": (t0 + pd.Timedelta(hours=u * 10 + k)).isoformat()})
+    logs = tmp_path / "new_logs.jsonl"
+    logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items_file = tmp_path / "new_items.jsonl"
+    items_file.write_text(new_items.assign(categories=new_items["categories"].map(list)).to_json(orient="records", lines=True))
+
+    out = Bundle(tmp_path / "child")
+    rec = continual_finetune(parent, logs, out, items=items_file, config=ContinualConfig(eval_users=4),
+                             finetune_overrides={"max_steps": 2}, quiet=True)
+    assert rec["new_items"] == 6 and rec["new_interactions"] == 48
+    assert set(rec["before"]) >= {"hr@10", "ndcg@10"} and set(rec["after"]) >= {"hr@10", "ndcg@10"}
+    assert out.stage("continual")["parent"] == str(parent.root)
+    assert out.stage("finetune")["parent"] == str(parent.root)
+    assert out.stage("finetune")["config"]["init_adapter"] == str(parent.adapter_dir)
+
+    trie = ItemTrie.load(out.model_dir / "trie.npz")
+    new_ids = new_items["item_id"].tolist()
+    assert all(trie.index_of_id(i) is not None for i in new_ids)
+    # every new item can be recommended: constrained retrieval restricted to the new items returns them all
+    model, tokenizer, token_map = load_extended(out.model_dir)
+    model = PeftModel.from_pretrained(model, str(out.adapter_dir)).eval()
+    sids = pd.read_parquet(out.sids_path)
+    codes = {i: tuple(c) for i, c in zip(sids["item_id"], sids["codes"], strict=True)}
+    history = [HistoryEvent(codes[i], "like") for i in catalog["item_id"].iloc[:3]]
+    ids = prompt_ids(tokenizer, next_item_messages(history), suffix_ids=[token_map.sid_begin])
+    allowed = np.isin(np.asarray(trie.item_ids).astype(str), new_ids)
+    found = top_k(CachedLogprobs(model), ids, trie, RetrievalConfig(k=len(new_ids)), allowed=allowed)
+    assert sorted(s.item_id for s in found) == sorted(new_ids)
+    # and the new period's training data names the new items
+    train = [json.loads(x) for x in (out.train_dir / "train.jsonl").read_text().splitlines()]
+    assert any(r["target_item_id"] in new_ids for r in train)
