@@ -2,7 +2,7 @@
 
 Protocol (`leave_last_out`, the same split `chatrec data build` trains on): per user, events in time
 order; the last *positive* event (action in `target_actions`, default `like`) is the test target and
-the positive before it the validation target, if it is strictly earlier. A case's input is every
+the last positive strictly before its timestamp the validation target. A case's input is every
 event of that user strictly before its target's timestamp (ties excluded). Training data holds each
 user's events strictly before the validation target. Every system ranks the whole catalog (no
 sampled negatives), with the items in the input excluded, and is scored on the same users.
@@ -65,9 +65,10 @@ def leave_last_out(
     """Split a log per user: last positive = test target, the positive before it = validation target.
 
     Mirrors `finetune.data.ConversationBuilder.build`: when no event has an action in
-    `target_actions`, every action counts as positive; a user is held out only when their last two
-    positives have strictly increasing timestamps and at least `min_history` events precede the
-    validation target; otherwise all of their events train. Cases whose target item already
+    `target_actions`, every action counts as positive; the test target is the user's last positive
+    and the validation target the last positive strictly before its timestamp (positives tied with
+    the test target are skipped). A user is held out only when both exist and at least
+    `min_history` events precede the validation target; otherwise all of their events train. Cases whose target item already
     appears in their own input are dropped (counted in the description), so no target is ever
     in its user's input. Events of items outside `known_items` are ignored.
     """
@@ -101,9 +102,11 @@ def leave_last_out(
         user = str(users[start])
         pos = np.flatnonzero(is_pos[start:end]) + start
         cutoffs[user] = None
-        if len(pos) < 2 or times_ns[pos[-2]] >= times_ns[pos[-1]]:
-            continue  # too few positives to hold out: all of this user's events train
-        v, t = int(pos[-2]), int(pos[-1])
+        t = int(pos[-1]) if len(pos) else -1
+        earlier = pos[times_ns[pos] < times_ns[t]] if len(pos) else pos
+        if not len(earlier):
+            continue  # no two positives at different times: all of this user's events train
+        v = int(earlier[-1])
         cutoffs[user] = stamps[v]
         keep[start:end] = times_ns[start:end] < times_ns[v]
         user_times = times_ns[start:end].tolist()
@@ -121,8 +124,8 @@ def leave_last_out(
     train = df[keep].reset_index(drop=True)
     description = {
         "method": "leave-last-out, time-ordered, per user",
-        "target": f"the user's last event with action in {list(positive)}; validation: the positive before "
-                  "it (strictly earlier timestamp)",
+        "target": f"the user's last event with action in {list(positive)}; validation: the last such event "
+                  "strictly before the test target's timestamp",
         "input": "all of the user's events (every action) strictly before the target's timestamp",
         "train": "each held-out user's events strictly before the validation target; all events of users "
                  "with fewer than two positives",

@@ -33,10 +33,10 @@ class SASRecConfig:
     dropout: float = field(default=0.2, metadata={"help": "Dropout rate in [0, 1)."})
     epochs: int = field(default=50, metadata={"help": "Maximum training epochs (>= 1)."})
     batch_size: int = field(default=128, metadata={"help": "Training sequences per step (>= 1)."})
-    negatives: int | None = field(default=256, metadata={
+    negatives: int | None = field(default=None, metadata={
         "help": "Uniform negatives shared per batch for a sampled softmax (None = full softmax over the catalog; "
                 "used anyway when the catalog has no more items than this)."})
-    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate (> 0)."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (> 0)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)."})
     eval_every: int = field(default=2, metadata={"help": "Epochs between validation checks (>= 1)."})
     patience: int = field(default=5, metadata={"help": "Validation checks without improvement before stopping (>= 1)."})

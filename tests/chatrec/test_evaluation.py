@@ -56,7 +56,8 @@ def test_split_by_hand() -> None:
         ("a", "1", "like", 0), ("a", "2", "watch", 1), ("a", "3", "like", 2), ("a", "4", "dislike", 3),
         ("a", "5", "like", 4), ("a", "6", "watch", 5),
         ("b", "1", "like", 0), ("b", "2", "like", 1),            # b: history before validation = 1 event
-        ("c", "1", "like", 0), ("c", "2", "like", 1), ("c", "3", "like", 1),  # c: last two positives tie
+        ("c", "0", "watch", 0), ("c", "1", "like", 1), ("c", "2", "like", 2), ("c", "3", "like", 2),  # c: tie
+        ("e", "1", "like", 0), ("e", "2", "like", 0),            # e: every positive at one time
         ("d", "1", "watch", 0), ("d", "2", "like", 1),           # d: one positive
     ])
     split = leave_last_out(log)
@@ -65,13 +66,16 @@ def test_split_by_hand() -> None:
     assert test["a"].target == "5" and test["a"].items == ("1", "2", "3", "4")
     assert test["a"].actions == ("like", "watch", "like", "dislike")
     assert valid["a"].target == "3" and valid["a"].items == ("1", "2")
-    assert "b" not in test and "c" not in test and "d" not in test
+    assert "b" not in test and "d" not in test and "e" not in test
+    # c: "3" is the test target, "2" (tied with it) is skipped, "1" is the validation target
+    assert test["c"].target == "3" and test["c"].items == ("0", "1") and valid["c"].target == "1"
+    assert valid["c"].items == ("0",)
     # training holds a's events strictly before its validation target, and all of c's and d's
     train = split.train.groupby("user_id")["item_id"].apply(list).to_dict()
     assert train["a"] == ["1", "2"]
-    assert train["c"] == ["1", "2", "3"] and train["d"] == ["1", "2"]
+    assert train["c"] == ["0"] and train["d"] == ["1", "2"] and train["e"] == ["1", "2"]
     assert "b" not in train  # nothing precedes b's validation target, and nothing from it on trains
-    assert split.cutoffs["a"] == T0 + pd.Timedelta(hours=2) and split.cutoffs["c"] is None
+    assert split.cutoffs["a"] == T0 + pd.Timedelta(hours=2) and split.cutoffs["e"] is None
     assert split.cutoffs["b"] == T0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -53,11 +55,16 @@ def test_itemknn_recency_weights_the_latest_item() -> None:
     assert knn.recommend([2, 0], 1, exclude={0, 2}) == [1]
 
 
-def test_sasrec_learns_a_cycle() -> None:
-    """Every user walks 0 -> 1 -> ... -> 9 -> 0: the next item is fully determined by the last."""
+@pytest.mark.parametrize("negatives", [None, 4])
+def test_sasrec_learns_a_cycle(negatives: int | None) -> None:
+    """Every user walks 0 -> 1 -> ... -> 9 -> 0: the next item is fully determined by the last.
+
+    Learnt with the full softmax and with a sampled softmax over 4 shared negatives.
+    """
     n = 10
     seqs = [[(start + i) % n for i in range(12)] for start in range(n)] * 3
-    model = SASRec(TINY_SASREC, progress=False).fit(seqs, n_items=n)
+    cfg = dataclasses.replace(TINY_SASREC, negatives=negatives, epochs=20 if negatives is None else 40)
+    model = SASRec(cfg, progress=False).fit(seqs, n_items=n)
     histories = [[3, 4, 5], [7, 8], [9]]
     recs = model.recommend_batch(histories, 1)
     assert [r[0] for r in recs] == [6, 9, 0]
