@@ -178,6 +178,8 @@ def export_bundle(bundle: Bundle | str | Path, config: ExportConfig | None = Non
     """`chatrec export`: the merged folder and/or the multi-adapter layout; records stage "export"."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     cfg = config or ExportConfig()
+    bundle.require("model")
+    bundle.require("adapter")
     outputs: dict[str, str] = {}
     if cfg.merged:
         outputs["merged"] = str(export_merged(bundle, cfg.dtype))

@@ -292,12 +292,6 @@ def evaluate(model: Any, tokenizer: Any, token_map: Any, bundle: Bundle, rows: l
 def finetune(bundle: Bundle | str | Path, config: FinetuneConfig | None = None, *, resume: bool = False,
              quiet: bool = False) -> dict[str, Any]:
     """Train the LoRA adapter of `bundle` into `BUNDLE/adapter/`; returns the stage's counts."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     cfg = config or FinetuneConfig()
     model_dir = bundle.require("model")
@@ -308,6 +302,13 @@ def finetune(bundle: Bundle | str | Path, config: FinetuneConfig | None = None, 
     if not resume and _checkpoint_dirs(ckpt_root):
         raise BundleError(f"{ckpt_root} holds checkpoints of an earlier run; pass --resume to continue it "
                           "or delete the folder to start over")
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

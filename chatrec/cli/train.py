@@ -71,10 +71,12 @@ def build_cmd(
 
     teacher = TeacherConfig(url=teacher_url, model=teacher_model, api_key=teacher_api_key,
                             max_requests_per_s=teacher_rate)
-    extra = {"task_weights": parse_weights(weights)} if weights else {}
     cfg = BuildConfig(history_len=history_len, with_titles=with_titles, max_users=max_users,
                       max_targets_per_user=max_targets_per_user, since=since, replay_fraction=replay_fraction,
-                      seed=seed, teacher=teacher, **extra)
+                      seed=seed, teacher=teacher)
+    if weights:
+        cfg.task_weights = parse_weights(weights) or cfg.task_weights
+        cfg.__post_init__()  # validate the parsed weights
     b = _bundle(bundle)
     counts = build_bundle(b, cfg)
     tasks = ", ".join(f"{k[6:]} {v}" for k, v in counts.items() if k.startswith("train_"))

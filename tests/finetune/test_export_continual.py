@@ -62,7 +62,8 @@ def test_export_merged_and_multi_adapter_match_the_trained_adapter(trained):
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert cfg["trainable_token_indices"] is None and cfg["modules_to_save"] is None
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as fh:
-        assert fh.keys() and all(".lora_" in k for k in fh.keys())
+        names = list(fh.keys())
+    assert names and all(".lora_" in k for k in names)
     multi_base = AutoModelForCausalLM.from_pretrained(out["multi_base"])
     multi = PeftModel.from_pretrained(multi_base, str(adapter_dir)).eval()
     np.testing.assert_allclose(_logits(multi, ids), want, atol=1e-4)
