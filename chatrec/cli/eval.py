@@ -25,8 +25,10 @@ def eval_command(
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
     engine: str = typer.Option("transformers", "--engine", help="Engine for llm systems: transformers or vllm."),
+    sasrec_epochs: int = typer.Option(50, "--sasrec-epochs", help="Maximum SASRec epochs (early-stopped on validation)."),
 ) -> None:
     """Compare systems on a leave-last-out split with full-catalog ranking; writes BUNDLE/eval.json."""
+    from chatrec.baselines import SASRecConfig
     from chatrec.errors import ConfigError
     from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
 
@@ -35,7 +37,8 @@ def eval_command(
     except ValueError:
         raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
-                        target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine)
+                        target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine,
+                        sasrec=SASRecConfig(epochs=sasrec_epochs))
     results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(markdown_table(results, config.ks))
     typer.echo(f"wrote {Path(bundle) / 'eval.json'}")
