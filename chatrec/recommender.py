@@ -89,6 +89,8 @@ class Recommender:
         core = ConstraintCore(trie, SpanTokens.from_token_map(token_map), catalog[["item_id", "categories"]])
         if isinstance(engine, str):
             engine = load_engine(engine, mdir, core, **engine_kwargs)
+        elif getattr(engine, "core", True) is None:  # an engine wrapped around an in-memory model
+            engine.core = core  # type: ignore[attr-defined]
         return cls(bundle, engine, core, token_map, catalog, sids, mdir)
 
     def close(self) -> None:

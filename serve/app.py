@@ -195,5 +195,8 @@ async def _sse(chunks: Iterator[dict[str, Any]], holder: ServiceHolder, svc: Any
     except Exception as exc:  # the stream has started: report in-band, as OpenAI does
         yield f"data: {json.dumps(error_for(exc).body())}\n\n"
     finally:
+        # a client that went away must not leave the generation (and an engine lock) suspended
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(getattr(chunks, "close", lambda: None))
         holder.release(svc)
     yield "data: [DONE]\n\n"

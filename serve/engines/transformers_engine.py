@@ -77,6 +77,19 @@ class TransformersEngine:
         self._prefix_cache: Any = None
         self._prefix_logits: Any = None
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, core: ConstraintCore | None = None) -> TransformersEngine:
+        """Wrap an already loaded model (e.g. during finetuning, for validation with `Recommender`)."""
+        self = cls.__new__(cls)
+        self.model_dir = Path(getattr(getattr(model, "config", None), "name_or_path", "") or ".")
+        self.device = str(next(model.parameters()).device)
+        self.tokenizer, self.model, self.core = tokenizer, model, core
+        self.eos_ids = _eos_ids(tokenizer, model)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._lock = threading.Lock()
+        self._prefix_key, self._prefix_cache, self._prefix_logits = None, None, None
+        return self
+
     # scoring ---------------------------------------------------------------------------------
     def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                             token_ids: Sequence[int]) -> np.ndarray:
