@@ -115,3 +115,25 @@ def test_vllm_processor_per_request_args(recommender: Recommender) -> None:
         assert check.invalid == 0
         named += len(check.items)
     assert named >= len(prompts) // 2
+
+
+def test_span_logits_processor_plugs_into_hf_generate(recommender: Recommender) -> None:
+    """The transformers `LogitsProcessor` wrapper works inside `model.generate` as well."""
+    if recommender.engine.name != "transformers":
+        pytest.skip("transformers processor only")
+    import torch
+    from transformers import LogitsProcessorList
+
+    from serve.engines.transformers_engine import SpanLogitsProcessor
+
+    rec = recommender
+    allowed = rec.allowed(categories=["Horror"])
+    prompt = rec.retrieval_prompt([("m1", "like")])
+    ids = torch.tensor([prompt] * 16)
+    out = rec.engine.model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=True, top_k=0,
+        logits_processor=LogitsProcessorList([SpanLogitsProcessor(rec.core, allowed)]),
+        pad_token_id=rec.engine.pad_id)
+    for row in out[:, len(prompt):].tolist():
+        check = check_spans(rec.core, row, start_in_span=True, allowed=allowed)
+        assert check.invalid == 0 and len(check.items) == 1

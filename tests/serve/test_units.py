@@ -115,3 +115,17 @@ def test_holder_swaps_atomically_and_closes_old_when_idle() -> None:
     idle = holder.current
     holder.swap(FakeService("v3"))  # type: ignore[arg-type]
     assert idle.closed  # type: ignore[attr-defined]  # no request in flight: closed at once
+
+
+def test_serve_cli_help_and_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from chatrec.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0 and "--api-key" in result.output and "127.0.0.1" in result.output
+    result = runner.invoke(app, ["serve", "--bundle", str(tmp_path), "--engine", "bogus"])
+    assert result.exit_code == 2 and "`engine` must be one of" in result.output
+    result = runner.invoke(app, ["serve", "--bundle", str(tmp_path / "missing"), "--engine", "transformers"])
+    assert result.exit_code == 4 and "chatrec tokenizer extend" in result.output
