@@ -63,6 +63,10 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )
         self.engine = self.llm.llm_engine
+        # vLLM's CPU worker binds its OpenMP threads in this thread and then replaces
+        # torch.set_num_threads with a no-op; the step thread must run with the same thread count
+        # or the CPU attention kernel aborts ("metadata->thread_num == thread_num").
+        self._num_threads = torch.get_num_threads()
         from vllm.exceptions import VLLMClientError
 
         self._client_error = VLLMClientError
@@ -82,6 +86,9 @@ class VLLMEngine:
 
     # the step loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        import torch
+
+        torch._C.set_num_threads(self._num_threads)  # the unpatched setter (see __init__)
         while True:
             with self._wake:
                 while not self._closed and not self.engine.has_unfinished_requests():
