@@ -522,6 +522,9 @@ def markdown_table(results: dict[str, Any], ks: Sequence[int] = (1, 5, 10, 20)) 
 
 def plot(results: dict[str, Any], path: str | Path, ks: Sequence[int] = (1, 5, 10, 20)) -> Path:
     """Grouped bars of HR@K and NDCG@K per system (PNG, matplotlib Agg)."""
+    from chatrec.deps import require
+
+    require("matplotlib", "the eval plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from chatrec.baselines.base import Baseline, Sequences, check_sequences
+from chatrec.deps import require
 from chatrec.errors import ConfigError
 
 
@@ -51,6 +52,7 @@ class ItemKNN(Baseline):
 
     def fit(self, sequences: Sequences, n_items: int, *, valid: tuple[Sequences, Sequence[int]] | None = None
             ) -> ItemKNN:
+        require("scipy", "the item-kNN baseline")
         from scipy import sparse
 
         check_sequences(sequences, n_items)
