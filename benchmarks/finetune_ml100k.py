@@ -97,7 +97,7 @@ def evaluate_and_plot(bundle_path: Path, args: argparse.Namespace, timings: dict
         ax2.plot([r["step"] for r in evals], [r["eval"]["hr@10"] for r in evals], "o--", color="C1",
                  label="valid HR@10")
         ax2.set_ylabel("valid HR@10")
-        ax2.legend(loc="upper center")
+        ax2.legend(loc="center right")
     ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(RESULTS / "finetune_ml100k_loss.png", dpi=120)
