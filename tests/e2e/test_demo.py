@@ -61,7 +61,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
         recs = httpx.post(f"http://127.0.0.1:{port}/v1/recommendations",
                           json={"history": [], "k": 5}, timeout=60).json()
         catalog_ids = set(pd.read_parquet(out / "catalog.parquet")["item_id"])
-        items = recs["items"] if "items" in recs else recs["data"]
+        items = recs["items"]
         assert items and all(item["item_id"] in catalog_ids for item in items)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
