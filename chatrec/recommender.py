@@ -18,7 +18,15 @@ from chatrec.bundle import Bundle
 from chatrec.constrained import ConstraintCore, FilterError, SpanTokens
 from chatrec.engine import Engine
 from chatrec.errors import BundleError, ChatrecError, ConfigError
-from chatrec.prompts import HistoryEvent, action_messages, next_item_messages
+from chatrec.prompts import (
+    DEFAULT_HISTORY_LEN,
+    DEFAULT_SUMMARY_WORDS,
+    HistoryEvent,
+    action_messages,
+    next_item_messages,
+    taste_summary,
+    year_from,
+)
 from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
 from chatrec.tokens import sid_string
 
@@ -64,6 +72,16 @@ class Recommender:
                                                strict=True))
         self.codes: dict[str, tuple[int, ...]] = {
             str(i): tuple(int(c) for c in codes) for i, codes in zip(sids["item_id"], sids["codes"], strict=True)}
+        years = catalog["year"] if "year" in catalog.columns else [None] * len(catalog)
+        self.meta: dict[str, tuple[tuple[str, ...], int | None]] = {
+            str(i): (tuple(cats) if cats is not None else (), year_from(str(t), y))
+            for i, cats, t, y in zip(catalog["item_id"], catalog["categories"], catalog["title"], years, strict=True)}
+        # prompts must look like the training data: the last `history_len` events + a taste summary
+        build = (bundle.stage("build") or {}).get("config") or {}
+        self.history_len = int(build.get("history_len", DEFAULT_HISTORY_LEN))
+        self.summary_words = int(build.get("summary_max_words", DEFAULT_SUMMARY_WORDS))
+        self.positive_actions = tuple(build.get("positive_actions", ("like",)))
+        self.negative_actions = tuple(build.get("negative_actions", ("dislike",)))
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -132,8 +150,21 @@ class Recommender:
 
         return prompt_ids(self.engine.tokenizer, messages, suffix_ids=suffix_ids)
 
+    def window(self, history: HistoryLike) -> tuple[list[HistoryEvent], str | None]:
+        """The most recent `history_len` events, plus the taste summary when older ones are cut
+        (the same window `chatrec data build` trains on)."""
+        events = self.events(history)
+        if len(events) <= self.history_len:
+            return events, None
+        by_codes = {codes: item_id for item_id, codes in self.codes.items()}
+        summary = taste_summary([(*self.meta.get(by_codes.get(ev.codes, ""), ((), None)), ev.action) for ev in events],
+                                positive_actions=self.positive_actions, negative_actions=self.negative_actions,
+                                max_words=self.summary_words)
+        return events[-self.history_len:], summary
+
     def retrieval_prompt(self, history: HistoryLike, request: str | None = None) -> list[int]:
-        return self.prompt_ids(next_item_messages(self.events(history), request), [self.token_map.sid_begin])
+        events, summary = self.window(history)
+        return self.prompt_ids(next_item_messages(events, request, summary=summary), [self.token_map.sid_begin])
 
     def item(self, index: int, score: float) -> Recommendation:
         item_id = str(self.core.trie.item_ids[index])
@@ -168,7 +199,7 @@ class Recommender:
         """Candidates ordered by a value of P(action | history, item), e.g. P(like) - 10 P(dislike)."""
         if isinstance(value_fn, str):
             value_fn = ValueFunction.parse(value_fn)
-        events = self.events(history)
+        events, _ = self.window(history)  # the action task trains on this window, no summary
         prompts = []
         for item_id in candidate_item_ids:
             codes = self.codes.get(str(item_id))

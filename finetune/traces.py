@@ -9,13 +9,14 @@ rewrite the same evidence in freer words; the template here is the fallback.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from chatrec import prompts
+from chatrec.prompts import decade_words, year_from  # noqa: F401  (year_from re-exported for finetune.data)
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-_YEAR_RE = re.compile(r"\((\d{4})\)")
 
 
 @dataclass(frozen=True)
@@ -32,22 +33,6 @@ class ItemInfo:
     @property
     def decade(self) -> int | None:
         return None if self.year is None else (self.year // 10) * 10
-
-
-def year_from(title: str, value: object = None) -> int | None:
-    """The item's year: the `year` column when set, else `(YYYY)` in the title."""
-    try:
-        if value is not None and value == value:  # not NaN / NA
-            return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        pass
-    m = _YEAR_RE.search(title or "")
-    return int(m.group(1)) if m else None
-
-
-def decade_words(decade: int) -> str:
-    """1990 -> "90s", 2000 -> "2000s"."""
-    return f"{decade % 100:02d}s" if decade < 2000 else f"{decade}s"
 
 
 @dataclass
@@ -160,16 +145,7 @@ def explanation(ev: Evidence) -> str:
 
 def taste_summary(history: Sequence[tuple[ItemInfo, str]], *, positive_actions: Sequence[str] = ("like",),
                   negative_actions: Sequence[str] = ("dislike",), max_words: int = 24) -> str:
-    """One line of long-term preferences over a whole history, bounded to `max_words` words."""
-    liked = Counter(g for it, a in history if a in positive_actions for g in it.categories).most_common(3)
-    disliked = Counter(g for it, a in history if a in negative_actions for g in it.categories).most_common(2)
-    decades = Counter(it.decade for it, a in history if a in positive_actions and it.decade is not None)
-    parts = [f"{len(history)} past events"]
-    if liked:
-        parts.append("likes " + ", ".join(g for g, _ in liked))
-    if disliked:
-        parts.append("dislikes " + ", ".join(g for g, _ in disliked))
-    if decades:
-        parts.append(f"mostly {decade_words(decades.most_common(1)[0][0])} films")
-    words = "; ".join(parts).split()
-    return " ".join(words[:max_words])
+    """One line of long-term preferences over a whole history (the serving side calls the same core)."""
+    return prompts.taste_summary([(it.categories, it.year, a) for it, a in history],
+                                 positive_actions=positive_actions, negative_actions=negative_actions,
+                                 max_words=max_words)
