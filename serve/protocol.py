@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 _ACTION = re.compile(r"^[a-z0-9_]+$")
+
+
+def _check_action(v: str) -> str:
+    if not _ACTION.match(v):
+        raise ValueError(f"action must be lower-case letters, digits and '_', got {v!r}")
+    return v
+
+
+Action = Annotated[str, AfterValidator(_check_action)]  # one rule for history and feedback actions
 
 
 class HistoryItem(BaseModel):
     """One past interaction: an item id and the user's action on it."""
 
     item_id: str = Field(min_length=1, max_length=256)
-    action: str = Field(default="watch", max_length=64)
-
-    @field_validator("action")
-    @classmethod
-    def _action(cls, v: str) -> str:
-        if not _ACTION.match(v):
-            raise ValueError(f"action must be lower-case letters, digits and '_', got {v!r}")
-        return v
+    action: Action = Field(default="watch", max_length=64)
 
 
 class ChatrecOptions(BaseModel):
@@ -135,16 +137,9 @@ class FeedbackEvent(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=256)
     item_id: str = Field(min_length=1, max_length=256)
-    action: str = Field(max_length=64)
+    action: Action = Field(max_length=64)
     timestamp: dt.datetime | None = None
     context: dict[str, Any] | None = None
-
-    @field_validator("action")
-    @classmethod
-    def _action(cls, v: str) -> str:
-        if not _ACTION.match(v):
-            raise ValueError(f"action must be lower-case letters, digits and '_', got {v!r}")
-        return v
 
 
 class FeedbackRequest(BaseModel):
