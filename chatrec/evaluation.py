@@ -246,8 +246,10 @@ class BaselineSystem:
 class LLMSystem:
     """The bundle's finetuned LLM through `chatrec.recommender.Recommender` (constrained top-K)."""
 
-    def __init__(self, name: str, bundle: Bundle, engine: str = "transformers", history_len: int | None = 20):
+    def __init__(self, name: str, bundle: Bundle, engine: str = "transformers", history_len: int | None = None,
+                 model_dir: str | None = None):
         self.name = name
+        self.model_dir = model_dir
         self.bundle = bundle
         self.engine = engine
         self.history_len = history_len
@@ -256,8 +258,18 @@ class LLMSystem:
     def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]:
         from chatrec.recommender import Recommender  # lands with the serving stage
 
-        self.rec = Recommender.from_bundle(self.bundle.root, engine=self.engine)
-        return {"engine": self.engine, "bundle": str(self.bundle.root), "history_len": self.history_len}
+        self.rec = Recommender.from_bundle(self.bundle.root, engine=self.engine, model_dir=self.model_dir)
+        trained = (self.bundle.stage("finetune") or {}).get("counts", {})
+        info = {"engine": self.engine, "bundle": str(self.bundle.root), "history_len": self.history_len,
+                "model_dir": str(self.rec.model_dir)}
+        for key in ("recipe", "train_minutes", "layers", "steps", "epochs_seen"):
+            if key in trained:
+                info[key] = trained[key]
+        snapshot = (self.bundle.stage("finetune") or {}).get("snapshots", {}).get(Path(self.model_dir or "").name)
+        if snapshot:  # a learning-curve snapshot: its own training time
+            info.update(train_minutes=snapshot["minutes"], steps=snapshot["step"])
+            info.pop("epochs_seen", None)
+        return info
 
     def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None
                   ) -> list[list[str]]:
@@ -316,9 +328,12 @@ class EvalConfig:
     conversational: bool = field(default=True, metadata={
         "help": "Also score text requests with a checkable constraint (a genre or a decade)."})
     engine: str = field(default="transformers", metadata={"help": "Engine for llm systems: transformers or vllm."})
-    llm_history_len: int | None = field(default=20, metadata={
-        "help": "Most recent input events put in the LLM's prompt (as in `chatrec data build`); every input item "
-                "is still excluded from its answer. None = the whole input."})
+    llm_history_len: int | None = field(default=None, metadata={
+        "help": "Most recent input events given to the LLM; every input item is still excluded from its answer. "
+                "None = the whole input (the recommender then keeps what its prompts were trained on: one "
+                "sequence window, or `history_len` events in chat prompts)."})
+    llm_model_dir: str | None = field(default=None, metadata={
+        "help": "Model folder for llm systems (default: BUNDLE/export, else BUNDLE/model), e.g. a training snapshot."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     itemknn: ItemKNNConfig = field(default_factory=ItemKNNConfig, metadata={"help": "Item-kNN hyper-parameters."})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig, metadata={
@@ -406,7 +421,8 @@ def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
     if name.startswith("llm"):
         if bundle is None:
             raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
-        return LLMSystem(name, bundle, engine=config.engine, history_len=config.llm_history_len)
+        return LLMSystem(name, bundle, engine=config.engine, history_len=config.llm_history_len,
+                         model_dir=config.llm_model_dir)
     return BaselineSystem(name, seed=config.seed, progress=config.progress, itemknn=config.itemknn,
                           sasrec=config.sasrec)
 
@@ -433,6 +449,8 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
         scores["latency_ms_per_user"] = latency
         scores["fit_s"] = fit_s
         scores["users"] = len(cases)
+        if "train_minutes" in fit_info[name]:
+            scores["train_minutes"] = fit_info[name]["train_minutes"]
         if config.conversational:
             scores.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
         results[name] = scores

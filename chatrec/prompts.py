@@ -1,8 +1,16 @@
 """Chat prompts shared by training-data building and serving: one format, one place.
 
-A history is an interleaved `SID ACTION SID ACTION ...` string. Retrieval prompts end with the
-assistant's generation prompt followed by `<|sid_begin|>`, so constrained beam search starts on
-level 0; ranking reads the action-token distribution right after the candidate's span.
+A history is the compact event string `ACTION c0 c1 .. cL ACTION c0 ...` with no spaces and no span
+markers: each event is its action token followed by the item's code tokens (level-specific codes
+make every item boundary unambiguous), so an event costs `1 + levels + 1` tokens. The action comes
+first so that a prompt ending in a positive action (`<|act_like|>`) asks for the next *liked* item.
+That same string is a training sequence (`chatrec data build` writes one per user, and the loss
+falls on every token of it) and the history inside chat prompts.
+
+Retrieval has two prompts: with no text request, the plain sequence prompt (history + positive
+action), exactly what sequence training sees; with a request, the chat prompt ending in the
+assistant's generation prompt followed by `<|sid_begin|>`. Ranking reads the action-token
+distribution right after the candidate's span.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatrec.tokens import action_token, sid_string
+from chatrec.tokens import action_token, code_token, sid_string
 
 SYSTEM_PROMPT = (
     "You are chatrec, a movie recommender. Items are written as semantic IDs between "
@@ -35,13 +43,28 @@ class HistoryEvent:
     title: str | None = None
 
 
+def event_text(codes: Sequence[int], action: str) -> str:
+    """One history event: `<|act_A|><|s0_C|>...<|sL_C|>` (the action before the item it describes)."""
+    return action_token(action) + "".join(code_token(level, int(c)) for level, c in enumerate(codes))
+
+
 def history_text(events: Sequence[HistoryEvent], *, with_titles: bool = False) -> str:
-    """`SID ACTION SID ACTION ...`, optionally with `(title)` after each SID."""
+    """The compact event string `ACTION CODES ACTION CODES ...`, optionally with ` (title) ` after each item."""
     parts = []
     for ev in events:
-        title = f" ({ev.title})" if with_titles and ev.title else ""
-        parts.append(f"{sid_string(ev.codes)}{title} {action_token(ev.action)}")
-    return " ".join(parts)
+        title = f" ({ev.title}) " if with_titles and ev.title else ""
+        parts.append(event_text(ev.codes, ev.action) + title)
+    return "".join(parts).strip()
+
+
+def sequence_prompt(events: Sequence[HistoryEvent], next_action: str) -> str:
+    """The plain-sequence retrieval prompt: the history, then the action the next item should get."""
+    return history_text(events) + action_token(next_action)
+
+
+def tokens_per_event(n_levels: int) -> int:
+    """Tokens one history event costs: its action + one code per level (disambiguation level included)."""
+    return 1 + n_levels
 
 
 def next_item_messages(

@@ -24,7 +24,9 @@ from chatrec.prompts import (
     HistoryEvent,
     action_messages,
     next_item_messages,
+    sequence_prompt,
     taste_summary,
+    tokens_per_event,
     year_from,
 )
 from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
@@ -81,6 +83,9 @@ class Recommender:
         self.history_len = int(build.get("history_len", DEFAULT_HISTORY_LEN))
         self.summary_words = int(build.get("summary_max_words", DEFAULT_SUMMARY_WORDS))
         self.positive_actions = tuple(build.get("positive_actions", ("like",)))
+        # the plain-sequence prompt holds as many events as one training window (+ the asked action)
+        per_event = tokens_per_event(token_map.n_levels)
+        self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
         self.negative_actions = tuple(build.get("negative_actions", ("dislike",)))
 
     # construction ------------------------------------------------------------------------------
@@ -163,6 +168,12 @@ class Recommender:
         return events[-self.history_len:], summary
 
     def retrieval_prompt(self, history: HistoryLike, request: str | None = None) -> list[int]:
+        """Without a request and with a history: the plain sequence prompt (the last events, then the
+        positive action), exactly what sequence training saw. Otherwise the chat prompt + `<|sid_begin|>`."""
+        if request is None and history:
+            events = self.events(history)[-self.sequence_events:]
+            text = sequence_prompt(events, self.positive_actions[0])
+            return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
         events, summary = self.window(history)
         return self.prompt_ids(next_item_messages(events, request, summary=summary), [self.token_map.sid_begin])
 

@@ -29,6 +29,9 @@ class RetrievalConfig:
         default=None, metadata={"help": "Beams kept per level (default: max(k, 2 * k) = 2k)."})
     fallback: bool = field(
         default=True, metadata={"help": "When fewer than k items qualify, fill with items sharing a SID prefix."})
+    renormalize: bool = field(
+        default=True, metadata={"help": "Score each level's log-probs renormalised over the beam's allowed children "
+                                        "(as a masked softmax would), not over the whole vocabulary."})
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -77,8 +80,11 @@ def top_k(
         col = {int(t): j for j, t in enumerate(union)}
         cand: list[tuple[tuple[int, ...], float]] = []
         for b, (prefix, score) in enumerate(beams):
-            for t in children[b]:
-                cand.append(((*prefix, int(t)), score + float(lp[b, col[int(t)]])))
+            row = lp[b, [col[int(t)] for t in children[b]]]
+            if cfg.renormalize and len(row):
+                row = row - np.logaddexp.reduce(row)
+            for t, value in zip(children[b], row, strict=True):
+                cand.append(((*prefix, int(t)), score + float(value)))
         cand.sort(key=lambda c: -c[1])
         beams = cand[: cfg.width]
         kept_per_level.append(beams)

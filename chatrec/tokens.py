@@ -71,6 +71,19 @@ def find_sid_spans(text: str) -> list[tuple[int, int, tuple[int, ...]]]:
     return out
 
 
+EVENT_RE = re.compile(r"<\|act_([a-z0-9_]+)\|>((?:<\|s\d+_\d+\|>)+)")
+
+
+def find_events(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Every compact history event `<|act_A|><|s0_C|>...` in `text` as (action, codes), in order."""
+    out = []
+    for m in EVENT_RE.finditer(text):
+        codes = [(int(a), int(b)) for a, b in _CODE_RE.findall(m.group(2))]
+        if [lvl for lvl, _ in codes] == list(range(len(codes))):
+            out.append((m.group(1), tuple(c for _, c in codes)))
+    return out
+
+
 def code_tokens_for(levels: Iterable[tuple[int, int]]) -> list[str]:
     """Code tokens for (level, code-count) pairs, level by level."""
     return [code_token(level, c) for level, n in levels for c in range(n)]

@@ -9,9 +9,11 @@
 3. Training data is rebuilt with a global time cut at the first new event: training targets from
    the new period plus a `replay_fraction` of older ones; valid/test are the new period's held-out
    events per user.
-4. Before: the parent adapter is scored on the new period's test users. Training continues from
-   the parent adapter (its LoRA weights and trained token rows). After: the new adapter is scored
-   on the same users. Both go into the `continual` stage record.
+4. Before: the parent is scored on the new period's test users. Training continues from the
+   parent: a LoRA parent's adapter (its LoRA weights and trained token rows), or a sequence-recipe
+   parent's trained model (copied in as the new bundle's `model/`, so re-extension and the trie
+   apply to it). After: the new model is scored on the same users. Both go into the `continual`
+   stage record.
 """
 
 from __future__ import annotations
@@ -108,11 +110,15 @@ def continual_finetune(
     parent = parent if isinstance(parent, Bundle) else Bundle(parent)
     out = out if isinstance(out, Bundle) else Bundle(out)
     cfg = config or ContinualConfig()
-    parent_adapter = parent.require("adapter")
+    sequence = ((parent.stage("finetune") or {}).get("counts") or {}).get("recipe") == "sequence"
+    parent_adapter = parent.require("trained" if sequence else "adapter")
     for name in ("catalog.parquet", "interactions.parquet", "sids.parquet", "model"):
         parent.require(name)
 
     copy_parent(parent, out)
+    if sequence:  # the trained (shallow) model is where training continues
+        shutil.rmtree(out.model_dir)
+        shutil.copytree(parent_adapter, out.model_dir)
     new_logs = read_new_logs(logs, out)
     known = set(load_catalog(out)["item_id"].astype(str))
     missing = sorted(set(new_logs["item_id"].astype(str)) - known)
@@ -144,15 +150,34 @@ def continual_finetune(
     }
     out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
 
-    rows = validation_rows(out, "test", cfg.eval_users) if cfg.eval_users else []
-    before = _score(out, parent_adapter, rows, cfg.eval_k) if rows else {}
-    ft_cfg = _config_from(parent.stage("finetune"), FinetuneConfig, init_adapter=str(parent_adapter),
-                          **(finetune_overrides or {}))
-    ft_counts = finetune(out, ft_cfg, quiet=quiet)
-    after = _score(out, out.adapter_dir, rows, cfg.eval_k) if rows else {}
+    if sequence:
+        from finetune.sequence import SequenceConfig, train_sequences
+
+        before = _score_sequence(out, out.model_dir, cfg) if cfg.eval_users else {}
+        seq_cfg = _config_from(parent.stage("finetune"), SequenceConfig, **(finetune_overrides or {}))
+        seq_cfg.keep_layers, seq_cfg.rows_steps = None, 0  # already shallow; the rows are trained
+        ft_counts = train_sequences(out, seq_cfg, quiet=quiet)
+        after = _score_sequence(out, out.path("trained"), cfg) if cfg.eval_users else {}
+    else:
+        rows = validation_rows(out, "test", cfg.eval_users) if cfg.eval_users else []
+        before = _score(out, parent_adapter, rows, cfg.eval_k) if rows else {}
+        ft_cfg = _config_from(parent.stage("finetune"), FinetuneConfig, init_adapter=str(parent_adapter),
+                              **(finetune_overrides or {}))
+        ft_counts = finetune(out, ft_cfg, quiet=quiet)
+        after = _score(out, out.adapter_dir, rows, cfg.eval_k) if rows else {}
     record.update({"before": before, "after": after, "finetune": ft_counts})
     out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
     return record
+
+
+def _score_sequence(bundle: Bundle, model_dir: Path, cfg: ContinualConfig) -> dict[str, float]:
+    """HR@K / NDCG@K of the sequence model in `model_dir` on the new period's test users."""
+    from finetune.sequence import evaluate_sequences
+    from tokenizer_ext import load_extended
+
+    model, tokenizer, _ = load_extended(model_dir)
+    model.eval()
+    return evaluate_sequences(model, tokenizer, bundle, model_dir, cfg.eval_users, cfg.eval_k, split="test")
 
 
 def _score(bundle: Bundle, adapter_dir: Path, rows: list[dict[str, Any]], k: int) -> dict[str, float]:

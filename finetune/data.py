@@ -17,6 +17,13 @@ Tasks (mixed by `task_weights`, read as examples per next-item example):
   conversation  the user speaks in titles and words; the assistant reasons in `<think>` and
                 recommends one to three items with explanations; a second turn asks about one
 
+Besides the conversations, `sequences.jsonl` holds each user's training history as the compact
+event string of `chatrec.prompts` (`ACTION CODES ACTION CODES ...`), cut into windows of at most
+`window_tokens` tokens (the most recent window ends at the user's last training event; earlier
+ones step back by `window_stride`). The sequence recipe puts the loss on every token of a window,
+so one pass trains next-item retrieval and next-action prediction at every position.
+`sequences_{valid,test}.jsonl` hold one row per held-out user: the window before the target, and it.
+
 Prompts come from `chatrec.prompts`, so serving builds exactly the prompts trained on.
 """
 
@@ -40,8 +47,10 @@ from chatrec.prompts import (
     HistoryEvent,
     action_answer,
     action_messages,
+    history_text,
     next_item_answer,
     next_item_messages,
+    tokens_per_event,
 )
 from chatrec.tokens import sid_string
 from finetune.teacher import Teacher, TeacherConfig
@@ -79,6 +88,8 @@ class BuildConfig:
     max_targets_per_user: int | None = field(default=None, metadata={"help": "Keep only each user's most recent N training targets per task; None = all."})
     since: str | None = field(default=None, metadata={"help": "Global time cut (ISO): training targets at/after it, valid/test only from it on (continual runs)."})
     replay_fraction: float = field(default=0.0, metadata={"help": "With `since`: older training samples kept, as a fraction of the new ones."})
+    window_tokens: int = field(default=256, metadata={"help": "Tokens per training sequence window (an event costs 1 + levels + 1 tokens)."})
+    window_stride: float = field(default=0.5, metadata={"help": "Step between a long user's windows, as a share of a window (0 < s <= 1)."})
     seed: int = field(default=0, metadata={"help": "Seed for subsampling, mixing and templates."})
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"help": "Optional teacher LLM for trace wording."})
 
@@ -99,6 +110,10 @@ class BuildConfig:
             raise ConfigError(f"`task_weights` must be >= 0, got {bad}")
         if not 0.0 <= self.request_think_fraction <= 1.0:
             raise ConfigError(f"`request_think_fraction` must be in [0, 1], got {self.request_think_fraction}")
+        if self.window_tokens < 1:
+            raise ConfigError(f"`window_tokens` must be >= 1, got {self.window_tokens}")
+        if not 0.0 < self.window_stride <= 1.0:
+            raise ConfigError(f"`window_stride` must be in (0, 1], got {self.window_stride}")
         if not self.replay_fraction >= 0.0:
             raise ConfigError(f"`replay_fraction` must be >= 0, got {self.replay_fraction}")
         for name in ("max_users", "max_targets_per_user"):
@@ -319,6 +334,9 @@ class ConversationBuilder:
         pools: dict[str, list[tuple[str, list[Event], Event]]] = {t: [] for t in ("next_item", "action")}
         valid: list[Sample] = []
         test: list[Sample] = []
+        self.sequence_rows: list[dict[str, Any]] = []
+        self.sequence_valid: list[dict[str, Any]] = []
+        self.sequence_test: list[dict[str, Any]] = []
         for user in users:
             events = self.events[user]
             pos = [i for i, e in enumerate(events) if e.action in self.positive]
@@ -333,6 +351,13 @@ class ConversationBuilder:
                 cutoff = v.time
             else:
                 cutoff = None  # too few positives to hold out: all of this user's data trains
+            trained = [e for e in events if cutoff is None or e.time < cutoff]
+            self.sequence_rows += self.windows(user, trained)
+            if earlier and self.history_before(events, events[earlier[-1]].time):
+                for target, rows in ((events[earlier[-1]], self.sequence_valid), (events[held[-1]], self.sequence_test)):
+                    before = self.history_before(events, target.time)
+                    rows.append({"user_id": user, "text": self.events_text(before[-self.events_per_window:]),
+                                 "target_item_id": target.item_id, "target_action": target.action})
             for kind, idxs in (("next_item", pos), ("action", range(len(events)))):
                 chosen = []
                 for i in idxs:
@@ -347,13 +372,49 @@ class ConversationBuilder:
                 pools[kind].extend(chosen)
         if since is not None:
             for kind in pools:
-                new = [p for p in pools[kind] if p[2].time >= since]
-                old = [p for p in pools[kind] if p[2].time < since]
-                k = min(len(old), round(cfg.replay_fraction * len(new)))
-                pools[kind] = new + random.Random(cfg.seed + 1).sample(old, k)
+                pools[kind] = self._new_plus_replay(pools[kind], lambda p: p[2].time >= since, cfg.seed + 1)
+            self.sequence_rows = self._new_plus_replay(
+                self.sequence_rows, lambda r: pd.Timestamp(r["last_time"]) >= since, cfg.seed + 4)
         train = self._mix(pools)
         random.Random(cfg.seed + 2).shuffle(train)
         return {"train": train, "valid": valid, "test": test}
+
+    def _new_plus_replay(self, rows: list[Any], is_new: Any, seed: int) -> list[Any]:
+        """Rows of the new period plus a seeded `replay_fraction` of the older ones."""
+        new = [r for r in rows if is_new(r)]
+        old = [r for r in rows if not is_new(r)]
+        k = min(len(old), round(self.config.replay_fraction * len(new)))
+        return new + random.Random(seed).sample(old, k)
+
+    # sequences ------------------------------------------------------------------------------
+    @property
+    def events_per_window(self) -> int:
+        levels = len(next(iter(self.items.values())).codes)
+        per_event = tokens_per_event(levels)
+        if self.config.window_tokens < per_event:
+            raise ConfigError(f"`window_tokens` ({self.config.window_tokens}) is shorter than one event "
+                              f"({per_event} tokens: an action + {levels} codes); set --window-tokens >= {per_event}")
+        return self.config.window_tokens // per_event
+
+    def events_text(self, events: Sequence[Event]) -> str:
+        return history_text([HistoryEvent(self.items[e.item_id].codes, e.action) for e in events])
+
+    def windows(self, user: str, events: Sequence[Event]) -> list[dict[str, Any]]:
+        """The user's events as windows of at most `events_per_window` events, the most recent first."""
+        if len(events) < 2:
+            return []
+        size = self.events_per_window
+        stride = max(1, int(size * self.config.window_stride))
+        out = []
+        end = len(events)
+        while True:
+            start = max(0, end - size)
+            chunk = events[start:end]
+            out.append({"user_id": user, "text": self.events_text(chunk), "events": len(chunk),
+                        "first_time": chunk[0].time.isoformat(), "last_time": chunk[-1].time.isoformat()})
+            if start == 0:
+                return out
+            end -= stride
 
     def _mix(self, pools: dict[str, list[tuple[str, list[Event], Event]]]) -> list[Sample]:
         w = self.config.task_weights
@@ -390,9 +451,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
-def build_samples(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
-                  config: BuildConfig | None = None, teacher: Teacher | None = None) -> dict[str, list[Sample]]:
-    """Pure core of `chatrec data build`: tables in, samples per split out."""
+def make_builder(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
+                 config: BuildConfig | None = None, teacher: Teacher | None = None) -> ConversationBuilder:
     config = config or BuildConfig()
     items = item_infos(catalog, sids)
     if not items:
@@ -400,7 +460,13 @@ def build_samples(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.Da
     events = user_events(interactions, items)
     if not events:
         raise DataError("no interaction refers to an item with a SID")
-    return ConversationBuilder(items, events, config, teacher).build()
+    return ConversationBuilder(items, events, config, teacher)
+
+
+def build_samples(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
+                  config: BuildConfig | None = None, teacher: Teacher | None = None) -> dict[str, list[Sample]]:
+    """Pure core of `chatrec data build`: tables in, samples per split out."""
+    return make_builder(catalog, interactions, sids, config, teacher).build()
 
 
 def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None) -> dict[str, int]:
@@ -412,7 +478,8 @@ def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None)
     interactions = pd.read_parquet(inputs["interactions.parquet"])
     sids = pd.read_parquet(inputs["sids.parquet"])
     teacher = Teacher(config.teacher, cache_path=config.teacher.cache_path or bundle.train_dir / "teacher_cache.jsonl")
-    splits = build_samples(catalog, interactions, sids, config, teacher)
+    builder = make_builder(catalog, interactions, sids, config, teacher)
+    splits = builder.build()
     if not splits["train"]:
         raise DataError("no training samples: users need at least two events with a SID")
     counts: dict[str, int] = {}
@@ -421,6 +488,13 @@ def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None)
         path = bundle.train_dir / f"{split}.jsonl"
         counts[split] = write_jsonl(path, (s.to_json() for s in splits[split]))
         outputs[split] = path
+    for name, rows in (("sequences", builder.sequence_rows), ("sequences_valid", builder.sequence_valid),
+                       ("sequences_test", builder.sequence_test)):
+        path = bundle.train_dir / f"{name}.jsonl"
+        counts[name] = write_jsonl(path, rows)
+        outputs[name] = path
+    counts["sequence_events"] = sum(r["events"] for r in builder.sequence_rows)
+    counts["tokens_per_event"] = tokens_per_event(len(next(iter(builder.items.values())).codes))
     for task, n in Counter(s.task for s in splits["train"]).items():
         counts[f"train_{task}"] = n
     counts.update({f"teacher_{k}": v for k, v in teacher.stats.items()})

@@ -174,11 +174,25 @@ def export_multi(bundle: Bundle, name: str = "chatrec", dtype: str = "float32") 
     return base_dir, target
 
 
+def export_trained(bundle: Bundle, cfg: ExportConfig) -> dict[str, str]:
+    """The sequence recipe's full model (`BUNDLE/trained/`) as `BUNDLE/export/`; it has no LoRA, so no multi/ layout."""
+    from tokenizer_ext import load_extended
+
+    trained = bundle.require("trained")
+    model, tokenizer, _ = load_extended(trained)
+    _save_model_folder(model, tokenizer, trained, bundle.export_dir, cfg.dtype)
+    outputs = {"merged": str(bundle.export_dir)}
+    bundle.record_stage("export", config=cfg, inputs={"trained": trained}, outputs=outputs)
+    return outputs
+
+
 def export_bundle(bundle: Bundle | str | Path, config: ExportConfig | None = None) -> dict[str, str]:
     """`chatrec export`: the merged folder and/or the multi-adapter layout; records stage "export"."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     cfg = config or ExportConfig()
     bundle.require("model")
+    if ((bundle.stage("finetune") or {}).get("counts") or {}).get("recipe") == "sequence":
+        return export_trained(bundle, cfg)
     bundle.require("adapter")
     outputs: dict[str, str] = {}
     if cfg.merged:

@@ -21,7 +21,7 @@ import numpy as np
 from chatrec.conversation import prompt_ids
 from chatrec.metrics import hit_rate, ndcg, target_rank
 from chatrec.retrieval import RetrievalConfig, top_k
-from chatrec.tokens import find_sid_spans
+from chatrec.tokens import find_events, find_sid_spans
 from chatrec.trie import ItemTrie
 
 
@@ -75,7 +75,8 @@ class CachedLogprobs:
 def history_item_ids(messages: Sequence[dict[str, str]], code_to_item: dict[tuple[int, ...], str]) -> list[str]:
     """Items named by SID in the user turns (the history the prompt shows)."""
     text = "\n".join(m["content"] for m in messages if m["role"] == "user")
-    return [code_to_item[c] for _, _, c in find_sid_spans(text) if c in code_to_item]
+    named = [c for _, c in find_events(text)] + [c for _, _, c in find_sid_spans(text)]
+    return [code_to_item[c] for c in named if c in code_to_item]
 
 
 def evaluate_next_item(

@@ -61,15 +61,25 @@ def build_trie(sids: pd.DataFrame | Bundle | str | os.PathLike[str], token_map: 
     return ItemTrie.from_sequences(seqs, frame["item_id"].astype(str).tolist())
 
 
-def load_extended(model_dir: str | os.PathLike[str], *, dtype: Any = None) -> tuple[Any, Any, TokenMap]:
-    """(model, tokenizer, token_map) of an extended folder (`BUNDLE/model` or an export)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_extended(model_dir: str | os.PathLike[str], *, dtype: Any = None, num_layers: int | None = None
+                  ) -> tuple[Any, Any, TokenMap]:
+    """(model, tokenizer, token_map) of an extended folder (`BUNDLE/model` or an export).
+
+    `num_layers` loads only the bottom decoder layers (the rest are never materialised)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model_dir = Path(model_dir)
     token_map = TokenMap.load(model_dir / TOKEN_MAP_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     check_token_map(tokenizer, token_map, where=str(model_dir))
-    kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if num_layers is not None:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        if num_layers < config.num_hidden_layers:
+            config.num_hidden_layers = num_layers
+            if getattr(config, "layer_types", None):
+                config.layer_types = list(config.layer_types)[:num_layers]
+            kwargs["config"] = config
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     return model, tokenizer, token_map
 

@@ -23,7 +23,7 @@ def demo(
     engine: str = typer.Option("auto", "--engine", help="Serving engine: vllm, transformers, or auto (vllm when installed)."),
     port: int = typer.Option(8000, "--port", help="Port of the OpenAI-compatible endpoint."),
     ui_port: int = typer.Option(7860, "--ui-port", help="Port of the Gradio UI."),
-    max_steps: int = typer.Option(None, "--max-steps", help=_help("max_steps")),
+    train_minutes: float = typer.Option(None, "--train-minutes", help=_help("train_minutes")),
 ) -> None:
     """Import MovieLens-100k, fit SIDs, extend + finetune SmolLM2, evaluate, then serve it with a chat UI.
 
@@ -31,11 +31,14 @@ def demo(
     """
     from chatrec.demo import DemoConfig, client_snippet, run_pipeline
     from chatrec.deps import is_vllm_available
+    from chatrec.errors import ConfigError
     from chatrec.paths import default_bundle
 
     config = DemoConfig(quick=quick)
-    if max_steps is not None:
-        config.max_steps = max_steps
+    if train_minutes is not None:
+        if not train_minutes > 0:
+            raise ConfigError(f"`--train-minutes` must be > 0, got {train_minutes}")
+        config.train_minutes = train_minutes
     result = run_pipeline(out or default_bundle(), config, log=lambda m: typer.echo(m, err=True))
     bundle = Path(result["bundle"])
     typer.echo(f"bundle ready: {bundle}", err=True)

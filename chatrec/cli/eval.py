@@ -26,6 +26,8 @@ def eval_command(
                                         help="Also score text requests with a checkable constraint."),
     engine: str = typer.Option("transformers", "--engine", help="Engine for llm systems: transformers or vllm."),
     sasrec_epochs: int = typer.Option(50, "--sasrec-epochs", help="Maximum SASRec epochs (early-stopped on validation)."),
+    llm_model_dir: Path = typer.Option(None, "--llm-model-dir", help="Model folder for llm systems (default: "
+                                       "BUNDLE/export), e.g. a training snapshot BUNDLE/checkpoints/seq-015.0min."),
 ) -> None:
     """Compare systems on a leave-last-out split with full-catalog ranking; writes BUNDLE/eval.json."""
     from chatrec.baselines import SASRecConfig
@@ -38,7 +40,8 @@ def eval_command(
         raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
                         target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine,
-                        sasrec=SASRecConfig(epochs=sasrec_epochs))
+                        sasrec=SASRecConfig(epochs=sasrec_epochs),
+                        llm_model_dir=str(llm_model_dir) if llm_model_dir else None)
     results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(markdown_table(results, config.ks))
     typer.echo(f"wrote {Path(bundle) / 'eval.json'}")

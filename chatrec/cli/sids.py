@@ -29,8 +29,8 @@ _BUNDLE_HELP = "Bundle directory (default: CHATREC_HOME/bundles/default)."
 def fit_cmd(
     bundle: Path = typer.Option(None, "--bundle", help=_BUNDLE_HELP),
     method: str = typer.Option("rqkmeans", "--method", help=_help("method")),
-    levels: int = typer.Option(3, "--levels", help=_help("levels")),
-    codebook_size: int = typer.Option(256, "--codebook-size", help=_help("codebook_size")),
+    levels: int = typer.Option(2, "--levels", help=_help("levels")),
+    codebook_size: int = typer.Option(0, "--codebook-size", help=_help("codebook_size")),
     seed: int = typer.Option(0, "--seed", help=_help("seed")),
     epochs: int = typer.Option(100, "--epochs", help=_help("rqvae_epochs")),
     embedding_model: str = typer.Option(None, "--embedding-model", help="Text encoder: a sentence-transformers "

@@ -14,6 +14,7 @@ from finetune.continual import ContinualConfig
 from finetune.data import BuildConfig
 from finetune.export import ExportConfig
 from finetune.recipe import FinetuneConfig
+from finetune.sequence import SequenceConfig
 from finetune.teacher import TeacherConfig
 
 
@@ -59,6 +60,8 @@ def build_cmd(
                                              help=_help(BuildConfig, "max_targets_per_user")),
     since: str = typer.Option(None, "--since", help=_help(BuildConfig, "since")),
     replay_fraction: float = typer.Option(0.0, "--replay-fraction", help=_help(BuildConfig, "replay_fraction")),
+    window_tokens: int = typer.Option(256, "--window-tokens", help=_help(BuildConfig, "window_tokens")),
+    window_stride: float = typer.Option(0.5, "--window-stride", help=_help(BuildConfig, "window_stride")),
     seed: int = typer.Option(0, "--seed", help=_help(BuildConfig, "seed")),
     teacher_url: str = typer.Option(None, "--teacher-url", help=_help(TeacherConfig, "url")),
     teacher_model: str = typer.Option("teacher", "--teacher-model", help=_help(TeacherConfig, "model")),
@@ -73,7 +76,7 @@ def build_cmd(
                             max_requests_per_s=teacher_rate)
     cfg = BuildConfig(history_len=history_len, with_titles=with_titles, max_users=max_users,
                       max_targets_per_user=max_targets_per_user, since=since, replay_fraction=replay_fraction,
-                      seed=seed, teacher=teacher)
+                      window_tokens=window_tokens, window_stride=window_stride, seed=seed, teacher=teacher)
     if weights:
         cfg.task_weights = parse_weights(weights) or cfg.task_weights
         cfg.__post_init__()  # validate the parsed weights
@@ -81,7 +84,9 @@ def build_cmd(
     counts = build_bundle(b, cfg)
     tasks = ", ".join(f"{k[6:]} {v}" for k, v in counts.items() if k.startswith("train_"))
     typer.echo(f"wrote {b.train_dir}/: train {counts['train']} ({tasks}), valid {counts['valid']}, "
-               f"test {counts['test']}; next: `chatrec finetune --bundle {b.root}`")
+               f"test {counts['test']}; sequences {counts['sequences']} windows of "
+               f"{counts['sequence_events']} events ({counts['tokens_per_event']} tokens each); "
+               f"next: `chatrec finetune --bundle {b.root}`")
 
 
 @app.command("finetune")
@@ -92,7 +97,17 @@ def finetune_cmd(
     out: Path = typer.Option(None, "--out", help="Continual run: the new bundle to write."),
     items: Path = typer.Option(None, "--items", help="Continual run: catalog rows of items new in the logs."),
     replay_fraction: float = typer.Option(0.5, "--replay-fraction", help=_help(ContinualConfig, "replay_fraction")),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in BUNDLE/checkpoints."),
+    recipe: str = typer.Option("sequence", "--recipe", help="sequence: full finetuning of a shallow model on whole "
+                               "user sequences + a chat share (fast on CPU, the default); lora: LoRA on the chat "
+                               "conversations of train.jsonl (the whole model, resumable)."),
+    keep_layers: int = typer.Option(None, "--keep-layers", help="sequence: " + _help(SequenceConfig, "keep_layers")),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="sequence: " + _help(SequenceConfig, "max_minutes")),
+    save_minutes: str = typer.Option(None, "--save-minutes", help="sequence: " + _help(SequenceConfig, "save_minutes")
+                                     + " Comma-separated, e.g. 15,30,60."),
+    chat_share: float = typer.Option(None, "--chat-share", help="sequence: " + _help(SequenceConfig, "chat_share")),
+    rows_lr: float = typer.Option(None, "--rows-lr", help="sequence: " + _help(SequenceConfig, "rows_learning_rate")),
+    rows_steps: int = typer.Option(None, "--rows-steps", help="sequence: " + _help(SequenceConfig, "rows_steps")),
+    resume: bool = typer.Option(False, "--resume", help="lora: continue from the latest checkpoint in BUNDLE/checkpoints."),
     max_steps: int = typer.Option(None, "--max-steps", help=_help(FinetuneConfig, "max_steps")),
     epochs: float = typer.Option(None, "--epochs", help=_help(FinetuneConfig, "epochs")),
     batch_size: int = typer.Option(None, "--batch-size", help=_help(FinetuneConfig, "batch_size")),
@@ -134,9 +149,30 @@ def finetune_cmd(
                    f"new period before {json.dumps(rec['before'])} after {json.dumps(rec['after'])}")
         typer.echo(f"wrote {out}; next: `chatrec export --bundle {out}`")
         return
+    b = _bundle(bundle)
+    if recipe == "sequence":
+        from finetune.sequence import train_sequences
+
+        seq = {"keep_layers": keep_layers, "max_minutes": max_minutes, "chat_share": chat_share,
+               "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "max_steps": max_steps, "epochs": epochs,
+               "batch_size": batch_size, "learning_rate": lr, "warmup_steps": warmup_steps,
+               "eval_users": eval_users, "seed": seed, "num_threads": threads,
+               "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None}
+        lora_only = sorted(k for k in overrides if k not in seq)
+        if lora_only or resume:
+            raise ConfigError(f"--recipe sequence does not take {', '.join(lora_only) or 'resume'}; "
+                              "use --recipe lora for those")
+        counts = train_sequences(b, SequenceConfig(**{k: v for k, v in seq.items() if v is not None}), quiet=quiet)
+        metrics = {k: round(v, 4) for k, v in counts.items() if k.startswith("valid_") and isinstance(v, float)}
+        typer.echo(f"trained {counts['steps']} steps in {counts['train_minutes']:.1f} min ({counts['layers']} layers, "
+                   f"bf16 {counts['bf16']}): loss {counts['first_loss']:.3f} -> {counts['final_loss']:.3f}, "
+                   f"{counts['targets_per_s']:.0f} targets/s, peak {counts['peak_rss_mb']:.0f} MiB {metrics or ''}")
+        typer.echo(f"wrote {b.path('trained')}; next: `chatrec export --bundle {b.root}`")
+        return
+    if recipe != "lora":
+        raise ConfigError(f"`--recipe` must be sequence or lora, got {recipe!r}")
     from finetune.recipe import finetune
 
-    b = _bundle(bundle)
     counts = finetune(b, FinetuneConfig(**overrides), resume=resume, quiet=quiet)
     metrics = {k: round(v, 4) for k, v in counts.items() if k.startswith("valid_") and isinstance(v, float)}
     typer.echo(f"trained {counts['steps']} steps: loss {counts['first_loss']:.3f} -> {counts['final_loss']:.3f}, "

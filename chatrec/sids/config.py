@@ -18,10 +18,13 @@ class SidConfig:
     method: str = field(default="rqkmeans", metadata={
         "help": "rqkmeans: residual k-means on the embeddings (faiss); rqvae: an MLP autoencoder "
                 "with a residual vector quantizer (torch)."})
-    levels: int = field(default=3, metadata={
-        "help": "Code levels learned from the embeddings; one disambiguation level is added on top."})
-    codebook_size: int = field(default=256, metadata={
-        "help": "Codes per level (clamped, with a warning, to the number of items when larger)."})
+    levels: int = field(default=2, metadata={
+        "help": "Code levels learned from the embeddings; one disambiguation level is added on top, so a history "
+                "event costs levels + 2 tokens (its action, the codes, the disambiguation code)."})
+    codebook_size: int = field(default=0, metadata={
+        "help": "Codes per level; 0 = sized to the catalog: the smallest power of two K >= 8 with "
+                "K ** levels >= 2 x items, at most 256 (1,682 items, 2 levels: 64). A code seen rarely is "
+                "learned slowly, so fewer, busier codes train faster. Clamped, with a warning, to the item count."})
     seed: int = field(default=0, metadata={"help": "Random seed: the same seed gives the same SIDs."})
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig, metadata={
         "help": "Text encoder settings (used when texts, not vectors, are given)."})
@@ -47,8 +50,8 @@ class SidConfig:
             problems.append(f"`method` must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.levels < 1:
             problems.append(f"`levels` must be >= 1, got {self.levels}")
-        if self.codebook_size < 2:
-            problems.append(f"`codebook_size` must be >= 2, got {self.codebook_size}")
+        if self.codebook_size < 2 and self.codebook_size != 0:
+            problems.append(f"`codebook_size` must be >= 2 (or 0 = sized to the catalog), got {self.codebook_size}")
         if self.kmeans_iters < 1:
             problems.append(f"`kmeans_iters` must be >= 1, got {self.kmeans_iters}")
         if self.rqvae_epochs < 1:
@@ -67,6 +70,12 @@ class SidConfig:
         if problems:
             raise ConfigError("; ".join(problems))
 
+    def resolved_codebook_size(self, n_items: int) -> int:
+        """`codebook_size`, or when 0 the catalog-sized default (see its help)."""
+        if self.codebook_size:
+            return self.codebook_size
+        return auto_codebook_size(n_items, self.levels)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rqvae_hidden"] = list(self.rqvae_hidden)
@@ -77,3 +86,11 @@ class SidConfig:
         """Build from `to_dict` output, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def auto_codebook_size(n_items: int, levels: int, *, minimum: int = 8, maximum: int = 256) -> int:
+    """The smallest power of two K >= `minimum` with K ** levels >= 2 * n_items, capped at `maximum`."""
+    k = minimum
+    while k < maximum and k ** levels < 2 * n_items:
+        k *= 2
+    return k

@@ -24,6 +24,7 @@ from chatrec.tokens import sid_string
 BundleLike = Bundle | str | os.PathLike[str]
 FORMAT_VERSION = 1
 SIDS_DIR = "sids"
+MAX_DISAMBIGUATION = 256  # codes of the last level: a larger group means the codebook does not fit the catalog
 
 
 @dataclass
@@ -90,9 +91,10 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
     if not np.isfinite(x).all():
         raise DataError("embeddings contain NaN or infinite values")
     t_embed = time.perf_counter()
-    k = min(config.codebook_size, n)
-    if k < config.codebook_size:
-        warnings.warn(f"codebook_size {config.codebook_size} exceeds the {n} items; using {k} codes per "
+    wanted = config.resolved_codebook_size(n)
+    k = min(wanted, n)
+    if k < wanted:
+        warnings.warn(f"codebook_size {wanted} exceeds the {n} items; using {k} codes per "
                       "level (pass --codebook-size to choose)", UserWarning, stacklevel=2)
     state: dict[str, np.ndarray] = {}
     if config.method == "rqvae":
@@ -108,9 +110,14 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
     t_fit = time.perf_counter()
     learned, recon = _encode(x, config, codebooks, state)
     codes = np.concatenate([learned, disambiguate(learned)[:, None]], axis=1)
+    largest = int(codes[:, -1].max()) + 1
+    if largest > MAX_DISAMBIGUATION:
+        raise DataError(f"{k}^{config.levels} codes cannot tell {n:,} items apart: {largest} items share one code "
+                        f"tuple (the disambiguation level holds at most {MAX_DISAMBIGUATION}); raise --codebook-size "
+                        "or --levels, or pass --codebook-size 0 to size it to the catalog")
     t_end = time.perf_counter()
     report = build_report(x=x, recon=recon, codes=codes, method=config.method, codebook_size=k,
-                          requested_codebook_size=config.codebook_size,
+                          requested_codebook_size=wanted,
                           seconds={"embed": t_embed - t0, "fit": t_fit - t_embed,
                                    "encode": t_end - t_fit, "total": t_end - t0})
     return SidResult(codes=codes, codebooks=codebooks, config=config, report=report, model_state=state,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from chatrec import tokens
 from chatrec.bundle import Bundle, atomic_path
 from chatrec.cli import app
-from chatrec.prompts import HistoryEvent, next_item_messages
+from chatrec.prompts import HistoryEvent, history_text, next_item_messages, sequence_prompt, tokens_per_event
 
 
 def test_cli_version_and_help() -> None:
@@ -48,8 +48,15 @@ def test_action_token_validates_name() -> None:
 def test_next_item_messages_holds_history() -> None:
     msgs = next_item_messages([HistoryEvent((1, 2, 0), "like")], "a comedy")
     assert msgs[0]["role"] == "system"
-    assert "<|sid_begin|><|s0_1|><|s1_2|><|s2_0|><|sid_end|> <|act_like|>" in msgs[1]["content"]
+    assert "History: <|act_like|><|s0_1|><|s1_2|><|s2_0|>\n" in msgs[1]["content"]
     assert msgs[1]["content"].endswith("a comedy")
+
+
+def test_history_is_the_compact_event_string() -> None:
+    events = [HistoryEvent((1, 2, 0), "like"), HistoryEvent((3, 0, 1), "dislike")]
+    assert history_text(events) == "<|act_like|><|s0_1|><|s1_2|><|s2_0|><|act_dislike|><|s0_3|><|s1_0|><|s2_1|>"
+    assert sequence_prompt(events, "like").endswith("<|s2_1|><|act_like|>")
+    assert tokens_per_event(3) == 4
 
 
 def test_manifest_records_and_detects_staleness(tmp_path) -> None:

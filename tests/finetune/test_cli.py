@@ -49,3 +49,22 @@ def test_every_command_has_help():
     for cmd in (["data", "build"], ["finetune"], ["export"]):
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "--bundle" in res.output
+
+
+def test_sequence_recipe_errors_name_the_fix(tmp_path):
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root)])
+    assert res.exit_code == 4 and "chatrec data build" in res.output
+    res = runner.invoke(app, ["data", "build", "--bundle", str(b.root), "--window-tokens", "2"])
+    assert res.exit_code == 2 and "--window-tokens >= 4" in res.output
+    res = runner.invoke(app, ["data", "build", "--bundle", str(b.root)])
+    assert res.exit_code == 0 and "(4 tokens each)" in res.output
+    (b.train_dir / "sequences.jsonl").unlink()  # a bundle built before sequences existed
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root)])
+    assert res.exit_code == 4 and "run `chatrec data build" in res.output and "again" in res.output
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--lora-r", "4"])
+    assert res.exit_code == 2 and "--recipe lora" in res.output
+    res = runner.invoke(app, ["export", "--bundle", str(b.root)])
+    assert res.exit_code == 4 and "chatrec finetune" in res.output

@@ -10,7 +10,7 @@ import pytest
 
 from chatrec.bundle import Bundle
 from chatrec.errors import ConfigError
-from chatrec.tokens import SID_BEGIN, find_sid_spans
+from chatrec.tokens import SID_BEGIN, find_events, find_sid_spans
 from finetune.data import BuildConfig, build_bundle, build_samples, item_infos, user_events
 
 
@@ -21,7 +21,7 @@ def _code_to_item(sids: pd.DataFrame) -> dict[tuple[int, ...], str]:
 def _history_spans(sample) -> list[tuple[int, ...]]:
     """SIDs named in the sample's user turns (everything the model sees as input history)."""
     text = "\n".join(m["content"] for m in sample.messages if m["role"] == "user")
-    return [codes for _, _, codes in find_sid_spans(text)]
+    return [codes for _, codes in find_events(text)] + [codes for _, _, codes in find_sid_spans(text)]
 
 
 def test_no_input_event_at_or_after_target_time(tables):
@@ -173,3 +173,48 @@ def test_items_without_sid_are_left_out(tables):
     items = item_infos(catalog, sids.iloc[:-5])
     events = user_events(inter, items)
     assert all(e.item_id in items for evs in events.values() for e in evs)
+
+
+def test_sequences_are_the_training_history_in_windows(tables):
+    from finetune.data import make_builder
+
+    catalog, inter, sids = tables
+    builder = make_builder(catalog, inter, sids, BuildConfig(window_tokens=25, window_stride=0.5))
+    splits = builder.build()
+    valid_time = {s.user_id: s.time for s in splits["valid"]}
+    code_item = _code_to_item(sids)
+    assert builder.events_per_window == 5  # 25 tokens / (action + 3 codes + disambiguation)
+    by_user: dict[str, list[dict]] = {}
+    for row in builder.sequence_rows:
+        by_user.setdefault(row["user_id"], []).append(row)
+    assert set(by_user) == set(inter["user_id"])
+    for user, rows in by_user.items():
+        events = inter[inter["user_id"] == user].sort_values("timestamp", kind="stable")
+        if user in valid_time:  # nothing at or after the validation target trains
+            events = events[events["timestamp"] < valid_time[user]]
+        expected = list(zip(events["action"], events["item_id"], strict=True))
+        # the most recent window ends at the last training event; each holds <= 5 events
+        for row in rows:
+            parsed = [(a, code_item[c]) for a, c in find_events(row["text"])]
+            assert 2 <= len(parsed) == row["events"] <= 5
+            assert row["text"] == "".join(f"<|act_{a}|>" + "".join(f"<|s{level}_{c}|>" for level, c in enumerate(
+                sids.set_index("item_id").loc[i, "codes"])) for a, i in parsed)
+        assert [(a, code_item[c]) for a, c in find_events(rows[0]["text"])] == expected[-rows[0]["events"]:]
+        # together the windows cover every training event, in order
+        covered = set()
+        for row in rows:
+            n = len(find_events(row["text"]))
+            for start in range(len(expected) - n + 1):
+                if [(a, code_item[c]) for a, c in find_events(row["text"])] == expected[start:start + n]:
+                    covered |= set(range(start, start + n))
+                    break
+        assert covered == set(range(len(expected)))
+    for row in builder.sequence_valid:
+        assert row["target_action"] == "like"
+        assert len(find_events(row["text"])) <= 5
+
+
+def test_window_shorter_than_one_event_is_refused(tables):
+    catalog, inter, sids = tables
+    with pytest.raises(ConfigError, match="window-tokens >= 5"):
+        build_samples(catalog, inter, sids, BuildConfig(window_tokens=4))

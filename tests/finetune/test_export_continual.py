@@ -70,18 +70,11 @@ def test_export_merged_and_multi_adapter_match_the_trained_adapter(trained):
     assert trained.stage("export")["outputs"]["merged"] == "export"
 
 
-def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
-    from peft import PeftModel
-
-    from chatrec.conversation import prompt_ids
-    from chatrec.prompts import HistoryEvent, next_item_messages
-    from chatrec.retrieval import RetrievalConfig, top_k
+def _parent_and_new_logs(tmp_path, train):  # type: ignore[no-untyped-def]
+    """A finetuned tiny parent (40 items) and new logs of its users, half on 6 new items."""
     from chatrec.sids import SidConfig, fit_bundle
     from chatrec.testing import make_catalog, make_interactions, smollm2_tokenizer, tiny_llama
-    from chatrec.trie import ItemTrie
-    from finetune.continual import ContinualConfig, continual_finetune
-    from finetune.validation import CachedLogprobs
-    from tokenizer_ext import extend_bundle, load_extended
+    from tokenizer_ext import extend_bundle
 
     full = make_catalog(46)
     catalog, new_items = full.iloc[:40], full.iloc[40:]
@@ -93,7 +86,7 @@ def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
     tok = smollm2_tokenizer()
     extend_bundle(parent, base="tiny", model=tiny_llama(tok), tokenizer=tok, quiet=True)
     build_bundle(parent, BuildConfig(history_len=3))
-    finetune(parent, FinetuneConfig(max_steps=2, **QUICK), quiet=True)
+    train(parent)
 
     # new logs: later events of existing users, half on the new items
     t0 = inter["timestamp"].max() + pd.Timedelta(days=1)
@@ -108,7 +101,39 @@ def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
     logs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     items_file = tmp_path / "new_items.jsonl"
     items_file.write_text(new_items.assign(categories=new_items["categories"].map(list)).to_json(orient="records", lines=True))
+    return parent, catalog, new_items, logs, items_file
 
+
+def _assert_new_items_retrievable(out, model, catalog, new_items, tokenizer, token_map):  # type: ignore[no-untyped-def]
+    """Constrained retrieval restricted to the new items returns every one of them."""
+    from chatrec.prompts import HistoryEvent, sequence_prompt
+    from chatrec.retrieval import RetrievalConfig, top_k
+    from chatrec.trie import ItemTrie
+    from finetune.validation import CachedLogprobs
+
+    trie = ItemTrie.load(out.model_dir / "trie.npz")
+    new_ids = new_items["item_id"].tolist()
+    assert all(trie.index_of_id(i) is not None for i in new_ids)
+    sids = pd.read_parquet(out.sids_path)
+    codes = {i: tuple(c) for i, c in zip(sids["item_id"], sids["codes"], strict=True)}
+    history = [HistoryEvent(codes[i], "like") for i in catalog["item_id"].iloc[:3]]
+    ids = tokenizer(sequence_prompt(history, "like"), add_special_tokens=False)["input_ids"]
+    allowed = np.isin(np.asarray(trie.item_ids).astype(str), new_ids)
+    found = top_k(CachedLogprobs(model), ids, trie, RetrievalConfig(k=len(new_ids)), allowed=allowed)
+    assert sorted(s.item_id for s in found) == sorted(new_ids)
+    # and the new period's training data names the new items
+    train = [json.loads(x) for x in (out.train_dir / "train.jsonl").read_text().splitlines()]
+    assert any(r["target_item_id"] in new_ids for r in train)
+
+
+def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
+    from peft import PeftModel
+
+    from finetune.continual import ContinualConfig, continual_finetune
+    from tokenizer_ext import load_extended
+
+    parent, catalog, new_items, logs, items_file = _parent_and_new_logs(
+        tmp_path, lambda b: finetune(b, FinetuneConfig(max_steps=2, **QUICK), quiet=True))
     out = Bundle(tmp_path / "child")
     rec = continual_finetune(parent, logs, out, items=items_file, config=ContinualConfig(eval_users=4),
                              finetune_overrides={"max_steps": 2}, quiet=True)
@@ -117,20 +142,53 @@ def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
     assert out.stage("continual")["parent"] == str(parent.root)
     assert out.stage("finetune")["parent"] == str(parent.root)
     assert out.stage("finetune")["config"]["init_adapter"] == str(parent.adapter_dir)
-
-    trie = ItemTrie.load(out.model_dir / "trie.npz")
-    new_ids = new_items["item_id"].tolist()
-    assert all(trie.index_of_id(i) is not None for i in new_ids)
-    # every new item can be recommended: constrained retrieval restricted to the new items returns them all
     model, tokenizer, token_map = load_extended(out.model_dir)
     model = PeftModel.from_pretrained(model, str(out.adapter_dir)).eval()
-    sids = pd.read_parquet(out.sids_path)
-    codes = {i: tuple(c) for i, c in zip(sids["item_id"], sids["codes"], strict=True)}
-    history = [HistoryEvent(codes[i], "like") for i in catalog["item_id"].iloc[:3]]
-    ids = prompt_ids(tokenizer, next_item_messages(history), suffix_ids=[token_map.sid_begin])
-    allowed = np.isin(np.asarray(trie.item_ids).astype(str), new_ids)
-    found = top_k(CachedLogprobs(model), ids, trie, RetrievalConfig(k=len(new_ids)), allowed=allowed)
-    assert sorted(s.item_id for s in found) == sorted(new_ids)
-    # and the new period's training data names the new items
-    train = [json.loads(x) for x in (out.train_dir / "train.jsonl").read_text().splitlines()]
-    assert any(r["target_item_id"] in new_ids for r in train)
+    _assert_new_items_retrievable(out, model, catalog, new_items, tokenizer, token_map)
+
+
+def test_continual_finetune_of_a_sequence_recipe_parent(tmp_path):
+    from finetune.continual import ContinualConfig, continual_finetune
+    from finetune.sequence import SequenceConfig, train_sequences
+    from tokenizer_ext import load_extended
+
+    seq = SequenceConfig(max_steps=3, batch_size=4, keep_layers=1, rows_steps=1, warmup_steps=1, eval_users=0,
+                         bf16="off")
+    parent, catalog, new_items, logs, items_file = _parent_and_new_logs(
+        tmp_path, lambda b: train_sequences(b, seq, quiet=True))
+    out = Bundle(tmp_path / "child")
+    rec = continual_finetune(parent, logs, out, items=items_file, config=ContinualConfig(eval_users=4),
+                             finetune_overrides={"max_steps": 2}, quiet=True)
+    assert rec["new_items"] == 6
+    assert set(rec["before"]) >= {"hr@10", "ndcg@10"} and set(rec["after"]) >= {"hr@10", "ndcg@10"}
+    model, tokenizer, token_map = load_extended(out.path("trained"))
+    assert model.config.num_hidden_layers == 1  # continued from the parent's shallow model
+    _assert_new_items_retrievable(out, model.eval(), catalog, new_items, tokenizer, token_map)
+
+
+def test_export_of_a_sequence_recipe_bundle(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from chatrec.testing import make_tiny_bundle
+    from finetune.export import export_bundle
+    from finetune.sequence import SequenceConfig, train_sequences
+    from tokenizer_ext import load_extended
+
+    b = make_tiny_bundle(tmp_path / "b")
+    build_bundle(b, BuildConfig(history_len=3))
+    counts = train_sequences(b, SequenceConfig(max_steps=4, batch_size=4, keep_layers=1, rows_steps=2,
+                                               warmup_steps=1, eval_users=3, bf16="off"), quiet=True)
+    assert counts["layers"] == 1 and counts["steps"] == 4 and 0 <= counts["valid_hr@10"] <= 1
+    out = export_bundle(b)
+    assert out == {"merged": str(b.export_dir)}
+    trained, tok, token_map = load_extended(b.path("trained"))
+    ids = tok("<|act_like|>", add_special_tokens=False)["input_ids"] + token_map.level_token_ids(0)[:3]
+    want = _logits(trained.eval(), ids)
+    # the trained rows moved away from the extended model's rows, and the export is that model
+    assert not np.allclose(want[:, -len(token_map.all_ids()):],
+                           _logits(load_extended(b.model_dir, num_layers=1)[0].eval(), ids)[:, -len(token_map.all_ids()):],
+                           atol=1e-4)
+    np.testing.assert_allclose(_logits(AutoModelForCausalLM.from_pretrained(str(b.export_dir)).eval(), ids), want,
+                               atol=1e-4)
+    for name in ("chatrec_tokens.json", "trie.npz", "tokenizer.json"):
+        assert (b.export_dir / name).exists()

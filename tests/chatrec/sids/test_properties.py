@@ -147,3 +147,22 @@ def test_config_round_trips_through_dict() -> None:
     cfg = SidConfig(method="rqvae", rqvae_hidden=(64, 32), seed=3)
     back = SidConfig.from_dict({**cfg.to_dict(), "unknown_future_key": 1})
     assert back == cfg
+
+
+def test_codebook_size_defaults_to_the_catalog() -> None:
+    from chatrec.sids.config import auto_codebook_size
+
+    assert auto_codebook_size(1682, 2) == 64  # 64^2 = 4096 >= 2 x 1682
+    assert auto_codebook_size(40, 2) == 16
+    assert auto_codebook_size(1_000_000, 3) == 128
+    assert auto_codebook_size(10_000_000, 2) == 256  # capped
+    assert SidConfig(levels=2).resolved_codebook_size(1682) == 64
+    assert SidConfig(levels=2, codebook_size=32).resolved_codebook_size(1682) == 32
+
+
+def test_a_codebook_too_small_for_the_catalog_is_refused() -> None:
+    from chatrec.errors import DataError
+
+    x = np.random.default_rng(0).normal(size=(600, 8)).astype(np.float32)
+    with pytest.raises(DataError, match="raise --codebook-size or --levels"):
+        fit_sids(x, SidConfig(levels=1, codebook_size=2, progress=False))

