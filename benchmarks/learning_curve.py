@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
 RESULTS = REPO / "benchmarks" / "results"
 
 

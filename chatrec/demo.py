@@ -100,7 +100,8 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
             lambda: import_movielens(bundle.root))
 
     sid_cfg = SidConfig(method="rqkmeans", levels=c.levels, codebook_size=c.codebook_size, seed=c.seed)
-    p.stage("sids", sid_cfg, {"catalog": bundle.catalog_path}, ["sids.parquet", "sids"],
+    p.stage("sids", sid_cfg, {"catalog": bundle.catalog_path, "interactions": bundle.interactions_path},
+            ["sids.parquet", "sids"],
             lambda: fit_bundle(bundle, sid_cfg))
 
     base_dir = prepare_model(c.base)  # idempotent: converts the GGUF once into CHATREC_HOME

@@ -152,7 +152,11 @@ class ValueFunction:
         if "=" in src:
             for part in src.split(","):
                 name, _, w = part.partition("=")
-                weights[name] = float(w)
+                try:
+                    weights[name] = float(w)
+                except ValueError:
+                    raise ConfigError(f"cannot parse a value function from {text!r}: {part!r} needs a number "
+                                      "after '='; write e.g. 'like=1,dislike=-10'") from None
         else:
             import re
 

@@ -356,7 +356,7 @@ class ConversationBuilder:
             if earlier and self.history_before(events, events[earlier[-1]].time):
                 for target, rows in ((events[earlier[-1]], self.sequence_valid), (events[held[-1]], self.sequence_test)):
                     before = self.history_before(events, target.time)
-                    rows.append({"user_id": user, "text": self.events_text(before[-self.events_per_window:]),
+                    rows.append({"user_id": user, "text": self.events_text(before[-self.prompt_events:]),
                                  "target_item_id": target.item_id, "target_action": target.action})
             for kind, idxs in (("next_item", pos), ("action", range(len(events)))):
                 chosen = []
@@ -395,6 +395,11 @@ class ConversationBuilder:
             raise ConfigError(f"`window_tokens` ({self.config.window_tokens}) is shorter than one event "
                               f"({per_event} tokens: an action + {levels} codes); set --window-tokens >= {per_event}")
         return self.config.window_tokens // per_event
+
+    @property
+    def prompt_events(self) -> int:
+        """Events in a retrieval prompt: one window with room for the asked action (as `Recommender` builds it)."""
+        return max(1, (self.config.window_tokens - 1) // tokens_per_event(len(next(iter(self.items.values())).codes)))
 
     def events_text(self, events: Sequence[Event]) -> str:
         return history_text([HistoryEvent(self.items[e.item_id].codes, e.action) for e in events])

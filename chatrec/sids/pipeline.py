@@ -7,7 +7,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -167,11 +167,51 @@ def fit_bundle(bundle: BundleLike, config: SidConfig | None = None, *,
     items = _read_catalog_texts(b)
     if embeddings is not None and len(embeddings) != len(items):
         raise DataError(f"{len(embeddings)} embeddings for {len(items)} catalog items")
-    source = embeddings if embeddings is not None else items["text"].tolist()
+    source: Sequence[str] | np.ndarray = embeddings if embeddings is not None else items["text"].tolist()
+    kind = "given" if embeddings is not None else "texts"
+    if config.collaborative_weight > 0 and not b.interactions_path.exists():
+        warnings.warn(f"{b.interactions_path} does not exist: fitting SIDs on text alone (no collaborative part)",
+                      UserWarning, stacklevel=2)
+        config = replace(config, collaborative_weight=0.0)
+    if config.collaborative_weight > 0:
+        text = _unit(_as_vectors(source, config))
+        collab = collaborative_vectors(b, items["item_id"].tolist(), config.collaborative_dim)
+        source = np.concatenate([text, config.collaborative_weight * collab], axis=1).astype(np.float32)
+        kind += "+collaborative"
     result = fit_sids(source, config, item_ids=items["item_id"].tolist())
-    result.report["embeddings"] = "given" if embeddings is not None else "texts"
+    result.report["embeddings"] = kind
     write_sids(b, result)
     return result
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def collaborative_vectors(bundle: Bundle, item_ids: Sequence[str], dim: int) -> np.ndarray:
+    """Unit item vectors `[N, dim]` from a truncated SVD of the item x user matrix of the training split.
+
+    The split is `chatrec eval`'s leave-last-out split (each held-out user's events before their
+    validation target), so codes never encode a held-out interaction. Items without training
+    events get zero vectors.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import svds
+
+    from chatrec.evaluation import leave_last_out
+
+    interactions = pd.read_parquet(bundle.require("interactions.parquet"))
+    train = leave_last_out(interactions, known_items=item_ids).train
+    index = {str(i): n for n, i in enumerate(item_ids)}
+    users = {u: n for n, u in enumerate(train["user_id"].astype(str).unique())}
+    rows = train["item_id"].astype(str).map(index).to_numpy()
+    cols = train["user_id"].astype(str).map(users).to_numpy()
+    matrix = csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(item_ids), len(users)))
+    matrix.data[:] = 1.0  # repeated events count once
+    k = max(1, min(dim, min(matrix.shape) - 1))
+    u, s, _ = svds(matrix, k=k, random_state=0)
+    vectors = u * s  # [N, k]
+    return _unit(vectors.astype(np.float32)) * (np.asarray(matrix.sum(axis=1)).ravel() > 0)[:, None]
 
 
 def write_sids(bundle: Bundle, result: SidResult) -> None:
@@ -273,6 +313,8 @@ def assign_bundle(bundle: BundleLike, new_items: pd.DataFrame, *, update_catalog
     else:
         x = embed_texts(fresh["text"].tolist(), config.embedding)
     dim = codebooks.shape[2] if config.method == "rqkmeans" else state["rqvae.encoder.0.weight"].shape[1]
+    if config.collaborative_weight > 0 and x.shape[1] < dim:  # no interactions yet: a zero collaborative part
+        x = np.concatenate([_unit(x), np.zeros((len(x), dim - x.shape[1]), dtype=np.float32)], axis=1)
     if x.shape[1] != dim:
         raise DataError(f"new items embed to {x.shape[1]} dimensions but the SIDs were fitted on {dim}")
     learned, _ = _encode(x, config, codebooks, state)

@@ -126,7 +126,7 @@ class TransformersEngine:
             raise ValueError("next_token_logprobs needs a non-empty prefix")
         if key != self._prefix_key:
             ids = torch.as_tensor([key], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True)
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)  # the head only at the last position
             self._prefix_key, self._prefix_cache, self._prefix_logits = key, out.past_key_values, out.logits[0, -1]
         return self._prefix_cache, self._prefix_logits
 

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from chatrec.errors import ConfigError
 from chatrec.retrieval import RetrievalConfig, ValueFunction, rank, split_common_prefix, top_k
 from chatrec.trie import ItemTrie
 
@@ -37,24 +38,31 @@ def random_trie(n: int, seed: int = 0) -> ItemTrie:
     return ItemTrie.from_sequences(np.array(sorted(seqs)), [f"i{k}" for k in range(n)])
 
 
-def brute_force(trie: ItemTrie, fn, prompt, allowed=None) -> list[tuple[str, float]]:
+def brute_force(trie: ItemTrie, fn, prompt, allowed=None, renormalize=True) -> list[tuple[str, float]]:
+    """Every allowed item's score: the sum over levels of its token's log-prob, renormalised over the
+    allowed children of its prefix (a masked softmax) unless `renormalize=False`."""
     scores = []
     for idx in range(trie.n_items):
         if allowed is not None and not allowed[idx]:
             continue
         seq = trie.sequences[idx].tolist()
-        s = sum(float(fn(prompt, [seq[:d]], [seq[d]])[0, 0]) for d in range(len(seq)))
+        s = 0.0
+        for d in range(len(seq)):
+            children = trie.allowed_next(seq[:d], allowed).tolist()
+            lp = fn(prompt, [seq[:d]], children)[0]
+            s += float(lp[children.index(seq[d])] - (np.logaddexp.reduce(lp) if renormalize else 0.0))
         scores.append((str(trie.item_ids[idx]), s))
     return sorted(scores, key=lambda x: -x[1])
 
 
-def test_wide_beam_equals_exhaustive_search() -> None:
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_wide_beam_equals_exhaustive_search(renormalize: bool) -> None:
     trie = random_trie(30)
     calls: list = []
     fn = fake_logprobs(calls)
     prompt = [1, 2, 3, 40]
-    got = top_k(fn, prompt, trie, RetrievalConfig(k=5, beam_width=64))
-    want = brute_force(trie, fake_logprobs([]), prompt)[:5]
+    got = top_k(fn, prompt, trie, RetrievalConfig(k=5, beam_width=64, renormalize=renormalize))
+    want = brute_force(trie, fake_logprobs([]), prompt, renormalize=renormalize)[:5]
     assert [g.item_id for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g.score for g in got], [w[1] for w in want], rtol=1e-9)
     assert len(calls) == trie.depth and all(p == len(prompt) for p, _ in calls)  # one batched call per level
@@ -107,6 +115,8 @@ def test_rank_orders_by_value() -> None:
 def test_value_function_parse_and_common_prefix() -> None:
     assert ValueFunction.parse("like=1,dislike=-10").weights == {"like": 1.0, "dislike": -10.0}
     assert ValueFunction.parse("2*like-dislike").weights == {"like": 2.0, "dislike": -1.0}
+    with pytest.raises(ConfigError, match="needs a number"):
+        ValueFunction.parse("like=abc")
     prefix, conts = split_common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]])
     assert prefix == [1] and conts == [[2, 3], [2, 4], [2]]
     assert list(itertools.chain(*conts))

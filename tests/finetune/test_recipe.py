@@ -78,7 +78,7 @@ def test_config_errors_name_the_field():
 
 
 def _cli(bundle: Bundle, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "chatrec", "finetune", "--bundle", str(bundle.root), "--max-steps", "10",
+    return [sys.executable, "-m", "chatrec", "finetune", "--recipe", "lora", "--bundle", str(bundle.root), "--max-steps", "10",
             "--batch-size", "4", "--lr", "5e-3", "--lora-dropout", "0.05", "--eval-users", "0",
             "--save-every", "2", "--max-tokens", "256", "--threads", "1", "--quiet", *extra]
 

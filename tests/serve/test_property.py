@@ -128,7 +128,7 @@ def test_span_logits_processor_plugs_into_hf_generate(recommender: Recommender) 
 
     rec = recommender
     allowed = rec.allowed(categories=["Horror"])
-    prompt = rec.retrieval_prompt([("m1", "like")])
+    prompt = rec.retrieval_prompt([("m1", "like")], request="Something scary, please.")  # ends in <|sid_begin|>
     ids = torch.tensor([prompt] * 16)
     out = rec.engine.model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=True, top_k=0,

@@ -192,3 +192,31 @@ def test_cli_fit_and_assign_with_the_real_text_encoder(tmp_path: Path) -> None:
     except ImportError:
         return
     assert len(catalog) == 50 and catalog["item_id"].is_unique  # new items joined the catalog
+
+
+def test_collaborative_codes_use_only_training_events_and_still_assign_new_items(tmp_path: Path) -> None:
+    from chatrec.sids.pipeline import collaborative_vectors
+    from tests.conftest import make_interactions
+
+    bundle = new_bundle(tmp_path / "b")
+    catalog = pd.read_parquet(bundle.catalog_path)
+    inter = make_interactions(catalog, n_users=12, per_user=14)
+    inter.to_parquet(bundle.interactions_path, index=False)
+    ids = catalog["item_id"].tolist()
+    vecs = collaborative_vectors(bundle, ids, dim=8)
+    assert vecs.shape == (40, 8)
+    norms = np.linalg.norm(vecs, axis=1)
+    assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
+    # a user's last event (a held-out test target) changes nothing: only training events count
+    last = inter.groupby("user_id")["timestamp"].idxmax()
+    moved = inter.copy()
+    moved.loc[last, "item_id"] = ids[-1]
+    moved.to_parquet(bundle.interactions_path, index=False)
+    assert np.allclose(np.abs(collaborative_vectors(bundle, ids, dim=8)), np.abs(vecs), atol=1e-4)
+
+    cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False, collaborative_weight=1.0, collaborative_dim=8)
+    result = fit_bundle(bundle, cfg, embeddings=vectors(ids))
+    assert result.report["embeddings"] == "given+collaborative" and result.report["embedding_dim"] == DIM + 8
+    items = new_items()
+    rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    assert len(rows) == 10 and len(set(map(tuple, codes_matrix(load_sids(bundle)).tolist()))) == 50
