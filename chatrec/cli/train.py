@@ -127,7 +127,7 @@ def finetune_cmd(
     threads: int = typer.Option(None, "--threads", help=_help(FinetuneConfig, "num_threads")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """LoRA-finetune a bundle (--bundle B), or continue a finetuned one on new logs (--from B --logs L --out N)."""
+    """Finetune a bundle (--bundle B; the sequence recipe, or --recipe lora), or continue one on new logs (--from B --logs L --out N)."""
     overrides = {
         "max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
         "learning_rate": lr, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
