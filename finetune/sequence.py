@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from chatrec.bundle import Bundle, atomic_path
+from chatrec.bundle import Bundle
 from chatrec.errors import BundleError, ConfigError, DataError
 from finetune.data import read_jsonl
 
@@ -295,14 +295,9 @@ def window_order(n: int, seed: int) -> Iterator[int]:
 
 def save_model_folder(model: Any, tokenizer: Any, source_dir: Path, target: Path) -> Path:
     """A serveable HF folder (weights, tokenizer, chatrec_tokens.json, trie.npz), written atomically."""
-    from finetune.export import SIDECAR_FILES
+    from finetune.export import _save_model_folder
 
-    with atomic_path(target) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        for name in SIDECAR_FILES:
-            if (source_dir / name).exists():
-                shutil.copy2(source_dir / name, tmp / name)
+    _save_model_folder(model, tokenizer, source_dir, target, "float32")
     return target
 
 
