@@ -388,8 +388,13 @@ class ConversationBuilder:
 
     # sequences ------------------------------------------------------------------------------
     @property
+    def levels(self) -> int:
+        """Codes per item (the disambiguation level included)."""
+        return len(next(iter(self.items.values())).codes)
+
+    @property
     def events_per_window(self) -> int:
-        levels = len(next(iter(self.items.values())).codes)
+        levels = self.levels
         per_event = tokens_per_event(levels)
         if self.config.window_tokens < per_event:
             raise ConfigError(f"`window_tokens` ({self.config.window_tokens}) is shorter than one event "
@@ -399,7 +404,7 @@ class ConversationBuilder:
     @property
     def prompt_events(self) -> int:
         """Events in a retrieval prompt: one window with room for the asked action (as `Recommender` builds it)."""
-        return max(1, (self.config.window_tokens - 1) // tokens_per_event(len(next(iter(self.items.values())).codes)))
+        return max(1, (self.config.window_tokens - 1) // tokens_per_event(self.levels))
 
     def events_text(self, events: Sequence[Event]) -> str:
         return history_text([HistoryEvent(self.items[e.item_id].codes, e.action) for e in events])
@@ -499,7 +504,7 @@ def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None)
         counts[name] = write_jsonl(path, rows)
         outputs[name] = path
     counts["sequence_events"] = sum(r["events"] for r in builder.sequence_rows)
-    counts["tokens_per_event"] = tokens_per_event(len(next(iter(builder.items.values())).codes))
+    counts["tokens_per_event"] = tokens_per_event(builder.levels)
     for task, n in Counter(s.task for s in splits["train"]).items():
         counts[f"train_{task}"] = n
     counts.update({f"teacher_{k}": v for k, v in teacher.stats.items()})

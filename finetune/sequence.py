@@ -213,18 +213,24 @@ def padded_width(n: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
+def right_padded(rows: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any]:
+    """Rows right-padded to `padded_width` with `pad`: (values [B, T], attention mask [B, T])."""
+    import torch
+
+    width = padded_width(max(len(r) for r in rows))
+    values = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        values[b, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        attn[b, :len(r)] = 1
+    return values.to(device), attn.to(device)
+
+
 def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[Any, int]:
     """Mean cross-entropy of every next token of every window, over the added-token rows; (loss, targets)."""
-    import torch
     import torch.nn.functional as F
 
-    width = padded_width(max(len(w) for w in windows))
-    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)  # [B, T]
-    attn = torch.zeros((len(windows), width), dtype=torch.long)
-    for b, w in enumerate(windows):
-        ids[b, :len(w)] = torch.tensor(w)
-        attn[b, :len(w)] = 1
-    ids, attn = ids.to(device), attn.to(device)
+    ids, attn = right_padded(windows, pad_id, device)
     h = rm.hidden(ids, attn)  # [B, T, H]
     keep = attn[:, 1:].bool()  # position t predicts t + 1
     pred = h[:, :-1][keep]  # [P, H]
@@ -235,18 +241,11 @@ def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, 
 
 def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str) -> tuple[Any, int]:
     """Cross-entropy over the full vocabulary at the assistant tokens of rendered conversations."""
-    import torch
     import torch.nn.functional as F
 
-    width = padded_width(max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r.input_ids)
-        attn[b, :len(r)] = 1
-        mask[b, :len(r)] = torch.tensor(r.loss_mask, dtype=torch.bool)
-    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+    ids, attn = right_padded([r.input_ids for r in rows], pad_id, device)
+    mask, _ = right_padded([r.loss_mask for r in rows], 0, device)
+    mask = mask.bool()
     h = rm.hidden(ids, attn)
     keep = mask[:, 1:]
     pred = h[:, :-1][keep]

@@ -61,15 +61,11 @@ def test_planted_rule_is_learned(tmp_path: Path) -> None:
 
 def _shifted_loss(rm, windows, pad_id, device):  # type: ignore[no-untyped-def]
     """The loss mask off by one: each position is trained on its own token, not the next one."""
-    import torch
     import torch.nn.functional as F
 
-    width = max(len(w) for w in windows)
-    ids = torch.full((len(windows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(windows), width), dtype=torch.long)
-    for b, w in enumerate(windows):
-        ids[b, :len(w)] = torch.tensor(w)
-        attn[b, :len(w)] = 1
+    from finetune.sequence import right_padded
+
+    ids, attn = right_padded(windows, pad_id, device)
     h = rm.hidden(ids, attn)
     keep = attn.bool()
     logits = rm.logits(h[keep], full=False).float()
