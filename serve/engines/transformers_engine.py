@@ -8,7 +8,6 @@ Requests are served one at a time (a lock); vLLM is the engine for concurrent lo
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -93,29 +92,55 @@ class TransformersEngine:
     # scoring ---------------------------------------------------------------------------------
     def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                             token_ids: Sequence[int]) -> np.ndarray:
+        """Log-probs of `token_ids` after `prefix_ids + c` for every continuation `c`.
+
+        The prefix is computed once (batch 1, cached for the next call). All continuations then
+        run as one flat sequence appended to that cache, with a block-diagonal ("tree") attention
+        mask: each continuation sees the prefix and its own earlier tokens. So the prefix's KV
+        cache is shared by every beam instead of copied per beam (memory P + B*L tokens, not
+        B*(P+L)), and the cache is cropped back to the prefix afterwards.
+        """
         import torch
 
         with self._lock, torch.inference_mode():
             cache, last = self._prefix(prefix_ids)
             cols = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
             out = np.empty((len(continuations), len(token_ids)), dtype=np.float64)
-            by_len: dict[int, list[int]] = {}
-            for b, c in enumerate(continuations):
-                by_len.setdefault(len(c), []).append(b)
-            for length, rows in by_len.items():
-                if length == 0:
-                    lp = torch.log_softmax(last.float(), dim=-1)[cols]
-                    out[rows] = lp.cpu().numpy()
-                    continue
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(len(rows))
-                ids = torch.as_tensor([list(continuations[b]) for b in rows], device=self.device)
-                total = len(prefix_ids) + length
-                mask = torch.ones(len(rows), total, dtype=torch.long, device=self.device)
-                logits = self.model(input_ids=ids, past_key_values=past, attention_mask=mask,
-                                    use_cache=True, logits_to_keep=1).logits[:, -1].float()  # [b, V]
-                out[rows] = torch.log_softmax(logits, dim=-1)[:, cols].cpu().numpy()
+            empty = [b for b, c in enumerate(continuations) if not c]
+            if empty:
+                out[empty] = torch.log_softmax(last.float(), dim=-1)[cols].cpu().numpy()
+            rows = [b for b, c in enumerate(continuations) if c]
+            if rows:
+                logits = self._tree_forward(cache, len(self._prefix_key or ()), [continuations[b] for b in rows])
+                out[rows] = torch.log_softmax(logits.float(), dim=-1)[:, cols].cpu().numpy()
             return out
+
+    def _tree_forward(self, cache: Any, n_prefix: int, conts: Sequence[Sequence[int]]) -> Any:
+        """Last-token logits [B, V] of each continuation after the cached prefix (see above)."""
+        import torch
+
+        ids, pos, last, seg = [], [], [], []
+        for b, c in enumerate(conts):
+            ids.extend(int(t) for t in c)
+            pos.extend(range(n_prefix, n_prefix + len(c)))
+            seg.extend([b] * len(c))
+            last.append(len(ids) - 1)
+        n = len(ids)
+        seg_t = torch.as_tensor(seg, device=self.device)
+        idx = torch.arange(n, device=self.device)
+        own = (seg_t[:, None] == seg_t[None, :]) & (idx[None, :] <= idx[:, None])  # same beam, causal
+        visible = torch.cat([torch.ones(n, n_prefix, dtype=torch.bool, device=self.device), own], dim=1)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(1, 1, n, n_prefix + n, dtype=dtype, device=self.device)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)  # additive: works with sdpa and eager attention
+        try:
+            logits = self.model(input_ids=torch.as_tensor([ids], device=self.device),
+                                position_ids=torch.as_tensor([pos], device=self.device),
+                                attention_mask=mask, past_key_values=cache, use_cache=True,
+                                logits_to_keep=torch.as_tensor(last, device=self.device)).logits[0]
+        finally:
+            cache.crop(n_prefix)  # back to the prefix alone, for the next level
+        return logits
 
     def _prefix(self, prefix_ids: Sequence[int]) -> tuple[Any, Any]:
         """KV cache and last logits of `prefix_ids`, cached for the last prefix seen."""

@@ -1,0 +1,59 @@
+"""The transformers engine scores beams over one shared prompt cache, exactly as separate forwards would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from chatrec.testing import smollm2_tokenizer, tiny_llama  # noqa: E402
+from serve.engines.transformers_engine import TransformersEngine  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine() -> TransformersEngine:
+    tok = smollm2_tokenizer()
+    return TransformersEngine.from_model(tiny_llama(tok, layers=3), tok)
+
+
+def reference(engine: TransformersEngine, prefix: list[int], cont: list[int], cols: list[int]) -> np.ndarray:
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.as_tensor([prefix + cont])).logits[0, -1].float()
+    return torch.log_softmax(logits, dim=-1)[cols].numpy()
+
+
+@pytest.mark.parametrize("conts", [
+    [[], [5], [7]],                        # level 1 beside level 2
+    [[5, 9], [7, 3], [7, 4], [11, 12]],    # equal lengths, shared first tokens
+    [[5], [7, 3, 2], [], [8, 8]],          # mixed lengths
+])
+def test_tree_scoring_equals_one_forward_per_continuation(engine: TransformersEngine, conts) -> None:
+    prefix = [1, 17, 300, 42, 9, 8]
+    cols = [5, 7, 100, 2001]
+    got = engine.next_token_logprobs(prefix, conts, cols)
+    want = np.stack([reference(engine, prefix, c, cols) for c in conts])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the cached prefix is cropped back: a second call on the same prefix gives the same answer
+    np.testing.assert_allclose(engine.next_token_logprobs(prefix, conts, cols), got, atol=1e-6)
+    assert engine._prefix_cache.get_seq_length() == len(prefix)
+
+
+def test_prefix_cache_is_not_copied_per_beam(engine: TransformersEngine) -> None:
+    """200 beams over a 300-token prompt: the cache holds P + B*L tokens, never B*(P+L)."""
+    prefix = list(range(1, 301))
+    seen: list[int] = []
+    orig = engine._tree_forward
+
+    def spy(cache, n_prefix, conts):
+        out = orig(cache, n_prefix, conts)
+        seen.append(cache.get_seq_length())
+        return out
+
+    engine._tree_forward = spy  # type: ignore[method-assign]
+    try:
+        engine.next_token_logprobs(prefix, [[5, 6]] * 200, [5])
+    finally:
+        del engine._tree_forward
+    assert seen == [300]
+    assert engine._prefix_cache.layers[0].keys.shape[0] == 1  # batch 1: one copy of the prompt
