@@ -119,7 +119,10 @@ class TransformersEngine:
         """Last-token logits [B, V] of each continuation after the cached prefix (see above)."""
         import torch
 
-        ids, pos, last, seg = [], [], [], []
+        ids: list[int] = []
+        pos: list[int] = []
+        last: list[int] = []
+        seg: list[int] = []
         for b, c in enumerate(conts):
             ids.extend(int(t) for t in c)
             pos.extend(range(n_prefix, n_prefix + len(c)))
