@@ -30,7 +30,7 @@ from chatrec.prompts import (
     year_from,
 )
 from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
-from chatrec.tokens import sid_string
+from chatrec.tokens import escape_special_tokens, sid_string
 
 ENGINES = ("transformers", "vllm")
 HistoryLike = Sequence[HistoryEvent] | Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]]
@@ -38,6 +38,28 @@ HistoryLike = Sequence[HistoryEvent] | Sequence[tuple[str, str]] | Sequence[Mapp
 
 class UnknownItemError(ChatrecError, ValueError):
     """A history or candidate names an item id the catalog does not have (HTTP 400)."""
+
+
+class LimitError(ChatrecError, ValueError):
+    """A request would cost more than a limit allows (HTTP 400 naming the limit's setting)."""
+
+    def __init__(self, what: str, value: int, setting: str, limit: int):
+        super().__init__(f"{what} ({value}) exceeds the limit {limit} (set by `{setting}`)")
+        self.what, self.value, self.setting, self.limit = what, value, setting, limit
+
+
+@dataclass(frozen=True)
+class CostLimits:
+    """Bounds checked before a request's work starts (None = unbounded; the server sets all three)."""
+
+    max_prompt_tokens: int | None = None
+    max_beam_tokens: int | None = None   # beams x prompt tokens of one retrieval
+    max_rank_tokens: int | None = None   # candidates x prompt tokens of one ranking
+
+    def check(self, what: str, value: int, name: str) -> None:
+        limit = getattr(self, name)
+        if limit is not None and value > limit:
+            raise LimitError(what, value, "--" + name.replace("_", "-"), limit)
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,7 @@ class Recommender:
         per_event = tokens_per_event(token_map.n_levels)
         self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
         self.negative_actions = tuple(build.get("negative_actions", ("dislike",)))
+        self.limits = CostLimits()
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -175,6 +198,8 @@ class Recommender:
             text = sequence_prompt(events, self.positive_actions[0])
             return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
         events, summary = self.window(history)
+        if request is not None:  # a person's words: special tokens typed in them stay text
+            request = escape_special_tokens(request, self.engine.tokenizer)
         return self.prompt_ids(next_item_messages(events, request, summary=summary), [self.token_map.sid_begin])
 
     def item(self, index: int, score: float) -> Recommendation:
@@ -201,6 +226,9 @@ class Recommender:
         allowed = self.allowed(exclude, categories)
         prompt = self.retrieval_prompt(history, request)
         width = beam_width or max(2 * k, 10)
+        self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")
+        self.limits.check(f"{width} beams x {len(prompt) + self.core.trie.depth} tokens",
+                          width * (len(prompt) + self.core.trie.depth), "max_beam_tokens")
         found = top_k(self.engine.next_token_logprobs, prompt, self.core.trie,
                       RetrievalConfig(k=k, beam_width=width), allowed)
         return [self.item(s.index, s.score) for s in found]
@@ -217,6 +245,9 @@ class Recommender:
             if codes is None:
                 raise UnknownItemError(f"unknown candidate item id {item_id!r}")
             prompts.append(self.prompt_ids(action_messages(events, codes)))
+            self.limits.check("prompt tokens", len(prompts[-1]), "max_prompt_tokens")
+            self.limits.check(f"{len(candidate_item_ids)} candidates x prompt tokens",
+                              len(prompts[-1]) * len(candidate_item_ids), "max_rank_tokens")
         if not self.token_map.actions:
             raise FilterError("the model has no action tokens to rank with")
         return rank(self.engine.next_token_logprobs, prompts, [str(i) for i in candidate_item_ids],

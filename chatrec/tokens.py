@@ -87,3 +87,29 @@ def find_events(text: str) -> list[tuple[str, tuple[int, ...]]]:
 def code_tokens_for(levels: Iterable[tuple[int, int]]) -> list[str]:
     """Code tokens for (level, code-count) pairs, level by level."""
     return [code_token(level, c) for level, n in levels for c in range(n)]
+
+
+_WORD_JOINER = "\u2060"  # invisible, and no tokenizer's added token contains it
+_SPECIAL_PATTERNS: dict[int, tuple[int, re.Pattern[str] | None]] = {}
+
+
+def escape_special_tokens(text: str, tokenizer: object) -> str:
+    """`text` with every added/special token string of `tokenizer` broken by a word joiner.
+
+    Text a person typed (a chat message, a request) goes through the chat template and the
+    tokenizer, which would turn `<|im_start|>system`, `<|act_like|>` or a SID span typed into it
+    into real tokens: a forged system turn or history. History and SIDs reach the model only
+    through structured fields, so every added-token string in typed text is split after its
+    first character and stays ordinary text.
+    """
+    vocab = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    key = id(tokenizer)
+    cached = _SPECIAL_PATTERNS.get(key)
+    if cached is None or cached[0] != len(vocab):
+        names = [n for n in sorted({str(getattr(t, "content", t)) for t in vocab.values()}, key=len, reverse=True) if len(n) > 1]
+        pattern = re.compile("|".join(map(re.escape, names))) if names else None
+        cached = _SPECIAL_PATTERNS[key] = (len(vocab), pattern)
+    pattern = cached[1]
+    if pattern is None or not text:
+        return text
+    return pattern.sub(lambda m: m.group(0)[0] + _WORD_JOINER + m.group(0)[1:], text)

@@ -391,21 +391,25 @@ class ItemFilter:
         `catalog` (columns `item_id`, `categories` list<str>) is needed for category filters;
         items missing from it have no categories.
         """
-        ids = np.asarray(item_ids).astype(str)
+        ids = [str(i) for i in item_ids]
         keep = np.ones(len(ids), dtype=bool)
+        # set lookups, not np.isin over dtype=str arrays: numpy pads every string to the longest
+        # one, so a request's single long id would multiply the memory of all the others
         if len(self.exclude_item_ids):
-            keep &= ~np.isin(ids, np.asarray(list(self.exclude_item_ids), dtype=str))
+            out = {str(i) for i in self.exclude_item_ids}
+            keep &= np.fromiter((i not in out for i in ids), dtype=bool, count=len(ids))
         if self.include_item_ids is not None:
-            keep &= np.isin(ids, np.asarray(list(self.include_item_ids), dtype=str))
+            inc = {str(i) for i in self.include_item_ids}
+            keep &= np.fromiter((i in inc for i in ids), dtype=bool, count=len(ids))
         if self.needs_catalog:
             if catalog is None or not {"item_id", "categories"} <= set(catalog.columns):
                 raise DataError("category filters need the catalog with columns `item_id` and `categories`")
             pairs = catalog[["item_id", "categories"]].explode("categories")
             cats = pairs["categories"]
             if self.include_categories is not None:
-                hit = pairs.loc[cats.isin(list(self.include_categories)), "item_id"].astype(str).unique()
-                keep &= np.isin(ids, hit)
+                hit = set(pairs.loc[cats.isin(list(self.include_categories)), "item_id"].astype(str))
+                keep &= np.fromiter((i in hit for i in ids), dtype=bool, count=len(ids))
             if self.exclude_categories:
-                hit = pairs.loc[cats.isin(list(self.exclude_categories)), "item_id"].astype(str).unique()
-                keep &= ~np.isin(ids, hit)
+                hit = set(pairs.loc[cats.isin(list(self.exclude_categories)), "item_id"].astype(str))
+                keep &= np.fromiter((i not in hit for i in ids), dtype=bool, count=len(ids))
         return keep

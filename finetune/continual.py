@@ -69,6 +69,26 @@ def read_new_logs(logs: str | Path, out: Bundle) -> pd.DataFrame:
     return result.frame
 
 
+def check_after_cut(new_logs: pd.DataFrame, parent_interactions: pd.DataFrame, logs: str | Path) -> None:
+    """Refuse logs with events at or before the parent's last training event.
+
+    The continual split trains on what is new since the earliest logged time; one event dated
+    before the parent's cut (a client's clock, a hand-edited log) would turn all of the parent's
+    later history into "new" data. The server stamps feedback with its own clock for this reason.
+    """
+    if parent_interactions.empty:
+        return
+    cut = pd.Timestamp(parent_interactions["timestamp"].max())
+    times = pd.to_datetime(new_logs["timestamp"], utc=True)
+    cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
+    early = new_logs[times <= cut]
+    if len(early):
+        first = early.iloc[0]
+        raise DataError(f"{logs}: {len(early)} events are dated at or before the parent bundle's last training event "
+                        f"({cut.isoformat()}), e.g. user {first['user_id']!r} item {first['item_id']!r} at "
+                        f"{pd.Timestamp(first['timestamp']).isoformat()} (field `timestamp`); drop or re-date them")
+
+
 def read_new_items(items: str | Path) -> pd.DataFrame:
     from chatrec.data.readers import read_table
     from chatrec.data.validate import validate_catalog
@@ -120,6 +140,7 @@ def continual_finetune(
         shutil.rmtree(out.model_dir)
         shutil.copytree(parent_adapter, out.model_dir)
     new_logs = read_new_logs(logs, out)
+    check_after_cut(new_logs, load_interactions(parent), logs)
     known = set(load_catalog(out)["item_id"].astype(str))
     missing = sorted(set(new_logs["item_id"].astype(str)) - known)
     new_items = pd.DataFrame()

@@ -227,10 +227,16 @@ def save_checkpoint(root: Path, step: int, model: Any, optimizer: Any, scheduler
         tmp.mkdir(parents=True)
         trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         torch.save(trainable, tmp / "trainable.pt")
+        # tensors and plain containers only, so resuming loads it with `weights_only=True`; the
+        # Python and NumPy generator states go to state.json
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                            "torch": torch.get_rng_state()}}, tmp / "optim.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}) + "\n")
+                    "rng": {"torch": torch.get_rng_state()}}, tmp / "optim.pt")
+        np_state: Any = np.random.get_state()
+        name, keys, pos, has_gauss, gauss = np_state
+        version, internal, gauss_next = random.getstate()
+        (tmp / "state.json").write_text(json.dumps({
+            "step": step, "rng_python": [version, list(internal), gauss_next],
+            "rng_numpy": [name, keys.tolist(), pos, has_gauss, gauss]}) + "\n")
     for old in _checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -248,13 +254,21 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> i
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value.to(params[name].device))
-    state = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as exc:
+        raise BundleError(f"{path / 'optim.pt'}: not a plain optimizer state ({exc.__class__.__name__}); "
+                          "it was written by an older chatrec that pickled generator states; remove the folder "
+                          "to start this run fresh") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
+    meta = json.loads((path / "state.json").read_text())
+    version, internal, gauss_next = meta["rng_python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, keys, pos, has_gauss, gauss = meta["rng_numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["rng"]["torch"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    return int(meta["step"])
 
 
 # the loop ------------------------------------------------------------------------------------

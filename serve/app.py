@@ -19,16 +19,21 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve.feedback import RateLimiter
 from serve.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
@@ -36,7 +41,7 @@ from serve.protocol import (
     RecommendationsRequest,
     ReloadRequest,
 )
-from serve.service import APIError, ServeConfig, ServiceHolder, error_for
+from serve.service import APIError, ReloadBusy, ServeConfig, ServiceHolder, error_for
 
 
 def _error_response(err: APIError) -> JSONResponse:
@@ -45,23 +50,41 @@ def _error_response(err: APIError) -> JSONResponse:
 
 
 class LimitsAndAuth:
-    """ASGI middleware: API key on `/v1/*` (when set) and a cap on request body bytes."""
+    """ASGI middleware: the Host check, API keys (client key on `/v1/*`, admin key on `/v1/admin/*`)
+    and a cap on request body bytes."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_bytes: int):
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_bytes: int, admin_key: str | None = None,
+                 hosts: frozenset[str] | None = None):
+        self.app, self.api_key, self.max_bytes, self.admin_key, self.hosts = app, api_key, max_bytes, admin_key, hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key and scope["path"].startswith("/v1/"):
-            auth = headers.get("authorization", "")
-            token = auth[7:] if auth.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                await _error_response(APIError(401, "Incorrect or missing API key; send `Authorization: Bearer KEY`",
-                                               code="invalid_api_key"))(scope, receive, send)
+        if self.hosts is not None and _host_name(headers.get("host", "")) not in self.hosts:
+            # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example
+            await _error_response(APIError(421, "this server does not answer for that Host; add the name with "
+                                                "`chatrec serve --allowed-hosts`", code="invalid_host"))(
+                scope, receive, send)
+            return
+        auth = headers.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if scope["path"].startswith("/v1/admin/"):
+            if not self.admin_key:
+                await _error_response(APIError(403, "admin routes are off; start the server with --admin-key "
+                                                    "(or reload with SIGHUP)", code="admin_disabled"))(
+                    scope, receive, send)
                 return
+            if not hmac.compare_digest(token.encode(), self.admin_key.encode()):
+                await _error_response(APIError(401, "Incorrect or missing admin key; send `Authorization: Bearer "
+                                                    "ADMIN_KEY`", code="invalid_api_key"))(scope, receive, send)
+                return
+        elif (self.api_key and scope["path"].startswith("/v1/")
+              and not hmac.compare_digest(token.encode(), self.api_key.encode())):
+            await _error_response(APIError(401, "Incorrect or missing API key; send `Authorization: Bearer KEY`",
+                                           code="invalid_api_key"))(scope, receive, send)
+            return
         too_big = APIError(400, f"request body exceeds {self.max_bytes} bytes", code="request_too_large")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
@@ -91,6 +114,13 @@ class LimitsAndAuth:
         await self.app(scope, replay, send)
 
 
+def _host_name(host: str) -> str:
+    """`example.com:8000` -> `example.com`; `[::1]:8000` -> `[::1]`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
     """The FastAPI app serving `holder`'s current service."""
 
@@ -104,10 +134,20 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="chatrec", version="1", lifespan=lifespan)
     app.state.holder = holder
-    app.add_middleware(LimitsAndAuth, api_key=config.api_key, max_bytes=config.max_request_bytes)
+    app.add_middleware(LimitsAndAuth, api_key=config.api_key, max_bytes=config.max_request_bytes,
+                       admin_key=config.admin_key, hosts=config.hosts)
+    limiter = RateLimiter(config.feedback_per_minute)
+    log = logging.getLogger("chatrec.serve")
 
     async def _reload(bundle: str | None) -> dict[str, Any]:
-        return await run_in_threadpool(holder.reload, bundle)
+        try:
+            return await run_in_threadpool(holder.reload, bundle)
+        except ReloadBusy as exc:
+            raise APIError(409, str(exc), code="reload_in_progress") from None
+        except Exception as exc:  # the details (paths) go to the server log, not to the client
+            log.exception("reload failed")
+            raise APIError(500, f"reload failed ({exc.__class__.__name__}); the previous model keeps serving; "
+                                "see the server log", type="server_error", code="reload_failed") from None
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -124,6 +164,10 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
             msg, code = f"{'.'.join(loc) or 'body'}: {err['msg']}", str(err.get("type") or "invalid_request")
         return _error_response(APIError(400, msg, param=".".join(loc) or None, code=code))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error_response(APIError(exc.status_code, str(exc.detail), code="invalid_request"))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         return _error_response(error_for(exc))
@@ -132,7 +176,7 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
     async def health() -> dict[str, Any]:
         svc = holder.current
         return {"status": "ok", "engine": svc.config.engine, "model": svc.config.model_name,
-                "bundle": str(svc.rec.bundle.root), "items": int(svc.rec.core.trie.n_items),
+                "bundle": svc.rec.bundle.root.name, "items": int(svc.rec.core.trie.n_items),
                 "generation": holder.generation}
 
     @app.get("/v1/models")
@@ -154,8 +198,10 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
         except Exception as exc:
             holder.release(svc)
             raise error_for(exc) from None
-        return StreamingResponse(_sse(chunks, holder, svc), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        release = _once(lambda: holder.release(svc))
+        return StreamingResponse(_sse(chunks, release), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(release))
 
     @app.post("/v1/recommendations")
     async def recommendations(req: RecommendationsRequest) -> dict[str, Any]:
@@ -174,21 +220,50 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
                 raise error_for(exc) from None
 
     @app.post("/v1/feedback")
-    async def feedback(req: FeedbackRequest) -> dict[str, Any]:
+    async def feedback(req: FeedbackRequest, request: Request) -> Any:
+        auth = request.headers.get("authorization", "")
+        key = auth if auth else f"addr:{request.client.host if request.client else '?'}"
+        n = len(req.events or []) + (req.item_id is not None or req.user_id is not None or req.action is not None)
+        wait = limiter.take(key, max(1, n))
+        if wait:
+            err = APIError(429, f"feedback rate limit: at most {config.feedback_per_minute} events per minute per "
+                                "key (set by `chatrec serve --feedback-per-minute`)", type="rate_limit_error",
+                           code="rate_limit_exceeded")
+            retry = "60" if wait == float("inf") else str(int(wait) + 1)
+            return JSONResponse(err.body(), status_code=429, headers={"Retry-After": retry})
         with holder.use() as svc:
             return await run_in_threadpool(svc.feedback, req)
 
     @app.post("/v1/admin/reload")
     async def reload(req: ReloadRequest | None = None) -> dict[str, Any]:
-        try:
-            return await _reload(req.bundle if req else None)
-        except Exception as exc:
-            raise error_for(exc) from None
+        name = req.bundle if req else None
+        if name is None:
+            return await _reload(None)  # re-read the bundle the server was started with
+        if name not in config.reload_bundles:
+            known = sorted(config.reload_bundles)
+            raise APIError(400, f"unknown bundle name {name[:64]!r}; the server allows {known} "
+                                "(set by `chatrec serve --reload-bundles NAME=PATH`)", param="bundle",
+                           code="unknown_bundle")
+        return await _reload(config.reload_bundles[name])
 
     return app
 
 
-async def _sse(chunks: Iterator[dict[str, Any]], holder: ServiceHolder, svc: Any) -> AsyncIterator[str]:
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn` that runs at most once (a stream's engine is released by whichever path ends it first)."""
+    lock, done = threading.Lock(), [False]
+
+    def run() -> None:
+        with lock:
+            if done[0]:
+                return
+            done[0] = True
+        fn()
+
+    return run
+
+
+async def _sse(chunks: Iterator[dict[str, Any]], release: Callable[[], None]) -> AsyncIterator[str]:
     """Server-sent events: `data: {chunk}` lines, then `data: [DONE]`; errors become an error event."""
     try:
         async for chunk in iterate_in_threadpool(chunks):
@@ -199,5 +274,5 @@ async def _sse(chunks: Iterator[dict[str, Any]], holder: ServiceHolder, svc: Any
         # a client that went away must not leave the generation (and an engine lock) suspended
         with contextlib.suppress(Exception):
             await run_in_threadpool(getattr(chunks, "close", lambda: None))
-        holder.release(svc)
+        release()
     yield "data: [DONE]\n\n"

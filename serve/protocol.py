@@ -18,6 +18,10 @@ def _check_action(v: str) -> str:
 
 
 Action = Annotated[str, AfterValidator(_check_action)]  # one rule for history and feedback actions
+# fixed per-field bounds (the per-request cost bounds are `chatrec serve` settings)
+MAX_ID_CHARS, MAX_IDS, MAX_CATEGORY_CHARS, MAX_CATEGORIES = 256, 10_000, 128, 100
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Category = Annotated[str, Field(min_length=1, max_length=MAX_CATEGORY_CHARS)]
 
 
 class HistoryItem(BaseModel):
@@ -33,8 +37,8 @@ class ChatrecOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     history: list[HistoryItem] = Field(default_factory=list, max_length=500)
-    exclude_item_ids: list[str] = Field(default_factory=list, max_length=10_000)
-    categories: list[str] | None = Field(default=None, max_length=100)
+    exclude_item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_IDS)
+    categories: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
     exclude_history: bool = True
     user_id: str | None = Field(default=None, max_length=256)
     constrained: bool = True
@@ -70,7 +74,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=256)
     ignore_eos: bool = False  # vLLM's extra parameter: generate exactly max_tokens (benchmarks)
     chatrec: ChatrecOptions | None = None
     vllm_xargs: dict[str, Any] | None = None  # vLLM's per-request extra args; `chatrec` key as in vLLM
@@ -87,18 +91,29 @@ class ChatCompletionRequest(BaseModel):
         unknown = sorted(set(args) - {"exclude", "categories"})
         if unknown:
             raise ValueError(f"unknown keys {unknown} in vllm_xargs.chatrec; allowed: ['categories', 'exclude']")
-        for key in ("exclude", "categories"):
+        for key, most, chars in (("exclude", MAX_IDS, MAX_ID_CHARS), ("categories", MAX_CATEGORIES, MAX_CATEGORY_CHARS)):
             value = args.get(key)
-            if value is not None and (not isinstance(value, list) or not all(isinstance(x, str) for x in value)):
-                raise ValueError(f"vllm_xargs.chatrec.{key} must be a list of strings, got {value!r}")
+            if value is None:
+                continue
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError(f"vllm_xargs.chatrec.{key} must be a list of strings")
+            if len(value) > most:
+                raise ValueError(f"vllm_xargs.chatrec.{key} has {len(value)} entries; at most {most}")
+            if any(not 0 < len(x) <= chars for x in value):
+                raise ValueError(f"vllm_xargs.chatrec.{key}: every entry must be 1 to {chars} characters")
         return v
 
     def options(self) -> ChatrecOptions:
-        """`chatrec` options, also read from `vllm_xargs.chatrec` ({"exclude", "categories"})."""
+        """`chatrec` options, also read from `vllm_xargs.chatrec` ({"exclude", "categories"}).
+
+        The merge is validated again (not `model_copy`, which skips validation), so the combined
+        exclude list obeys the same bounds as either source.
+        """
         opts = self.chatrec or ChatrecOptions()
         xargs = (self.vllm_xargs or {}).get("chatrec")
         if isinstance(xargs, dict):
-            opts = opts.model_copy(update={
+            opts = ChatrecOptions.model_validate({
+                **opts.model_dump(),
                 "exclude_item_ids": [*opts.exclude_item_ids, *map(str, xargs.get("exclude") or [])],
                 "categories": xargs.get("categories", opts.categories),
             })
@@ -114,8 +129,8 @@ class RecommendationsRequest(BaseModel):
     history: list[HistoryItem] = Field(default_factory=list, max_length=500)
     request: str | None = Field(default=None, max_length=4000)
     k: int = Field(default=10, ge=1, le=100)
-    exclude_item_ids: list[str] = Field(default_factory=list, max_length=10_000)
-    categories: list[str] | None = Field(default=None, max_length=100)
+    exclude_item_ids: list[ItemId] = Field(default_factory=list, max_length=MAX_IDS)
+    categories: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
     exclude_history: bool = True
 
 
@@ -126,7 +141,7 @@ class RankRequest(BaseModel):
 
     model: str | None = None
     history: list[HistoryItem] = Field(default_factory=list, max_length=500)
-    candidates: list[str] = Field(min_length=1, max_length=200)
+    candidates: list[ItemId] = Field(min_length=1, max_length=200)
     value: str = Field(default="like - 10*dislike", max_length=200)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import threading
 import time
 import uuid
@@ -20,9 +21,9 @@ from chatrec.constrained import FilterError
 from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
 from chatrec.prompts import SYSTEM_PROMPT, history_text
-from chatrec.recommender import ENGINES, Recommender, UnknownItemError
-from chatrec.tokens import sid_string
-from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, interaction_row
+from chatrec.recommender import ENGINES, CostLimits, LimitError, Recommender, UnknownItemError
+from chatrec.tokens import escape_special_tokens, sid_string
+from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, LogFullError, interaction_row
 from serve.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
@@ -60,6 +61,25 @@ class ServeConfig:
     max_tokens_limit: int = field(default=1024, metadata={"help": "Largest `max_tokens` a request may ask for."})
     default_max_tokens: int = field(default=256, metadata={"help": "`max_tokens` when a request gives none."})
     max_model_len: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens."})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "Longest prompt of any route, in tokens."})
+    max_beam_tokens: int = field(
+        default=131_072, metadata={"help": "Largest beams x prompt tokens of one `/v1/recommendations` call (k=100 "
+                                           "keeps 200 beams)."})
+    max_rank_tokens: int = field(
+        default=131_072, metadata={"help": "Largest candidates x prompt tokens of one `/v1/rank` call."})
+    max_context_bytes: int = field(default=4096, metadata={"help": "Largest feedback `context`, as JSON bytes."})
+    feedback_per_minute: int = field(
+        default=600, metadata={"help": "Feedback events accepted per API key (or client address) per minute."})
+    max_log_bytes: int = field(
+        default=1 << 30, metadata={"help": "Size cap of each log file (feedback, chats); a full log answers 507."})
+    admin_key: str | None = field(
+        default=None, metadata={"help": "Key for `/v1/admin/*` (also CHATREC_ADMIN_KEY); unset: reload only by SIGHUP."})
+    reload_bundles: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "Bundles `/v1/admin/reload` may switch to, by name (NAME=PATH)."})
+    allowed_hosts: tuple[str, ...] = field(
+        default=(), metadata={"help": "Host header values accepted besides the loopback names and --host."})
+    insecure: bool = field(
+        default=False, metadata={"help": "Allow a non-loopback --host without --api-key."})
 
     def __post_init__(self) -> None:
         if self.engine == "auto":
@@ -70,12 +90,49 @@ class ServeConfig:
             raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {self.engine!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"`port` must be in 1..65535, got {self.port}")
-        for name in ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_model_len"):
+        for name in LIMITS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError(f"`default_max_tokens` ({self.default_max_tokens}) must be <= "
                               f"`max_tokens_limit` ({self.max_tokens_limit})")
+        if not is_loopback(self.host) and not self.api_key and not self.insecure:
+            raise ConfigError(f"refusing to bind {self.host} (not loopback) without an API key: pass --api-key "
+                              "(or set CHATREC_API_KEY), or --insecure if this network is trusted")
+        if self.admin_key and self.admin_key == self.api_key:
+            raise ConfigError("--admin-key must differ from --api-key (a client key must not reload the server)")
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Host header names (without port) this server answers: loopback, --host, --allowed-hosts."""
+        names = {"localhost", "127.0.0.1", "::1", "[::1]", *self.allowed_hosts}
+        if self.host not in ("0.0.0.0", "::"):
+            names.add(self.host)
+        return frozenset(names)
+
+
+# request-cost settings checked before work starts (one table in README "Serving limits")
+LIMITS = ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_model_len",
+          "max_prompt_tokens", "max_beam_tokens", "max_rank_tokens", "max_context_bytes", "feedback_per_minute",
+          "max_log_bytes")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def over_limit(what: str, value: int, setting: str, limit: int, param: str | None = None) -> APIError:
+    """A 400 that names the limit and the `chatrec serve` option that sets it."""
+    option = "--" + setting.replace("_", "-")
+    return APIError(400, f"{what} ({value}) exceeds the limit {limit} (set by `chatrec serve {option}`)",
+                    param=param, code="limit_exceeded")
 
 
 def _completion_id() -> str:
@@ -88,10 +145,12 @@ class ChatService:
     def __init__(self, config: ServeConfig, recommender: Recommender):
         self.config = config
         self.rec = recommender
+        recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
         self.created = int(time.time())
         logs = recommender.bundle.logs_dir
-        self.feedback_log = JsonlLog(logs / FEEDBACK_FILE)
-        self.chat_log = JsonlLog(logs / CHATS_FILE) if config.log_chats else None
+        self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)
+        self.chat_log = JsonlLog(logs / CHATS_FILE, config.max_log_bytes) if config.log_chats else None
+        self.actions = frozenset(recommender.token_map.actions)
         self.sids = {item_id: sid_string(codes) for item_id, codes in recommender.codes.items()}
         self.eos_ids = tuple(getattr(recommender.engine, "eos_ids", ()))
 
@@ -119,7 +178,7 @@ class ChatService:
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": m, "object": "model", "created": self.created, "owned_by": "chatrec",
-             "root": str(self.rec.model_dir), "items": int(self.rec.core.trie.n_items)} for m in self.model_ids]}
+             "items": int(self.rec.core.trie.n_items)} for m in self.model_ids]}
 
     # chat ----------------------------------------------------------------------------------------
     def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
@@ -139,8 +198,9 @@ class ChatService:
             allowed = self.rec.allowed(exclude, opts.categories)
         except (UnknownItemError, FilterError) as exc:
             raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+        tok = self.rec.engine.tokenizer  # a client's words: special tokens typed in them stay text
+        messages = [{"role": "system" if m.role == "developer" else m.role,
+                     "content": escape_special_tokens(m.text(), tok)} for m in req.messages]
         if messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
         if events:
@@ -151,6 +211,8 @@ class ChatService:
             else:
                 messages[last_user] = {"role": "user", "content": f"{line}\n{messages[last_user]['content']}"}
         prompt = self.rec.prompt_ids(messages, [self.rec.token_map.sid_begin] if opts.start_with_item else [])
+        if len(prompt) > cfg.max_prompt_tokens:
+            raise over_limit("prompt tokens", len(prompt), "max_prompt_tokens", cfg.max_prompt_tokens, "messages")
         if len(prompt) + max_tokens > cfg.max_model_len:
             raise APIError(400, f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the "
                            f"context length {cfg.max_model_len}", param="messages", code="context_length_exceeded")
@@ -242,9 +304,17 @@ class ChatService:
         the conversation in `context`, so `chatrec finetune --logs` can use it."""
         if self.chat_log is None or not items:
             return
-        context = {"messages": meta["messages"], "answer": answer, "source": "chat"}
-        self.chat_log.append([interaction_row(meta["user_id"], it["item_id"], "recommended", context=context)
-                              for it in items])
+        # the conversation once per chat (its last user turn and the answer, each capped), not per item
+        last_user = next((m["content"] for m in reversed(meta["messages"]) if m["role"] == "user"), "")
+        cap = self.config.max_context_bytes
+        chat_id = uuid.uuid4().hex[:16]
+        first = {"chat_id": chat_id, "source": "chat", "user": last_user[:cap], "answer": answer[:cap]}
+        try:
+            self.chat_log.append([interaction_row(meta["user_id"], it["item_id"], "recommended",
+                                                  context=first if i == 0 else {"chat_id": chat_id, "source": "chat"})
+                                  for i, it in enumerate(items)])
+        except LogFullError as exc:  # the answer is already made; a full chat log must not fail it
+            logging.getLogger("chatrec.serve").warning("%s", exc)
 
     # recommendations, ranking, feedback ----------------------------------------------------------
     def recommend(self, req: RecommendationsRequest) -> dict[str, Any]:
@@ -253,6 +323,8 @@ class ChatService:
             recs = self.rec.recommend([(h.item_id, h.action) for h in req.history], k=req.k, request=req.request,
                                       exclude_item_ids=req.exclude_item_ids, categories=req.categories,
                                       exclude_history=req.exclude_history)
+        except LimitError as exc:
+            raise APIError(400, str(exc), param="k", code="limit_exceeded") from None
         except (UnknownItemError, FilterError) as exc:
             raise APIError(400, str(exc), param="history", code="invalid_filter") from None
         meta = self.rec.catalog.set_index("item_id")
@@ -267,6 +339,8 @@ class ChatService:
         self.check_model(req.model)
         try:
             ranked = self.rec.rank([(h.item_id, h.action) for h in req.history], req.candidates, req.value)
+        except LimitError as exc:
+            raise APIError(400, str(exc), param="candidates", code="limit_exceeded") from None
         except (UnknownItemError, FilterError, ConfigError) as exc:
             raise APIError(400, str(exc), param="candidates", code="invalid_candidates") from None
         return {"object": "chatrec.ranking", "model": self.config.model_name, "items": [
@@ -288,9 +362,28 @@ class ChatService:
         unknown = [e.item_id for e in events if e.item_id not in self.rec.titles]
         if unknown:
             raise APIError(400, f"unknown item ids {unknown[:5]}", param="item_id", code="unknown_item")
-        rows = [interaction_row(e.user_id, e.item_id, e.action, e.timestamp, e.context) for e in events]
-        written = self.feedback_log.append(rows)
+        bad = sorted({e.action for e in events} - self.actions)
+        if bad and self.actions:  # a new action name would become a new token at the next extension
+            raise APIError(400, f"unknown actions {bad[:5]}; this model's actions are {sorted(self.actions)}",
+                           param="action", code="unknown_action")
+        import json
+
+        for e in events:
+            size = len(json.dumps(e.context, ensure_ascii=False).encode()) if e.context is not None else 0
+            if size > self.config.max_context_bytes:
+                raise over_limit("feedback context bytes", size, "max_context_bytes", self.config.max_context_bytes,
+                                 "context")
+        rows = [interaction_row(e.user_id, e.item_id, e.action, None, e.context, client_timestamp=e.timestamp)
+                for e in events]
+        try:
+            written = self.feedback_log.append(rows)
+        except LogFullError as exc:
+            raise APIError(507, str(exc), type="server_error", code="log_full") from None
         return {"object": "chatrec.feedback", "written": written}
+
+
+class ReloadBusy(ChatrecError):
+    """A reload was asked while another one runs (HTTP 409)."""
 
 
 class ServiceHolder:
@@ -353,14 +446,22 @@ class ServiceHolder:
             close.close()
 
     def reload(self, bundle: str | None = None) -> dict[str, Any]:
-        """Build a new service (slow: loads the engine) while the old one serves, then swap."""
-        with self._reload_lock:
+        """Build a new service (slow: loads the engine) while the old one serves, then swap.
+
+        `bundle` is a path chosen by the operator (SIGHUP, the CLI), never by a client: the HTTP
+        route passes one from `--reload-bundles` by name. Raises `ReloadBusy` while another runs.
+        """
+        if not self._reload_lock.acquire(blocking=False):
+            raise ReloadBusy("a reload is already running; try again when it has finished")
+        try:
             started = time.time()
             new = self._factory(bundle or str(self._service.rec.bundle.root))  # default: re-read the current bundle
             self.swap(new)
-            return {"object": "chatrec.reload", "bundle": str(new.rec.bundle.root), "generation": self.generation,
+            return {"object": "chatrec.reload", "bundle": new.rec.bundle.root.name, "generation": self.generation,
                     "items": int(new.rec.core.trie.n_items), "seconds": round(time.time() - started, 2),
                     "reloaded_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        finally:
+            self._reload_lock.release()
 
     def close(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ code the transformers engine runs.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
+from chatrec.errors import ChatrecError
+
+logger = logging.getLogger(__name__)
 
 EXTRA_KEY = "chatrec"
 _KEYS = {"core", "mask", "exclude", "categories"}
@@ -66,12 +70,21 @@ def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
     return value if value is not None else None
 
 
+# the same bounds as chatrec's own server (serve.protocol), kept here so stock vLLM needs no pydantic models
+_BOUNDS = {"exclude": (10_000, 256), "categories": (100, 128)}
+
+
 def _string_list(args: dict[str, Any], key: str) -> None:
     value = args.get(key)
     if value is None:
         return
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} must be a list of strings, got {value!r}")
+        raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} must be a list of strings")
+    most, chars = _BOUNDS[key]
+    if len(value) > most:
+        raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} has {len(value)} entries; at most {most}")
+    if any(not 0 < len(v) <= chars for v in value):
+        raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key}: every entry must be 1 to {chars} characters")
 
 
 class ChatrecLogitsProcessor(LogitsProcessor):
@@ -126,7 +139,13 @@ class ChatrecLogitsProcessor(LogitsProcessor):
             with _CORES_LOCK:
                 allowed = _MASKS.get(mask_key)
         else:
-            allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
+            try:
+                allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
+            except (ChatrecError, ValueError) as exc:
+                # raising here would stop the engine step for every request in the batch: this
+                # request instead gets an empty item set (a span can only close, naming nothing)
+                logger.warning("chatrec filter refused (%s); the request will name no item", exc)
+                allowed = np.zeros(core.trie.n_items, dtype=bool)
         state = core.new_state(prompt_ids or [], allowed)
         return state, len(prompt_ids or []), output_ids
 

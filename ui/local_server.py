@@ -91,9 +91,7 @@ class LocalServer:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "chatrec", "serve", "--bundle", str(self.bundle), "--engine", self.engine,
                "--host", self.host, "--port", str(self.port)]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd + self.extra_args
+        return cmd + self.extra_args  # the API key goes by environment (start()), not argv that `ps` shows
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -103,6 +101,10 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **(self.env or {})}
+        if self.api_key:
+            env["CHATREC_API_KEY"] = self.api_key
+        else:
+            env.pop("CHATREC_API_KEY", None)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True,

@@ -27,18 +27,44 @@ def serve(
     log_chats: bool = typer.Option(False, "--log-chats", help="Log served chats to BUNDLE/logs/chats.jsonl (interaction schema)."),
     max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", help="Largest `max_tokens` a request may ask for."),
     max_model_len: int = typer.Option(2048, "--max-model-len", help="Longest prompt + answer in tokens."),
+    max_prompt_tokens: int = typer.Option(2048, "--max-prompt-tokens", help=_help("max_prompt_tokens")),
+    max_beam_tokens: int = typer.Option(131_072, "--max-beam-tokens", help=_help("max_beam_tokens")),
+    max_rank_tokens: int = typer.Option(131_072, "--max-rank-tokens", help=_help("max_rank_tokens")),
+    max_context_bytes: int = typer.Option(4096, "--max-context-bytes", help=_help("max_context_bytes")),
+    feedback_per_minute: int = typer.Option(600, "--feedback-per-minute", help=_help("feedback_per_minute")),
+    max_log_bytes: int = typer.Option(1 << 30, "--max-log-bytes", help=_help("max_log_bytes")),
+    admin_key: str = typer.Option(None, "--admin-key", help="Key for /v1/admin/reload (default: $CHATREC_ADMIN_KEY); "
+                                                            "unset: reload only by SIGHUP."),
+    reload_bundles: list[str] = typer.Option(None, "--reload-bundles", help="NAME=PATH of a bundle /v1/admin/reload "
+                                                                            "may switch to (repeatable)."),
+    allowed_hosts: str = typer.Option("", "--allowed-hosts", help="Comma-separated Host names accepted besides "
+                                                                  "loopback and --host (DNS-rebinding guard)."),
+    insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
 ) -> None:
     """Serve a bundle behind an OpenAI-compatible endpoint with SID-constrained decoding."""
     from chatrec.bundle import Bundle
     from chatrec.deps import require
+    from chatrec.errors import ConfigError
     from serve.service import ServeConfig
 
     require("fastapi", "the server")
     require("uvicorn", "the server")
+    named: dict[str, str] = {}
+    for entry in reload_bundles or []:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--reload-bundles takes NAME=PATH, got {entry!r}")
+        named[name] = str(Bundle(path).root)
     config = ServeConfig(bundle=str(Bundle(bundle).root), engine=engine, host=host, port=port,
                          api_key=api_key or os.environ.get("CHATREC_API_KEY") or None, model_name=model_name,
                          log_chats=log_chats, max_tokens_limit=max_tokens_limit,
-                         default_max_tokens=min(256, max_tokens_limit), max_model_len=max_model_len)
+                         default_max_tokens=min(256, max_tokens_limit), max_model_len=max_model_len,
+                         max_prompt_tokens=max_prompt_tokens, max_beam_tokens=max_beam_tokens,
+                         max_rank_tokens=max_rank_tokens, max_context_bytes=max_context_bytes,
+                         feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
+                         admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
+                         allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
+                         insecure=insecure)
     from serve.server import run
 
     run(config)

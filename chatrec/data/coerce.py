@@ -282,6 +282,8 @@ def coerce_context(values: list[Any]) -> Coerced:
                 clean = json.dumps(jsonable(v), ensure_ascii=False)
             except (TypeError, ValueError):
                 reason = f"expected a JSON value, got {_describe(v)}"
+            except RecursionError:
+                reason = "JSON value nested too deeply"
         out.append(clean)
         reasons.append(reason)
     return object_array(out), object_array(reasons)

@@ -142,6 +142,10 @@ def _read_jsonl(p: Path, shown: str) -> RawTable:
                 unreadable.append(Unreadable(lineno, "<line>", f"malformed JSON ({exc.msg} at column {exc.colno})",
                                              line.rstrip("\n")))
                 continue
+            except RecursionError:
+                unreadable.append(Unreadable(lineno, "<line>", "JSON nested too deeply to read",
+                                             line.rstrip("\n")[:1000]))
+                continue
             if not isinstance(obj, dict):
                 unreadable.append(Unreadable(lineno, "<line>", f"expected a JSON object, got {type(obj).__name__}",
                                              obj))
