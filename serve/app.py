@@ -241,7 +241,7 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
             return await _reload(None)  # re-read the bundle the server was started with
         if name not in config.reload_bundles:
             known = sorted(config.reload_bundles)
-            raise APIError(400, f"unknown bundle name {name[:64]!r}; the server allows {known} "
+            raise APIError(400, f"unknown bundle name; the server allows {known} "
                                 "(set by `chatrec serve --reload-bundles NAME=PATH`)", param="bundle",
                            code="unknown_bundle")
         return await _reload(config.reload_bundles[name])

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 API_KEY = "test-key"
+ADMIN_KEY = "test-admin-key"
 START_TIMEOUT = 420.0
 
 
@@ -109,8 +110,11 @@ def server(request: pytest.FixtureRequest, serve_bundle: Path, tmp_path_factory:
 
     bundle = tmp_path_factory.mktemp(f"serve-{engine}") / "bundle"
     shutil.copytree(serve_bundle, bundle)
-    srv = RemoteServer(bundle, engine, "--log-chats", "--max-tokens-limit", "64")
+    reload_path = bundle.parent / "new"  # test_reload_adds_items... writes it
+    srv = RemoteServer(bundle, engine, "--log-chats", "--max-tokens-limit", "64", "--admin-key", ADMIN_KEY,
+                       "--reload-bundles", f"new={reload_path}")
     srv.engine = engine  # type: ignore[attr-defined]
     srv.bundle = bundle  # type: ignore[attr-defined]
+    srv.reload_path = reload_path  # type: ignore[attr-defined]
     yield srv
     srv.stop()

@@ -10,7 +10,7 @@ import openai
 import pandas as pd
 import pytest
 
-from tests.serve.conftest import RemoteServer
+from tests.serve.conftest import ADMIN_KEY, RemoteServer
 
 
 def catalog(srv: RemoteServer) -> pd.DataFrame:
@@ -129,7 +129,7 @@ def test_feedback_concurrent_posts_are_all_persisted(server: RemoteServer) -> No
     before = len(log.read_text().splitlines()) if log.exists() else 0
 
     def post(i: int) -> int:
-        ev = {"user_id": f"u{i % 7}", "item_id": f"m{i % 40}", "action": "like" if i % 2 else "click",
+        ev = {"user_id": f"u{i % 7}", "item_id": f"m{i % 40}", "action": "like" if i % 2 else "watch",
               "context": {"note": "x" * (i % 50)}}
         body = ev if i % 3 else {"events": [ev, {**ev, "action": "dislike"}]}
         r = httpx.post(server.url + "/v1/feedback", json=body, headers=server.headers(), timeout=60)
@@ -149,6 +149,9 @@ def test_feedback_concurrent_posts_are_all_persisted(server: RemoteServer) -> No
     bad = httpx.post(server.url + "/v1/feedback", json={"user_id": "u", "item_id": "m1", "action": "Bad Action"},
                      headers=server.headers())
     assert bad.status_code == 400
+    bad = httpx.post(server.url + "/v1/feedback", json={"user_id": "u", "item_id": "m1", "action": "click"},
+                     headers=server.headers())  # not in the model's action vocabulary
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "unknown_action"
 
 
 def test_chats_are_logged_in_the_interaction_schema(server: RemoteServer) -> None:
@@ -157,8 +160,11 @@ def test_chats_are_logged_in_the_interaction_schema(server: RemoteServer) -> Non
         user="alice", extra_body={"chatrec": {"start_with_item": True}})
     rows = [json.loads(x) for x in (server.bundle / "logs" / "chats.jsonl").read_text().splitlines()]  # type: ignore[attr-defined]
     mine = [r for r in rows if r["user_id"] == "alice"]
-    assert mine and mine[-1]["action"] == "recommended"
-    assert json.loads(mine[-1]["context"])["messages"][-1]["content"].endswith("one more")
+    assert mine and {r["action"] for r in mine} == {"recommended"}
+    contexts = [json.loads(r["context"]) for r in mine]
+    assert contexts[-1]["source"] == "chat"
+    firsts = [c for c in contexts if "user" in c]  # the conversation once per chat, not once per item
+    assert firsts and firsts[-1]["user"].endswith("one more")
 
 
 def add_items(src, dst, n_new: int = 5) -> list[str]:
@@ -187,7 +193,7 @@ def add_items(src, dst, n_new: int = 5) -> list[str]:
     return new_ids
 
 
-def test_reload_adds_items_without_dropping_requests(server: RemoteServer, tmp_path) -> None:
+def test_reload_adds_items_without_dropping_requests(server: RemoteServer) -> None:
     """Runs last in the module: swaps in a bundle with new items while chats keep coming."""
     import os
     import signal
@@ -196,7 +202,7 @@ def test_reload_adds_items_without_dropping_requests(server: RemoteServer, tmp_p
 
     if server.engine == "vllm":  # type: ignore[attr-defined]
         pytest.skip("the swap is engine-agnostic; a second vLLM engine start would add ~1 min to CI")
-    new_ids = add_items(server.bundle, tmp_path / "new")  # type: ignore[attr-defined]
+    new_ids = add_items(server.bundle, server.reload_path)  # type: ignore[attr-defined]
     old_ids = catalog(server)["item_id"].tolist()
     client = server.client()
     statuses: list[str] = []
@@ -211,8 +217,8 @@ def test_reload_adds_items_without_dropping_requests(server: RemoteServer, tmp_p
 
     worker = threading.Thread(target=keep_chatting)
     worker.start()
-    r = httpx.post(server.url + "/v1/admin/reload", json={"bundle": str(tmp_path / "new")},
-                   headers=server.headers(), timeout=600)
+    r = httpx.post(server.url + "/v1/admin/reload", json={"bundle": "new"},  # a name from --reload-bundles
+                   headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=600)
     stop.set()
     worker.join(timeout=120)
     assert r.status_code == 200, r.text
