@@ -81,8 +81,12 @@ class Rejected:
             reason = self.problems[0].reason
         else:
             reason = "; ".join(f"{p.field}: {p.reason}" for p in self.problems)
-        return {"file": file, "line": self.loc, "field": ",".join(fields), "reason": reason,
-                "row": jsonable(self.raw)}
+        try:
+            row = jsonable(self.raw)
+            json.dumps(row)
+        except RecursionError:  # a row nested too deeply to write back as JSON: keep its text (capped)
+            row = repr(self.raw)[:100_000]
+        return {"file": file, "line": self.loc, "field": ",".join(fields), "reason": reason, "row": row}
 
 
 @dataclass

@@ -192,3 +192,17 @@ def test_export_of_a_sequence_recipe_bundle(tmp_path):
                                atol=1e-4)
     for name in ("chatrec_tokens.json", "trie.npz", "tokenizer.json"):
         assert (b.export_dir / name).exists()
+
+
+def test_logs_dated_before_the_parents_cut_are_refused(tmp_path):
+    """One event from 1970 would make the whole parent history "new" for the continual split."""
+    from chatrec.errors import DataError
+    from finetune.continual import check_after_cut
+
+    parent = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["m1", "m2"], "action": ["like", "like"],
+                           "timestamp": pd.to_datetime(["2024-01-01", "2024-02-01"], utc=True)})
+    later = parent.assign(timestamp=pd.to_datetime(["2024-03-01", "2024-03-02"], utc=True))
+    check_after_cut(later, parent, "new.jsonl")  # all after the cut: accepted
+    poisoned = pd.concat([later, later.iloc[:1].assign(user_id="evil", timestamp=pd.Timestamp("1970-01-01", tz="UTC"))])
+    with pytest.raises(DataError, match=r"new.jsonl: 1 events are dated at or before .*'evil'.*`timestamp`"):
+        check_after_cut(poisoned, parent, "new.jsonl")

@@ -129,3 +129,71 @@ def test_serve_cli_help_and_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "`engine` must be one of" in result.output
     result = runner.invoke(app, ["serve", "--bundle", str(tmp_path / "missing"), "--engine", "transformers"])
     assert result.exit_code == 4 and "chatrec tokenizer extend" in result.output
+
+
+def test_a_second_reload_while_one_runs_is_refused() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from serve.service import ReloadBusy
+
+    def service(name: str) -> FakeService:
+        svc = FakeService(name)
+        svc.rec = SimpleNamespace(bundle=SimpleNamespace(root=Path("/srv") / name),  # type: ignore[attr-defined]
+                                  core=SimpleNamespace(trie=SimpleNamespace(n_items=3)))
+        return svc
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_factory(bundle: str) -> FakeService:
+        started.set()
+        release.wait(10)
+        return service("new")
+
+    holder = ServiceHolder(service("old"), slow_factory)  # type: ignore[arg-type]
+    results: list[dict] = []
+    worker = threading.Thread(target=lambda: results.append(holder.reload()))
+    worker.start()
+    assert started.wait(10)
+    with pytest.raises(ReloadBusy):
+        holder.reload()
+    release.set()
+    worker.join(10)
+    assert results[0]["bundle"] == "new" and holder.generation == 1  # a name, not the server's path
+
+
+def test_stream_release_runs_once_whichever_path_ends_it() -> None:
+    from serve.app import _once
+
+    holder = ServiceHolder(FakeService("old"), lambda bundle: FakeService("new"))  # type: ignore[arg-type]
+    old = holder.acquire()
+    holder.swap(FakeService("v2"))  # type: ignore[arg-type]
+    release = _once(lambda: holder.release(old))
+    release()  # the generator's finally
+    release()  # the response's background task (or the reverse order)
+    assert old.closed and holder._inflight == {}  # type: ignore[attr-defined]
+
+
+def test_vllm_processor_never_raises_inside_the_engine_step() -> None:
+    """An unknown category or an all-excluded filter in stock vLLM: that request names no item, the
+    batch goes on (raising in `update_state` would stop the engine for every request)."""
+    pytest.importorskip("vllm")
+    import pandas as pd
+    from vllm import SamplingParams
+
+    from serve.vllm_processor import ChatrecLogitsProcessor
+
+    trie = ItemTrie.from_sequences(np.array([[10, 20], [11, 21]]), ["a", "b"])
+    catalog = pd.DataFrame({"item_id": ["a", "b"], "categories": [["Drama"], ["Comedy"]]})
+    core = ConstraintCore(trie, SpanTokens(BEGIN, END, np.array([10, 11, 20, 21])), catalog)
+    proc = ChatrecLogitsProcessor.__new__(ChatrecLogitsProcessor)
+    proc._default_core, proc.rows = core, {}
+    for args in ({"categories": ["Nope"]}, {"exclude": ["a", "b"]}):
+        params = SamplingParams(extra_args={"chatrec": args})
+        ChatrecLogitsProcessor.validate_params(params)
+        row = proc._new_row(params, [1, BEGIN], [])
+        assert row is not None and row[0].allowed_tokens().tolist() == [END]  # the span can only close
+    with pytest.raises(ValueError, match="1 to 256 characters"):
+        ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"exclude": ["x" * 300]}}))
+    with pytest.raises(ValueError, match="at most 10000"):
+        ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"exclude": ["x"] * 10_001}}))

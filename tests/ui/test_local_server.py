@@ -68,3 +68,10 @@ def test_ui_without_endpoint_starts_and_stops_its_own_server(tmp_path: Path) -> 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_local_server_passes_its_api_key_by_environment_not_argv(tmp_path: Path) -> None:
+    from ui.local_server import LocalServer
+
+    server = LocalServer(tmp_path, engine="transformers", port=free_port(), api_key="s3cret")
+    assert not any("s3cret" in arg for arg in server.command())  # argv is visible to every user in `ps`

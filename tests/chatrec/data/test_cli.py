@@ -286,3 +286,19 @@ def test_column_mapping(tmp_path: Path, catalog: pd.DataFrame, log: pd.DataFrame
     assert code == 0, err
     code, _, err = run("data", "validate", cat, "--map", "itemid=movieId")
     assert code == 2 and "unknown field 'itemid'" in error_line(err)
+
+
+def test_deeply_nested_json_is_quarantined_not_a_traceback(tmp_path: Path, catalog: pd.DataFrame,
+                                                           log: pd.DataFrame) -> None:
+    cat = write_jsonl(catalog, tmp_path / "catalog.jsonl")
+    first = log.iloc[0]
+    row = {"user_id": str(first["user_id"]), "item_id": str(first["item_id"]), "action": "like",
+           "timestamp": "2020-01-01T00:00:00Z"}
+    too_deep = json.dumps(row)[:-1] + ', "context": ' + "[" * 5000 + "]" * 5000 + "}"  # json.loads cannot read it
+    nested = json.dumps({**row, "context": "@"})[:-1].replace('"@"', '{"a": ' * 900 + "1" + "}" * 900) + "}"
+    events = write_jsonl(log, tmp_path / "events.jsonl", extra_lines={3: too_deep, 5: nested})
+    code, _, err = run("data", "import", "files", "--catalog", cat, "--interactions", events, "--out", tmp_path / "b")
+    assert code == 0, err
+    recs = read_quarantine(tmp_path / "b" / "quarantine" / "events.jsonl.jsonl")
+    assert [(r["line"], r["field"]) for r in recs] == [(3, "<line>"), (5, "context")]
+    assert "nested too deeply" in recs[0]["reason"] and "nested too deeply" in recs[1]["reason"]
