@@ -124,6 +124,13 @@ class Bundle:
         except json.JSONDecodeError as exc:
             raise BundleError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
+    @property
+    def domain(self) -> str:
+        """What one item is ("movie", "book"; "item" when the import did not say), for chat answers."""
+        config = (self.stage("data") or {}).get("config") or {}
+        legacy = "movie" if "like_min" in config else "item"  # MovieLens bundles imported before `domain` existed
+        return str(config.get("domain") or legacy)
+
     def stage(self, name: str) -> dict[str, Any] | None:
         """The manifest record of stage `name`, or None when it has not run."""
         return self.manifest().get("stages", {}).get(name)

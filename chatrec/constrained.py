@@ -90,21 +90,22 @@ class ConstraintCore:
         return self._categories
 
     def allowed_items(self, exclude_item_ids: Sequence[str] = (),
-                      categories: Sequence[str] | None = None) -> np.ndarray | None:
+                      categories: Sequence[str] | None = None,
+                      include_item_ids: Sequence[str] | None = None) -> np.ndarray | None:
         """Bool mask over the trie's items for a request's filter, or None when nothing is filtered.
 
         Raises `FilterError` for an unknown category or when no item passes the filter.
         """
         exclude = [str(x) for x in exclude_item_ids]
         cats = None if categories is None else [str(c) for c in categories]
-        if not exclude and cats is None:
+        if not exclude and cats is None and include_item_ids is None:
             return None
         if cats is not None:
             unknown = sorted(set(cats) - self.known_categories)
             if unknown:
                 allowed_list = ", ".join(sorted(self.known_categories)[:20]) or "(catalog has none)"
                 raise FilterError(f"unknown categories {unknown}; the catalog has: {allowed_list}")
-        flt = ItemFilter(exclude_item_ids=exclude, include_categories=cats)
+        flt = ItemFilter(exclude_item_ids=exclude, include_categories=cats, include_item_ids=include_item_ids)
         mask = flt.mask(self.trie.item_ids, self.catalog if flt.needs_catalog else None)
         if not mask.any():
             raise FilterError("no catalog item passes the filter (every item is excluded)")

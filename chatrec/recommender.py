@@ -208,22 +208,24 @@ class Recommender:
         return Recommendation(item_id, self.titles.get(item_id, item_id), sid_string(codes), float(score))
 
     # retrieval and ranking ---------------------------------------------------------------------
-    def allowed(self, exclude_item_ids: Sequence[str] = (), categories: Sequence[str] | None = None
-                ) -> np.ndarray | None:
-        return self.core.allowed_items(exclude_item_ids, categories)
+    def allowed(self, exclude_item_ids: Sequence[str] = (), categories: Sequence[str] | None = None,
+                include_item_ids: Sequence[str] | None = None) -> np.ndarray | None:
+        return self.core.allowed_items(exclude_item_ids, categories, include_item_ids)
 
     def recommend(self, history: HistoryLike, k: int = 10, request: str | None = None,
                   exclude_item_ids: Sequence[str] = (), categories: Sequence[str] | None = None,
-                  *, exclude_history: bool = True, beam_width: int | None = None) -> list[Recommendation]:
+                  *, exclude_history: bool = True, beam_width: int | None = None,
+                  include_item_ids: Sequence[str] | None = None) -> list[Recommendation]:
         """Top-`k` distinct catalog items for `history` (+ an optional text request).
 
         Items in the history are left out unless `exclude_history=False`; `categories` keeps
-        only items with one of them. Raises `FilterError` when no item qualifies.
+        only items with one of them, `include_item_ids` only those items. Raises `FilterError`
+        when no item qualifies.
         """
         if k < 1:
             raise ConfigError(f"`k` must be >= 1, got {k}")
         exclude = list(exclude_item_ids) + (self.history_item_ids(history) if exclude_history else [])
-        allowed = self.allowed(exclude, categories)
+        allowed = self.allowed(exclude, categories, include_item_ids)
         prompt = self.retrieval_prompt(history, request)
         width = beam_width or max(2 * k, 10)
         self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")

@@ -43,6 +43,8 @@ class ChatrecOptions(BaseModel):
     user_id: str | None = Field(default=None, max_length=256)
     constrained: bool = True
     start_with_item: bool = False  # prime the answer with `<|sid_begin|>` (the next-item task's format)
+    k: int | None = Field(default=None, ge=1, le=10)  # items in a recommendation answer (default: from the words, else 3)
+    mode: Literal["auto", "model"] = "auto"  # auto: recommendation turns retrieve (see chatrec.chat); model: free generation
 
 
 class ChatMessage(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import threading
 import time
 import uuid
@@ -117,6 +118,34 @@ LIMITS = ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_
           "max_log_bytes")
 
 
+def _plural(noun: str) -> str:
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _years_phrase(years: tuple[int, int] | None) -> str:
+    if not years:
+        return ""
+    lo, hi = years
+    if hi - lo == 9 and lo % 10 == 0:
+        return f" from the {lo}s"
+    if lo == hi:
+        return f" from {lo}"
+    if lo <= 0:
+        return f" from before {hi + 1}"
+    return f" from {lo} on" if hi >= 9999 else f" from {lo} to {hi}"
+
+
+def u_text(req: ChatCompletionRequest) -> str:
+    """The last user message's text."""
+    return next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+
+
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -135,6 +164,9 @@ def over_limit(what: str, value: int, setting: str, limit: int, param: str | Non
                     param=param, code="limit_exceeded")
 
 
+REPEAT_NGRAM = 8  # tokens; a span of this many repeated inside one answer is a loop
+
+
 def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
@@ -151,6 +183,11 @@ class ChatService:
         self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)
         self.chat_log = JsonlLog(logs / CHATS_FILE, config.max_log_bytes) if config.log_chats else None
         self.actions = frozenset(recommender.token_map.actions)
+        from chatrec.chat import CatalogIndex
+
+        self.index = CatalogIndex(recommender.catalog, positive_action=recommender.positive_actions[0],
+                                  negative_action=recommender.negative_actions[0])
+        self.domain = recommender.bundle.domain
         self.sids = {item_id: sid_string(codes) for item_id, codes in recommender.codes.items()}
         self.eos_ids = tuple(getattr(recommender.engine, "eos_ids", ()))
 
@@ -222,7 +259,7 @@ class ChatService:
             allowed_items=allowed, stop_token_ids=() if req.ignore_eos else self.eos_ids,
             ignore_eos=req.ignore_eos)
         meta = {"user_id": opts.user_id or req.user or "anonymous", "messages": messages,
-                "start_in_span": opts.start_with_item}
+                "start_in_span": opts.start_with_item, "extra": {"turn": "model"}}
         return prompt, params, meta
 
     def _renderer(self, meta: dict[str, Any]) -> SpanRenderer:
@@ -232,18 +269,50 @@ class ChatService:
         return renderer
 
     def _steps(self, prompt: list[int], params: GenerationParams) -> Iterator[Any]:
-        """Engine tokens up to (not including) a stop token; the last value is the finish reason."""
+        """Engine tokens up to (not including) a stop token; the last value is the finish reason.
+
+        A repetition loop ends the answer: when the last `REPEAT_NGRAM` tokens already occurred
+        in this answer, generation stops there (finish reason "stop") instead of repeating a
+        sentence until `max_tokens`.
+        """
         stops = set(params.stop_token_ids)
         n = 0
-        for step in self.rec.engine.generate(prompt, params):
-            if step.token_id in stops:
-                yield "stop"
-                return
-            n += 1
-            yield step
+        out: list[int] = []
+        grams: set[tuple[int, ...]] = set()
+        gen = self.rec.engine.generate(prompt, params)
+        try:
+            for step in gen:
+                if step.token_id in stops:
+                    yield "stop"
+                    return
+                out.append(step.token_id)
+                if len(out) >= REPEAT_NGRAM:
+                    gram = tuple(out[-REPEAT_NGRAM:])
+                    if gram in grams:
+                        yield "stop"
+                        return
+                    grams.add(gram)
+                n += 1
+                yield step
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
         yield "length" if n >= params.max_tokens else "stop"
 
     def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        served = self._served_turn(req)
+        if served is not None:
+            text, items, extra, n_prompt = served
+            self._log_chat({"user_id": self._user(req), "messages": self._client_messages(req)}, text, items)
+            n_out = len(self.rec.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return {
+                "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": req.model,
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                             "message": {"role": "assistant", "content": text, "chatrec": {"items": items, **extra}}}],
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
+                "chatrec": {"items": items, **extra},
+            }
         prompt, params, meta = self._prepare_chat(req)
         renderer = self._renderer(meta)
         finish = "stop"
@@ -255,20 +324,43 @@ class ChatService:
         renderer.finish()
         items = [i.to_json() for i in renderer.items]
         self._log_chat(meta, renderer.text, items)
+        extra = meta["extra"]
         return {
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": req.model,
             "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
-                         "message": {"role": "assistant", "content": renderer.text, "chatrec": {"items": items}}}],
+                         "message": {"role": "assistant", "content": renderer.text,
+                                     "chatrec": {"items": items, **extra}}}],
             "usage": {"prompt_tokens": len(prompt), "completion_tokens": renderer.n_tokens,
                       "total_tokens": len(prompt) + renderer.n_tokens},
-            "chatrec": {"items": items},
+            "chatrec": {"items": items, **extra},
         }
 
     def chat_stream(self, req: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
         """Chunks of `chat.completion.chunk`; the last carries `finish_reason` and `chatrec.items`."""
+        served = self._served_turn(req)
+        if served is not None:
+            return self._stream_served(req, *served)
         prompt, params, meta = self._prepare_chat(req)
         return self._stream(req, prompt, params, meta)
+
+    def _stream_served(self, req: ChatCompletionRequest, text: str, items: list[dict[str, Any]],
+                       extra: dict[str, Any], n_prompt: int) -> Iterator[dict[str, Any]]:
+        cid, created = _completion_id(), int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **more}
+
+        yield chunk({"role": "assistant", "content": ""})
+        for line in text.splitlines(keepends=True):
+            yield chunk({"content": line})
+        self._log_chat({"user_id": self._user(req), "messages": self._client_messages(req)}, text, items)
+        more: dict[str, Any] = {"chatrec": {"items": items, **extra}}
+        if req.stream_options and req.stream_options.get("include_usage"):
+            n_out = len(self.rec.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+            more["usage"] = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        yield chunk({}, "stop", **more)
 
     def _stream(self, req: ChatCompletionRequest, prompt: list[int], params: GenerationParams,
                 meta: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -293,11 +385,135 @@ class ChatService:
             yield chunk({"content": tail})
         items = [i.to_json() for i in renderer.items]
         self._log_chat(meta, renderer.text, items)
-        extra: dict[str, Any] = {"chatrec": {"items": items}}
+        extra: dict[str, Any] = {"chatrec": {"items": items, **meta["extra"]}}
         if req.stream_options and req.stream_options.get("include_usage"):
             extra["usage"] = {"prompt_tokens": len(prompt), "completion_tokens": renderer.n_tokens,
                               "total_tokens": len(prompt) + renderer.n_tokens}
         yield chunk({}, finish, **extra)
+
+    # served turns (chatrec.chat): recommendations, questions about a title, small talk ------------
+    def _user(self, req: ChatCompletionRequest) -> str:
+        opts = req.options()
+        return opts.user_id or req.user or "anonymous"
+
+    @staticmethod
+    def _client_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.text()} for m in req.messages]
+
+    def _served_turn(self, req: ChatCompletionRequest
+                     ) -> tuple[str, list[dict[str, Any]], dict[str, Any], int] | None:
+        """(text, items, chatrec extras, prompt tokens) of a turn the server answers by retrieval or
+        from the catalog, or None for a turn the model writes (see `chatrec.chat`)."""
+        from chatrec.chat import SMALL_TALK, understand
+
+        self.check_model(req.model)
+        opts = req.options()
+        if opts.mode != "auto" or not opts.constrained or opts.start_with_item:
+            return None
+        users = [m.text() for m in req.messages if m.role == "user"]
+        if not users or len(req.messages) > self.config.max_messages:
+            return None
+        last = understand(users[-1], self.index)
+        earlier = [understand(u, self.index) for u in users[:-1][-8:]]  # titles liked in earlier turns
+        linked = {x.item_id: x for u in [*earlier, last] for x in u.linked}
+        extra: dict[str, Any] = {"linked": [x.to_json() for x in last.linked], "unmatched": last.unmatched}
+        notes = [f'No catalog match for "{p}".' for p in last.unmatched]
+        if last.recommend:
+            return self._recommend_turn(req, opts, last, list(linked.values()), notes, extra)
+        if any(x.action == "mention" for x in last.linked):
+            lines = [self._about(x.item_id) for x in last.linked if x.action == "mention"]
+            extra["turn"] = "about"
+            return "\n".join([*notes, *lines]), [], extra, 0
+        if last.unmatched:
+            extra["turn"] = "about"
+            return " ".join(notes) + f" Name another {self.domain}, or ask me for recommendations.", [], extra, 0
+        if SMALL_TALK.match(users[-1]):
+            extra["turn"] = "small_talk"
+            thanks = re.match(r"\s*(thank|thx|cheers)", users[-1], re.I)
+            text = ("You're welcome! " if thanks else "Hi! ") + (
+                f"Tell me a {self.domain} you loved, or what you are in the mood for, and I will suggest a few.")
+            return text, [], extra, 0
+        return None
+
+    def _recommend_turn(self, req: ChatCompletionRequest, opts: Any, u: Any, linked: list[Any], notes: list[str],
+                        extra: dict[str, Any]) -> tuple[str, list[dict[str, Any]], dict[str, Any], int]:
+        from chatrec.chat import display_title, explain, shown
+
+        index = self.index
+        pos, neg = self.rec.positive_actions[0], self.rec.negative_actions[0]
+        history = [(h.item_id, h.action) for h in opts.history]
+        history += [(x.item_id, x.action) for x in linked if x.action in (pos, neg)]
+        exclude = [*opts.exclude_item_ids, *(x.item_id for x in linked if x.action == "exclude")]
+        categories = list(opts.categories) if opts.categories is not None else (u.categories or None)
+        years = u.years
+        k = opts.k or u.k or 3
+        request = None if history else escape_special_tokens(u_text(req), self.rec.engine.tokenizer)
+        relaxed: list[str] = []
+        while True:
+            include = index.item_ids_in_years(years) if years else None
+            try:
+                recs = self.rec.recommend(history, k=k, request=request, exclude_item_ids=exclude,
+                                          categories=categories, exclude_history=opts.exclude_history,
+                                          include_item_ids=include)
+                break
+            except LimitError as exc:
+                raise APIError(400, str(exc), param="messages", code="limit_exceeded") from None
+            except UnknownItemError as exc:
+                raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
+            except FilterError:
+                if years:  # nothing passes every filter: drop the year first, then the categories
+                    years, relaxed = None, [*relaxed, "the years"]
+                elif categories and opts.categories is None:
+                    categories, relaxed = None, [*relaxed, "the categories"]
+                else:
+                    raise APIError(400, f"no catalog {self.domain} passes the filters", param="chatrec",
+                                   code="invalid_filter") from None
+        filters: dict[str, Any] = {"k": k}
+        if categories:
+            filters["categories"] = categories
+        if years:
+            filters["years"] = list(years)
+        if exclude:
+            filters["exclude_item_ids"] = exclude
+        extra.update(turn="recommendation", filters=filters)
+        plural = _plural(self.domain)
+        liked = [x for x in linked if x.action == pos]
+        disliked = [x for x in linked if x.action == neg]
+        lines = list(notes)
+        if liked or disliked:
+            said = []
+            if liked:
+                said.append("you liked " + _join([display_title(x.title)[0] for x in liked]))
+            if disliked:
+                said.append("you disliked " + _join([display_title(x.title)[0] for x in disliked]))
+            lines.append("Noted: " + " and ".join(said) + ".")
+        if relaxed:
+            lines.append(f"Nothing in the catalog passes every filter, so I left out {_join(relaxed)}.")
+        what = (" or ".join(categories) + " " if categories else "") + (plural if len(recs) != 1 else self.domain)
+        when = _years_phrase(years)
+        lines.append(f"Here {'is' if len(recs) == 1 else 'are'} {len(recs)} {what}{when} for you:")
+        positions = {item_id: i for i, item_id in enumerate(index.ids)}
+        liked_idx = [positions[i] for i, a in history if a == pos and i in positions]
+        items = []
+        for n, r in enumerate(recs, 1):
+            why = explain(positions[r.item_id], index, u, liked_idx) if r.item_id in positions else ""
+            lines.append(f"{n}. {shown(r.title)}" + (f": {why}" if why else ""))
+            items.append({"item_id": r.item_id, "title": r.title, "sid": r.sid, "score": r.score})
+        n_prompt = len(self.rec.retrieval_prompt(history, request))
+        return "\n".join(lines), items, extra, n_prompt
+
+    def _about(self, item_id: str) -> str:
+        """A few facts about one catalog item, from its row."""
+        from chatrec.chat import display_title, shown
+
+        i = self.index.ids.index(item_id)
+        name, _ = display_title(self.index.titles[i])
+        cats = [c for c in self.index.categories[i] if c.lower() != "unknown"]
+        line = f"{shown(self.index.titles[i])}: " + (f"{', '.join(cats)}." if cats else f"a {self.domain} in the catalog.")
+        text = str(self.rec.catalog.iloc[i].get("text") or "")
+        if text and not text.startswith(self.index.titles[i]) and not text.startswith(name):
+            line += " " + text[:400]
+        return line + f" Ask for more {_plural(self.domain)} like it, and I will find some."
 
     def _log_chat(self, meta: dict[str, Any], answer: str, items: list[dict[str, Any]]) -> None:
         """With `--log-chats`: one interaction row per recommended item (action `recommended`),

@@ -60,6 +60,7 @@ def import_files_cmd(
     strict: bool = typer.Option(False, "--strict", help=help_of(ImportFilesConfig, "strict")),
     column_map: list[str] = typer.Option([], "--map", metavar="FIELD=COLUMN", help=_MAP_HELP),
     max_problems: int = typer.Option(20, "--max-problems", help=_MAX_PROBLEMS_HELP),
+    domain: str = typer.Option("item", "--domain", help=help_of(ImportFilesConfig, "domain")),
 ) -> None:
     """Validate your catalog and log and write them into a bundle; bad rows go to BUNDLE/quarantine/."""
     from chatrec.data.importer import ValidationFailed, import_files
@@ -67,7 +68,7 @@ def import_files_cmd(
 
     try:
         result = import_files(catalog, interactions, out or default_bundle(), strict=strict,
-                              columns=parse_column_map(column_map))
+                              columns=parse_column_map(column_map), domain=domain)
     except ValidationFailed as exc:
         _print_problems(exc.report.problems, max_problems)
         raise

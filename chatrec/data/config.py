@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from chatrec.errors import ConfigError
@@ -54,8 +55,12 @@ class ImportFilesConfig:
         "help": "Fail (exit 3, nothing written) when any row is invalid, instead of quarantining it."})
     columns: dict[str, str] = field(default_factory=dict, metadata={
         "help": "Your column names: FIELD=COLUMN, e.g. item_id=movieId (repeatable)."})
+    domain: str = field(default="item", metadata={
+        "help": "What one catalog item is, as a noun (movie, book, product): the word chat answers use."})
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z -]{0,30}", self.domain):
+            raise ConfigError(f"`domain` must be a lower-case noun such as 'book' or 'product', got {self.domain!r}")
         for name in ("catalog", "interactions", "out"):
             value = getattr(self, name)
             if not str(value).strip():
@@ -71,6 +76,7 @@ class MovieLensConfig:
     like_min: float = field(default=4.0, metadata={"help": "Ratings >= this become `like`."})
     dislike_max: float = field(default=2.0, metadata={"help": "Ratings <= this become `dislike`; between: `watch`."})
     source: str = field(default=f"{MOVIELENS_PACKAGE}=={MOVIELENS_VERSION}", metadata={"help": "Where the files come from (fixed)."})
+    domain: str = field(default="movie", metadata={"help": "What one catalog item is (fixed for MovieLens)."})
 
     def __post_init__(self) -> None:
         if not 1 <= self.dislike_max < self.like_min <= 5:

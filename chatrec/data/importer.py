@@ -72,12 +72,14 @@ def import_files(
     *,
     strict: bool = False,
     columns: dict[str, str] | None = None,
+    domain: str = "item",
 ) -> ImportResult:
     """Validate a user's catalog and log and write them into bundle `out_dir` (see module docstring).
 
     `columns` maps our field names to yours, e.g. `{"item_id": "movieId", "timestamp": "ts"}`.
     """
-    config = ImportFilesConfig(str(catalog_path), str(interactions_path), str(out_dir), strict, dict(columns or {}))
+    config = ImportFilesConfig(str(catalog_path), str(interactions_path), str(out_dir), strict, dict(columns or {}),
+                               domain)
     cat_raw = read_table(config.catalog, "catalog", config.columns)
     log_raw = read_table(config.interactions, "interactions", config.columns)
     catalog = validate_catalog(cat_raw)

@@ -142,7 +142,7 @@ class TransformersEngine:
                                 attention_mask=mask, past_key_values=cache, use_cache=True,
                                 logits_to_keep=torch.as_tensor(last, device=self.device)).logits[0]
         finally:
-            cache.crop(n_prefix)  # back to the prefix alone, for the next level
+            cache.crop(-n)  # drop the continuations: back to the prefix alone, for the next level
         return logits
 
     def _prefix(self, prefix_ids: Sequence[int]) -> tuple[Any, Any]:

@@ -1,0 +1,341 @@
+"""What a chat turn asks for: recommendation or not, how many, which filters, which titles.
+
+`understand(text, index)` reads a person's message with plain rules (stated below) over the
+bundle's own catalog: its category names, its years and its titles. The server uses the result to
+retrieve with the model's constrained beam search under those filters, with the linked titles as
+history, and returns what it understood (`chatrec.filters`, `chatrec.linked`) so a client can show
+it. Rules, because they are checkable and exact where the catalog has the metadata; the model's
+retrieval still ranks the items (the words also go into its prompt).
+
+Rules:
+- **Recommendation turn**: the message asks for something (recommend, suggest, "something",
+  "any good", "what should I ...", "looking for", "more like", "give me" ...), or names a category
+  or a decade without being a question about a named item. Thanks, greetings and questions about a
+  linked title ("what is X about?") are other turns.
+- **K**: a number word or digit right before the domain word or "picks/ideas/options" ("three
+  sci-fi movies", "5 ideas"), 1..10; else the request's `k`, else 3.
+- **Categories**: a catalog category named in the text (case-insensitive, by word stem, so
+  "westerns" finds Western and "telescopes" finds Telescope), plus common words for movie genres
+  ("funny" Comedy, "scary" Horror, "cartoon" Animation, "kids" Children's ...).
+- **Years**: "1990s", "90s", "nineties" -> 1990-1999; "from 1995" / "in 1995" -> 1995;
+  "before 1980" -> up to 1979; "after 2000" / "since 2000" -> from 2001 / 2000.
+- **Titles**: quoted text, or the words after "loved/liked/enjoyed/adored/like/similar to/such as"
+  (liked), "hated/disliked/didn't like/couldn't stand" (disliked), "not/except/other than/no more"
+  (excluded), "called/titled/named" (asked about), cut at punctuation and at "and"/"or"/"but" when the
+  whole phrase does not match. A phrase links to the catalog title with the best fuzzy score
+  (rapidfuzz, on titles with a leading article restored and the year split off; a year in the
+  phrase must match the item's year); below the threshold nothing links. A phrase that is quoted,
+  follows "called/titled/named", or is capitalised and is no category word, is reported back as
+  unmatched ("no catalog match for ...").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+NUMBER_WORDS = {"one": 1, "a couple of": 2, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                "eight": 8, "nine": 9, "ten": 10}
+ASK = re.compile(
+    r"\b(recommend\w*|suggest\w*|something|anything|any good|what should i|what (?:can|could) i|what to "
+    r"(?:watch|see|read|buy|try|get)|looking for|in the mood|give me|show me|find me|pick(?:s)? for me|ideas?|"
+    r"options|more like|similar|another|what else|i want|i need|i'd like|i would like|could you find|please)\b", re.I)
+SMALL_TALK = re.compile(r"^\s*(thanks?|thank you|thx|cheers|hi|hello|hey|bye|goodbye|ok(?:ay)?|cool|great)\b[\s!.]*$",
+                        re.I)
+QUESTION_ABOUT = re.compile(r"\b(what is|what's|who (?:is|directed|made)|when (?:was|did)|tell me about|is it|"
+                            r"how long|what year)\b", re.I)
+# common English words for the MovieLens genres (other catalogs match their own category names)
+GENRE_WORDS = {
+    "funny": "Comedy", "comedies": "Comedy", "comic": "Comedy", "laugh": "Comedy", "hilarious": "Comedy",
+    "scary": "Horror", "frightening": "Horror", "creepy": "Horror", "spooky": "Horror", "slasher": "Horror",
+    "romantic": "Romance", "love story": "Romance", "cartoon": "Animation", "cartoons": "Animation",
+    "animated": "Animation", "kids": "Children's", "children": "Children's", "family": "Children's",
+    "science fiction": "Sci-Fi", "scifi": "Sci-Fi", "sci fi": "Sci-Fi", "space": "Sci-Fi",
+    "cowboy": "Western", "cowboys": "Western", "noir": "Film-Noir", "detective": "Mystery",
+    "whodunit": "Mystery", "suspense": "Thriller", "suspenseful": "Thriller", "gangster": "Crime",
+    "heist": "Crime", "battle": "War", "soldiers": "War", "magic": "Fantasy", "songs": "Musical",
+    "dramatic": "Drama", "documentaries": "Documentary", "true story": "Documentary",
+    "action-packed": "Action",
+}
+POSITIVE = r"(?:loved|love|liked|enjoyed|adored|like|similar to|such as|fan of|big fan of|more like)"
+NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|could not stand)"
+EXCLUDE = r"(?:not|except|other than|no more|besides|apart from)"
+NAMED = r"(?:called|titled|named|what is|what's|tell me about|who directed|who made|when was|have you seen)"
+MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.,;!?\n]+)", re.I)
+_TRAILING = re.compile(r"\s+(?:about|made|released|out)\s*$", re.I)
+QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,120})[\"“”«»]|(?<!\w)'([^']{2,120})'(?!\w)")
+DETERMINERS = re.compile(r"^(?:a|an|some|any|more|another|other|the movie|the film|movies|films|one)\s+", re.I)
+_ARTICLE = re.compile(r"^(?P<rest>.+), (?P<art>The|A|An|Les|La|Le|Il|Das|Der|Die|El)$")
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A title phrase of the message linked to a catalog item."""
+
+    phrase: str
+    item_id: str
+    title: str
+    action: str            # the action the words imply (a positive action, a negative one, or "exclude"/"mention")
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phrase": self.phrase, "item_id": self.item_id, "title": self.title, "action": self.action,
+                "score": round(self.score, 1)}
+
+
+@dataclass
+class Understanding:
+    """What one user message asks for."""
+
+    recommend: bool
+    k: int | None = None
+    categories: list[str] = field(default_factory=list)
+    years: tuple[int, int] | None = None
+    linked: list[Linked] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def filters(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.categories:
+            out["categories"] = list(self.categories)
+        if self.years:
+            out["years"] = list(self.years)
+        excluded = [x.item_id for x in self.linked if x.action == "exclude"]
+        if excluded:
+            out["exclude_item_ids"] = excluded
+        return out
+
+
+def _stem(word: str) -> str:
+    w = word.lower().replace("’", "'")
+    for suffix in ("'s", "ies", "es", "s"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return w
+
+
+def display_title(title: str) -> tuple[str, int | None]:
+    """`"Usual Suspects, The (1995)"` -> (`"The Usual Suspects"`, 1995)."""
+    year = None
+    m = _YEAR.search(title)
+    if m:
+        year, title = int(m.group(1)), title[: m.start()].strip()
+    a = _ARTICLE.match(title)
+    if a:
+        title = f"{a.group('art')} {a.group('rest')}"
+    return title, year
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+class CatalogIndex:
+    """Titles, categories and years of one catalog, for `understand`."""
+
+    def __init__(self, catalog: pd.DataFrame, *, positive_action: str = "like", negative_action: str = "dislike",
+                 threshold: float = 86.0):
+        self.ids = catalog["item_id"].astype(str).tolist()
+        self.titles = catalog["title"].astype(str).tolist()
+        shown = [display_title(t) for t in self.titles]
+        self.names = [_norm(name) for name, _ in shown]
+        years = catalog["year"] if "year" in catalog.columns else pd.Series([None] * len(catalog))
+        self.years = [int(y) if pd.notna(y) else (yr if yr is not None else None)
+                      for y, (_, yr) in zip(years, shown, strict=True)]
+        cats = catalog["categories"] if "categories" in catalog.columns else pd.Series([[]] * len(catalog))
+        self.categories = [tuple(str(c) for c in (row if row is not None else ())) for row in cats]
+        names = sorted({c for row in self.categories for c in row if c and c.lower() != "unknown"})
+        self.category_names = names
+        self._by_stem = {_stem(w): c for c in names for w in [c, c.replace("-", " "), c.replace("-", "")]}
+        self._by_stem.update({_stem(c.split()[-1]): c for c in names if " " in c})
+        self.positive_action, self.negative_action = positive_action, negative_action
+        self.threshold = threshold
+
+    # categories and years --------------------------------------------------------------------
+    def find_categories(self, text: str) -> list[str]:
+        found: list[str] = []
+        low = text.lower()
+        for phrase, cat in GENRE_WORDS.items():
+            if cat in self.category_names and re.search(rf"\b{re.escape(phrase)}\b", low):
+                found.append(cat)
+        for cat in self.category_names:  # multi-word and hyphenated names as written
+            if re.search(rf"\b{re.escape(cat.lower())}\b", low):
+                found.append(cat)
+        for word in re.findall(r"[\w'’-]+", low):
+            hit = self._by_stem.get(_stem(word))
+            if hit:
+                found.append(hit)
+        return list(dict.fromkeys(found))
+
+    def item_ids_in_years(self, years: tuple[int, int]) -> list[str]:
+        lo, hi = years
+        return [i for i, y in zip(self.ids, self.years, strict=True) if y is not None and lo <= y <= hi]
+
+    # titles ----------------------------------------------------------------------------------
+    def link(self, phrase: str) -> tuple[int, float] | None:
+        """Best catalog title for `phrase` (index, score), or None below the threshold."""
+        from rapidfuzz import fuzz, process
+
+        m = re.search(r"\(?\b(1[89]\d\d|20\d\d)\)?\s*$", phrase.strip())
+        year = int(m.group(1)) if m else None
+        query = _norm(phrase[: m.start()] if m else phrase)
+        if len(query) < 2:
+            return None
+        choices: Mapping[int, str] | list[str] = self.names
+        if year is not None:
+            choices = {i: n for i, n in enumerate(self.names) if self.years[i] == year}
+        best = process.extractOne(query, choices, scorer=fuzz.ratio, score_cutoff=self.threshold)
+        if best is None:
+            return None
+        _, score, idx = best
+        return int(idx), float(score)
+
+    def _link_phrase(self, phrase: str) -> tuple[str, int, float] | list[tuple[str, int, float]] | None:
+        """Link the whole phrase, else its parts split at and/or/but/commas."""
+        phrase = DETERMINERS.sub("", phrase.strip(" \"'"))
+        whole = self.link(phrase)
+        if whole is not None:
+            return (phrase, *whole)
+        parts = [p.strip() for p in re.split(r"\s+(?:and|or|but|&)\s+|,", phrase) if p.strip()]
+        if len(parts) < 2:
+            # a phrase that runs on past the title ("Alien last week"): try shrinking from the right
+            words = phrase.split()
+            for end in range(len(words) - 1, 0, -1):
+                hit = self.link(" ".join(words[:end]))
+                if hit is not None:
+                    return (" ".join(words[:end]), *hit)
+            return None
+        out = []
+        for p in parts:
+            p = DETERMINERS.sub("", p)
+            hit = self.link(p)
+            if hit is not None:
+                out.append((p, *hit))
+        return out or None
+
+    def _is_title_like(self, phrase: str) -> bool:
+        words = [w for w in re.findall(r"[\w'’-]+", phrase) if w.lower() not in {"and", "or", "the", "of", "a"}]
+        return bool(words) and all(w[0].isupper() or w[0].isdigit() for w in words) and not self.find_categories(phrase)
+
+
+def understand(text: str, index: CatalogIndex) -> Understanding:
+    """Read one user message (see the module docstring for the rules)."""
+    text = text.strip()
+    linked: list[Linked] = []
+    unmatched: list[str] = []
+    seen: set[str] = set()
+
+    def add(phrase: str, idx: int, score: float, action: str) -> None:
+        item = index.ids[idx]
+        if item not in seen:
+            seen.add(item)
+            linked.append(Linked(phrase, item, index.titles[idx], action, score))
+
+    def action_of(kind: str) -> str:
+        k = kind.lower()
+        if re.fullmatch(NEGATIVE, k):
+            return index.negative_action
+        if re.fullmatch(EXCLUDE, k):
+            return "exclude"
+        if re.fullmatch(NAMED, k):
+            return "mention"
+        return index.positive_action
+
+    rest = text  # the text with quoted and linked phrases blanked out (categories are read from it)
+    for m in QUOTED.finditer(text):
+        phrase = m.group(1) or m.group(2)
+        rest = rest[: m.start()] + " ; " .ljust(m.end() - m.start()) + rest[m.end():]
+        before = text[: m.start()].lower()
+        kind = next((k.group("kind") for k in MENTION.finditer(before[-40:] + " x")), "mention")
+        hit = index.link(phrase)
+        if hit is None:
+            unmatched.append(phrase)
+        else:
+            add(phrase, *hit, action_of(kind) if kind != "mention" else "mention")
+    for m in MENTION.finditer(rest):
+        kind, phrase = m.group("kind"), _TRAILING.sub("", m.group("phrase").strip())
+        got = index._link_phrase(phrase)
+        if got is None:
+            cleaned = DETERMINERS.sub("", phrase)
+            if re.fullmatch(NAMED, kind.lower()) or index._is_title_like(cleaned):
+                unmatched.append(cleaned)
+            continue
+        for p, idx, score in (got if isinstance(got, list) else [got]):
+            add(p, idx, score, action_of(kind))
+            rest = rest.replace(p, " " * len(p), 1)
+
+    categories = index.find_categories(rest)
+    years = find_years(text)
+    k = find_k(text)
+    asks = bool(ASK.search(text))
+    about = bool(QUESTION_ABOUT.search(text)) and bool(linked) and not asks
+    recommend = not SMALL_TALK.match(text) and not about and (
+        asks or bool(categories) or years is not None
+        or any(x.action in (index.positive_action, index.negative_action) for x in linked))
+    return Understanding(recommend, k, categories, years, linked, list(dict.fromkeys(unmatched)))
+
+
+def find_years(text: str) -> tuple[int, int] | None:
+    low = text.lower()
+    m = re.search(r"\b(?:19|20)?(\d)0'?s\b", low)
+    if m:
+        full = re.search(r"\b(1[89]|20)(\d)0'?s\b", low)
+        if full:
+            start = int(full.group(1) + full.group(2) + "0")
+        else:
+            d = int(m.group(1))
+            start = (2000 if d <= 2 else 1900) + d * 10
+        return start, start + 9
+    words = {"twenties": 1920, "thirties": 1930, "forties": 1940, "fifties": 1950, "sixties": 1960,
+             "seventies": 1970, "eighties": 1980, "nineties": 1990}
+    for w, start in words.items():
+        if re.search(rf"\b{w}\b", low):
+            return start, start + 9
+    m = re.search(r"\b(before|after|since|from|in)\s+((?:1[89]|20)\d\d)\b", low)
+    if m:
+        y = int(m.group(2))
+        return {"before": (0, y - 1), "after": (y + 1, 9999), "since": (y, 9999)}.get(m.group(1), (y, y))
+    return None
+
+
+def find_k(text: str) -> int | None:
+    low = text.lower()
+    m = re.search(r"\b(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|a couple of)\s+"
+                  r"(?:[\w'-]+\s+){0,3}?(movies|films|items|picks|ideas|options|suggestions|recommendations|"
+                  r"products|books|songs|titles|things|ones)\b", low)
+    if not m:
+        return None
+    word = m.group(1)
+    k = int(word) if word.isdigit() else NUMBER_WORDS[word]
+    return max(1, min(10, k))
+
+
+def explain(item_index: int, index: CatalogIndex, understood: Understanding, liked: Sequence[int]) -> str:
+    """Facts about a pick: its categories (the asked ones first), what it shares with what the user liked."""
+    cats = [c for c in index.categories[item_index] if c.lower() != "unknown"]
+    wanted = [c for c in cats if c in understood.categories]
+    text = ", ".join((wanted + [c for c in cats if c not in wanted])[:3])
+    best, shared = None, 0
+    for j in liked:
+        n = len(set(cats) & set(index.categories[j]))
+        if n > shared:
+            best, shared = j, n
+    if best is not None:
+        common = sorted(set(cats) & set(index.categories[best]))
+        text += f"; it shares {_and(common)} with {display_title(index.titles[best])[0]}, which you liked"
+    return text + "." if text else ""
+
+
+def shown(title: str) -> str:
+    """A catalog title as a person writes it: `"Usual Suspects, The (1995)"` -> `"The Usual Suspects (1995)"`."""
+    name, year = display_title(title)
+    return f"{name} ({year})" if year else name
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
