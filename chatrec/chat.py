@@ -66,6 +66,7 @@ NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|coul
 EXCLUDE = r"(?:not|except|other than|no more|besides|apart from)"
 NAMED = r"(?:called|titled|named|what is|what's|tell me about|who directed|who made|when was|have you seen)"
 MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.,;!?\n]+)", re.I)
+_NEXT_TRIGGER = re.compile(rf"\s*\b(?:but|and|or)?\s*\b(?:{NEGATIVE}|{EXCLUDE}|{POSITIVE})\b", re.I)
 _TRAILING = re.compile(r"\s+(?:about|made|released|out)\s*$", re.I)
 QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,120})[\"“”«»]|(?<!\w)'([^']{2,120})'(?!\w)")
 DETERMINERS = re.compile(r"^(?:a|an|some|any|more|another|other|the movie|the film|movies|films|one)\s+", re.I)
@@ -257,8 +258,16 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
             unmatched.append(phrase)
         else:
             add(phrase, *hit, action_of(kind) if kind != "mention" else "mention")
-    for m in MENTION.finditer(rest):
-        kind, phrase = m.group("kind"), _TRAILING.sub("", m.group("phrase").strip())
+    pos = 0
+    while (m := MENTION.search(rest, pos)) is not None:
+        kind, phrase = m.group("kind"), m.group("phrase")
+        cut = _NEXT_TRIGGER.search(phrase, 1)  # "loved X but hated Y": X ends where the next trigger starts
+        if cut is not None:
+            phrase = phrase[: cut.start()]
+        pos = m.start("phrase") + max(1, len(phrase))
+        phrase = _TRAILING.sub("", phrase.strip())
+        if not phrase:
+            continue
         got = index._link_phrase(phrase)
         if got is None:
             cleaned = DETERMINERS.sub("", phrase)
@@ -306,8 +315,7 @@ def find_years(text: str) -> tuple[int, int] | None:
 def find_k(text: str) -> int | None:
     low = text.lower()
     m = re.search(r"\b(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|a couple of)\s+"
-                  r"(?:[\w'-]+\s+){0,3}?(movies|films|items|picks|ideas|options|suggestions|recommendations|"
-                  r"products|books|songs|titles|things|ones)\b", low)
+                  r"(?:[\w'-]+\s+){0,3}?[\w'-]+s\b", low)  # a number before a plural noun: "3 sci-fi movies"
     if not m:
         return None
     word = m.group(1)

@@ -75,6 +75,25 @@ def make_catalog(n_items: int = 40, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+SHOP_CATEGORIES = ["Telescopes", "Eyepieces", "Star Charts", "Baking", "Cookware", "Tea"]
+_SHOP_WORDS = {"Telescopes": ["Dobsonian", "Refractor", "Reflector"], "Eyepieces": ["Plossl", "Wide-Field", "Zoom"],
+               "Star Charts": ["Planisphere", "Atlas", "Sky Guide"], "Baking": ["Sourdough Kit", "Proofing Basket",
+                                                                                "Bench Scraper"],
+               "Cookware": ["Cast Iron Skillet", "Dutch Oven", "Saucepan"], "Tea": ["Sencha", "Oolong", "Earl Grey"]}
+
+
+def make_shop_catalog(n_items: int = 36, seed: int = 0) -> pd.DataFrame:
+    """A small shop catalog (astronomy gear, baking, tea): products with brands and one category, no years."""
+    rng = np.random.default_rng(seed)
+    brands = ["Orion", "Celestron", "Lodge", "Bramble", "Kestrel", "Marlow"]
+    rows = []
+    for i in range(n_items):
+        cat = SHOP_CATEGORIES[i % len(SHOP_CATEGORIES)]
+        name = f"{rng.choice(brands)} {rng.choice(_SHOP_WORDS[cat])} {100 + i}"
+        rows.append({"item_id": f"p{i}", "title": name, "text": f"{name}. Department: {cat}.", "categories": [cat]})
+    return pd.DataFrame(rows)
+
+
 def make_interactions(catalog: pd.DataFrame, n_users: int = 12, per_user: int = 10, seed: int = 0) -> pd.DataFrame:
     """A small log: each user mostly picks items of one favourite genre, sorted by (user, time)."""
     rng = np.random.default_rng(seed)
@@ -138,20 +157,23 @@ def tiny_llama(tokenizer: Any, hidden: int = 64, layers: int = 2, heads: int = 4
 
 def make_tiny_bundle(root: str | os.PathLike[str], n_items: int = 40, n_users: int = 12,
                      levels: Sequence[int] = (8, 8), seed: int = 0, *, init: str = "mean",
-                     extend: bool = True, hidden: int = 64, layers: int = 2, tie: bool = True) -> Bundle:
+                     extend: bool = True, hidden: int = 64, layers: int = 2, tie: bool = True,
+                     domain: str = "movie") -> Bundle:
     """A complete tiny bundle at `root`: catalog, interactions, sids and (when `extend`) model/.
+
+    `domain="product"` uses the shop catalog (`make_shop_catalog`) instead of the movie-like one.
 
     model/ holds a random tiny Llama with the SmolLM2 tokenizer, extended with span, code and
     action tokens (`chatrec_tokens.json`, `trie.npz`); manifest records stages data, sids, tokenizer.
     """
-    key = (n_items, n_users, tuple(levels), seed, init, extend, hidden, layers, tie)
+    key = (n_items, n_users, tuple(levels), seed, init, extend, hidden, layers, tie, domain)
     root = Path(root)
     template = _TEMPLATES.get(key)
     if template is None or not template.exists():
         tmp_root = Path(tempfile.mkdtemp(prefix="chatrec-tiny-bundle-"))
         atexit.register(shutil.rmtree, tmp_root, True)
         template = tmp_root / "bundle"
-        _build_tiny_bundle(template, n_items, n_users, levels, seed, init, extend, hidden, layers, tie)
+        _build_tiny_bundle(template, n_items, n_users, levels, seed, init, extend, hidden, layers, tie, domain)
         _TEMPLATES[key] = template
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(template, root, dirs_exist_ok=True)
@@ -159,15 +181,15 @@ def make_tiny_bundle(root: str | os.PathLike[str], n_items: int = 40, n_users: i
 
 
 def _build_tiny_bundle(root: Path, n_items: int, n_users: int, levels: Sequence[int], seed: int, init: str,
-                       extend: bool, hidden: int, layers: int, tie: bool) -> None:
+                       extend: bool, hidden: int, layers: int, tie: bool, domain: str = "movie") -> None:
     bundle = Bundle(root).ensure()
-    catalog = make_catalog(n_items, seed=seed)
+    catalog = make_shop_catalog(n_items, seed=seed) if domain == "product" else make_catalog(n_items, seed=seed)
     interactions = make_interactions(catalog, n_users=n_users, seed=seed)
     sids = make_sids(catalog, levels=levels, seed=seed)
     catalog.to_parquet(bundle.catalog_path, index=False)
     interactions.to_parquet(bundle.interactions_path, index=False)
     sids.to_parquet(bundle.sids_path, index=False)
-    bundle.record_stage("data", config={"source": "chatrec.testing"},
+    bundle.record_stage("data", config={"source": "chatrec.testing", "domain": domain},
                         counts={"items": len(catalog), "interactions": len(interactions)})
     bundle.record_stage("sids", config={"method": "random", "levels": list(levels), "seed": seed},
                         counts={"items": len(sids)})

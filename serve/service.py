@@ -218,7 +218,8 @@ class ChatService:
              "items": int(self.rec.core.trie.n_items)} for m in self.model_ids]}
 
     # chat ----------------------------------------------------------------------------------------
-    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
+    def _check_chat(self, req: ChatCompletionRequest) -> tuple[Any, int, list[Any], Any]:
+        """The checks every chat turn passes first: (options, max_tokens, history events, item mask)."""
         self.check_model(req.model)
         cfg = self.config
         if len(req.messages) > cfg.max_messages:
@@ -235,6 +236,11 @@ class ChatService:
             allowed = self.rec.allowed(exclude, opts.categories)
         except (UnknownItemError, FilterError) as exc:
             raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
+        return opts, max_tokens, events, allowed
+
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
+        cfg = self.config
+        opts, max_tokens, events, allowed = self._check_chat(req)
         tok = self.rec.engine.tokenizer  # a client's words: special tokens typed in them stay text
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": escape_special_tokens(m.text(), tok)} for m in req.messages]
@@ -406,12 +412,11 @@ class ChatService:
         from the catalog, or None for a turn the model writes (see `chatrec.chat`)."""
         from chatrec.chat import SMALL_TALK, understand
 
-        self.check_model(req.model)
-        opts = req.options()
+        opts, _, _, _ = self._check_chat(req)
         if opts.mode != "auto" or not opts.constrained or opts.start_with_item:
             return None
         users = [m.text() for m in req.messages if m.role == "user"]
-        if not users or len(req.messages) > self.config.max_messages:
+        if not users:
             return None
         last = understand(users[-1], self.index)
         earlier = [understand(u, self.index) for u in users[:-1][-8:]]  # titles liked in earlier turns

@@ -197,3 +197,47 @@ def test_vllm_processor_never_raises_inside_the_engine_step() -> None:
         ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"exclude": ["x" * 300]}}))
     with pytest.raises(ValueError, match="at most 10000"):
         ChatrecLogitsProcessor.validate_params(SamplingParams(extra_args={"chatrec": {"exclude": ["x"] * 10_001}}))
+
+
+def test_a_repetition_loop_ends_the_answer() -> None:
+    """A model that says the same sentence again and again stops after the first repeat."""
+    from types import SimpleNamespace
+
+    from chatrec.engine import GenerationParams
+    from serve.service import REPEAT_NGRAM, ChatService
+
+    sentence = list(range(100, 112))  # "I'm sorry for your loss." as 12 tokens
+
+    def generate(prompt, params):
+        for _ in range(20):
+            for t in sentence:
+                yield TokenStep(t, -0.1)
+
+    stub = SimpleNamespace(rec=SimpleNamespace(engine=SimpleNamespace(generate=generate)))
+    out = list(ChatService._steps(stub, [1], GenerationParams(max_tokens=240)))  # type: ignore[arg-type]
+    tokens = [s.token_id for s in out if not isinstance(s, str)]
+    assert out[-1] == "stop" and len(tokens) < len(sentence) + REPEAT_NGRAM
+    assert tokens[: len(sentence)] == sentence
+
+
+def test_chat_on_a_shop_catalog_speaks_of_its_own_items(tmp_path: Path) -> None:
+    """Any catalog: the domain word comes from the bundle, categories and titles from its catalog."""
+    from chatrec.testing import make_tiny_bundle
+    from serve.protocol import ChatCompletionRequest
+    from serve.service import ChatService, ServeConfig
+
+    bundle = make_tiny_bundle(tmp_path / "shop", n_items=36, domain="product")
+    svc = ChatService.build(ServeConfig(bundle=str(bundle.root), engine="transformers"))
+    try:
+        title = str(svc.rec.catalog["title"].iloc[0])  # a telescope
+        r = svc.chat(ChatCompletionRequest(model="chatrec", messages=[
+            {"role": "user", "content": f"I loved the {title}. Can you recommend some eyepieces?"}]))
+        text, extra = r["choices"][0]["message"]["content"], r["chatrec"]
+        assert "Eyepieces products" in text and "movie" not in text.lower()
+        assert [x["item_id"] for x in extra["linked"]] == ["p0"] and extra["filters"]["categories"] == ["Eyepieces"]
+        cats = svc.rec.catalog.set_index("item_id")["categories"]
+        assert extra["items"] and all("Eyepieces" in list(cats[i["item_id"]]) for i in extra["items"])
+        r = svc.chat(ChatCompletionRequest(model="chatrec", messages=[{"role": "user", "content": "thanks"}]))
+        assert "product you loved" in r["choices"][0]["message"]["content"]
+    finally:
+        svc.close()
