@@ -259,12 +259,12 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
         else:
             add(phrase, *hit, action_of(kind) if kind != "mention" else "mention")
     pos = 0
-    while (m := MENTION.search(rest, pos)) is not None:
-        kind, phrase = m.group("kind"), m.group("phrase")
+    while (found := MENTION.search(rest, pos)) is not None:
+        kind, phrase = found.group("kind"), found.group("phrase")
         cut = _NEXT_TRIGGER.search(phrase, 1)  # "loved X but hated Y": X ends where the next trigger starts
         if cut is not None:
             phrase = phrase[: cut.start()]
-        pos = m.start("phrase") + max(1, len(phrase))
+        pos = found.start("phrase") + max(1, len(phrase))
         phrase = _TRAILING.sub("", phrase.strip())
         if not phrase:
             continue
