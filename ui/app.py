@@ -127,6 +127,8 @@ class ChatSession:
             for delta in self.client.stream_chat(messages, options):
                 if delta.items is not None:
                     items = delta.items
+                if delta.linked is not None:
+                    turn["linked"] = delta.linked
                 if delta.text:
                     turn["raw"] += delta.text
                     yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html("Answering…")
@@ -157,7 +159,21 @@ class ChatSession:
         except ChatrecError:
             rows = {}
         cards = [card.__dict__ for card in make_cards(items, answer, rows)]
+        linked = [x for x in turn.get("linked") or [] if x.get("action") in ("like", "dislike")]
+        if linked:
+            note += " Added to your history: " + ", ".join(f"{x['title']} [{x['action']}]" for x in linked) + "."
         yield chat_display(turns, show_reasoning=show_reasoning), turns, "", cards, status_html(note, kind="ok")
+
+    @staticmethod
+    def absorb_linked(turns: list[dict[str, Any]], history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Titles the server linked in the last message ("I loved X") join the history with their action."""
+        linked = (turns[-1].get("linked") if turns else None) or []
+        for x in linked:
+            if x.get("action") in ("like", "dislike") and x.get("item_id"):
+                history = [h for h in history if h["item_id"] != str(x["item_id"])]
+                history.append({"item_id": str(x["item_id"]), "title": str(x.get("title", x["item_id"])),
+                                "action": str(x["action"])})
+        return history
 
     def redisplay(self, turns: list[dict[str, Any]], show_reasoning: bool) -> list[dict[str, Any]]:
         return chat_display(turns, show_reasoning=show_reasoning)
@@ -292,8 +308,12 @@ def build_app(config: UIConfig, session: ChatSession | None = None) -> gr.Blocks
 
         chat_outputs = [chatbot, turns, request, cards, status]
         chat_inputs = [request, turns, history, exclude_seen, show_reasoning, user_id]
-        request.submit(session.respond, chat_inputs, chat_outputs)
-        send.click(session.respond, chat_inputs, chat_outputs)
+        def _absorb(turn_list: list[dict[str, Any]], hist: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+            hist = session.absorb_linked(turn_list, hist)
+            return hist, _history_widget_update(hist)
+
+        request.submit(session.respond, chat_inputs, chat_outputs).then(_absorb, [turns, history], [history, history_box])
+        send.click(session.respond, chat_inputs, chat_outputs).then(_absorb, [turns, history], [history, history_box])
         show_reasoning.change(session.redisplay, [turns, show_reasoning], [chatbot])
         search.submit(_search, [search], [matches, match_choices, status])
         search.input(_search, [search], [matches, match_choices, status], trigger_mode="always_last")

@@ -33,6 +33,7 @@ class ChatDelta:
     text: str = ""
     items: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    linked: list[dict[str, Any]] | None = None  # titles the server linked in the user's words
 
 
 @dataclass
@@ -184,13 +185,15 @@ class ChatrecClient:
             for chunk in stream:
                 extra = (chunk.model_extra or {}).get(CHATREC_FIELD)
                 items = extra.get("items") if isinstance(extra, Mapping) else None
+                linked = extra.get("linked") if isinstance(extra, Mapping) else None
                 text, finish = "", None
                 if chunk.choices:
                     choice = chunk.choices[0]
                     text = (choice.delta.content or "") if choice.delta else ""
                     finish = choice.finish_reason
                 if text or items is not None or finish:
-                    yield ChatDelta(text=text, items=list(items) if items is not None else None, finish_reason=finish)
+                    yield ChatDelta(text=text, items=list(items) if items is not None else None, finish_reason=finish,
+                                    linked=list(linked) if linked is not None else None)
         except openai.APITimeoutError:
             raise EndpointError(f"the chatrec server at {self.endpoint} did not answer within {self.timeout:.0f} s") from None
         except openai.APIConnectionError:

@@ -217,6 +217,13 @@ def test_chat_streams_shows_catalog_cards_and_records_a_like(live_ui: dict[str, 
     assert rows[-1]["user_id"] == "e2e-user" and rows[-1]["timestamp"]
     page.screenshot(path=str(tmp_path / "ui-after-like.png"), full_page=True)
 
+    # a title named in the words is linked and joins the history with the action the words imply
+    named = str(catalog["title"].iloc[7])
+    page.locator("#chatrec-input textarea").fill(f"I loved {named.split(' (')[0]}. Recommend something else.")
+    page.locator("#chatrec-send").click()
+    expect(page.locator("#chatrec-status")).to_contain_text(f"Added to your history: {named} [like]", timeout=90_000)
+    expect(page.locator("#chatrec-history")).to_contain_text(named)
+
 
 @pytest.mark.browser
 @needs_chromium
