@@ -29,6 +29,9 @@ SYSTEM_PROMPT = (
 )
 
 DEFAULT_REQUEST = "What should I watch next?"
+# actions whose names say what they mean, for catalogs that do not declare their positive/negative actions
+POSITIVE_NAMES = ("like", "love", "favorite", "favourite", "purchase", "buy", "order", "rate_high", "save", "add_to_cart")
+NEGATIVE_NAMES = ("dislike", "hate", "skip", "return", "hide", "rate_low", "remove", "report")
 DEFAULT_HISTORY_LEN = 20
 DEFAULT_SUMMARY_WORDS = 24
 _YEAR_RE = re.compile(r"\((\d{4})\)")
@@ -143,3 +146,23 @@ def taste_summary(
         parts.append(f"mostly {decade_words(decades.most_common(1)[0][0])} films")
     words = "; ".join(parts).split()
     return " ".join(words[:max_words])
+
+
+def action_roles(available: Sequence[str], positive: Sequence[str] = (), negative: Sequence[str] = ()
+                 ) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(positive actions, negative actions, inferred) for a log whose actions are `available`.
+
+    Declared roles are kept where the log has them. Undeclared ones are read from the action names
+    (`POSITIVE_NAMES`, `NEGATIVE_NAMES`); when no name says "positive", every action that is not
+    negative counts as positive. `inferred` is True when any role came from the names.
+    """
+    have = list(dict.fromkeys(str(a) for a in available))
+    pos = tuple(a for a in positive if a in have)
+    neg = tuple(a for a in negative if a in have)
+    inferred = False
+    if not neg:
+        neg, inferred = tuple(a for a in NEGATIVE_NAMES if a in have), inferred or not negative
+    if not pos:
+        pos = tuple(a for a in POSITIVE_NAMES if a in have) or tuple(a for a in have if a not in neg)
+        inferred = True
+    return pos, neg, inferred

@@ -23,6 +23,7 @@ from chatrec.prompts import (
     DEFAULT_SUMMARY_WORDS,
     HistoryEvent,
     action_messages,
+    action_roles,
     next_item_messages,
     sequence_prompt,
     taste_summary,
@@ -104,11 +105,13 @@ class Recommender:
         build = (bundle.stage("build") or {}).get("config") or {}
         self.history_len = int(build.get("history_len", DEFAULT_HISTORY_LEN))
         self.summary_words = int(build.get("summary_max_words", DEFAULT_SUMMARY_WORDS))
-        self.positive_actions = tuple(build.get("positive_actions", ("like",)))
+        roles = action_roles(list(token_map.actions), build.get("positive_actions", ("like",)),
+                             build.get("negative_actions", ("dislike",)))
+        self.positive_actions = roles[0] or ("like",)
         # the plain-sequence prompt holds as many events as one training window (+ the asked action)
         per_event = tokens_per_event(token_map.n_levels)
         self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
-        self.negative_actions = tuple(build.get("negative_actions", ("dislike",)))
+        self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
 
     # construction ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ Prompts come from `chatrec.prompts`, so serving builds exactly the prompts train
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -483,6 +484,11 @@ def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None)
     """`chatrec data build`: write `train/{train,valid,test}.jsonl` and record the stage."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     config = config or BuildConfig()
+    declared = bundle.stage("data") or {}  # roles stated (or read from the names) at import
+    if config.positive_actions == ("like",) and declared.get("positive_actions"):
+        config = dataclasses.replace(config, positive_actions=tuple(declared["positive_actions"]))
+    if config.negative_actions == ("dislike",) and declared.get("negative_actions") is not None:
+        config = dataclasses.replace(config, negative_actions=tuple(declared["negative_actions"]))
     inputs = {n: bundle.require(n) for n in ("catalog.parquet", "interactions.parquet", "sids.parquet")}
     catalog = pd.read_parquet(inputs["catalog.parquet"])
     interactions = pd.read_parquet(inputs["interactions.parquet"])

@@ -61,6 +61,8 @@ def import_files_cmd(
     column_map: list[str] = typer.Option([], "--map", metavar="FIELD=COLUMN", help=_MAP_HELP),
     max_problems: int = typer.Option(20, "--max-problems", help=_MAX_PROBLEMS_HELP),
     domain: str = typer.Option("item", "--domain", help=help_of(ImportFilesConfig, "domain")),
+    positive: str = typer.Option("", "--positive", help=help_of(ImportFilesConfig, "positive_actions")),
+    negative: str = typer.Option("", "--negative", help=help_of(ImportFilesConfig, "negative_actions")),
 ) -> None:
     """Validate your catalog and log and write them into a bundle; bad rows go to BUNDLE/quarantine/."""
     from chatrec.data.importer import ValidationFailed, import_files
@@ -68,7 +70,9 @@ def import_files_cmd(
 
     try:
         result = import_files(catalog, interactions, out or default_bundle(), strict=strict,
-                              columns=parse_column_map(column_map), domain=domain)
+                              columns=parse_column_map(column_map), domain=domain,
+                              positive_actions=[a.strip() for a in positive.split(",") if a.strip()],
+                              negative_actions=[a.strip() for a in negative.split(",") if a.strip()])
     except ValidationFailed as exc:
         _print_problems(exc.report.problems, max_problems)
         raise

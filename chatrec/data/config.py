@@ -57,6 +57,10 @@ class ImportFilesConfig:
         "help": "Your column names: FIELD=COLUMN, e.g. item_id=movieId (repeatable)."})
     domain: str = field(default="item", metadata={
         "help": "What one catalog item is, as a noun (movie, book, product): the word chat answers use."})
+    positive_actions: tuple[str, ...] = field(default=(), metadata={
+        "help": "Actions that mean the user wants the item (e.g. purchase,click); empty: read from the action names."})
+    negative_actions: tuple[str, ...] = field(default=(), metadata={
+        "help": "Actions that mean the user does not (e.g. skip); empty: read from the action names."})
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z -]{0,30}", self.domain):
@@ -67,6 +71,10 @@ class ImportFilesConfig:
                 raise ConfigError(f"`{name}` must be a path, got {value!r}")
         check_column_map(self.columns)
         self.catalog, self.interactions, self.out = str(self.catalog), str(self.interactions), str(self.out)
+        self.positive_actions, self.negative_actions = tuple(self.positive_actions), tuple(self.negative_actions)
+        both = sorted(set(self.positive_actions) & set(self.negative_actions))
+        if both:
+            raise ConfigError(f"actions {both} are both positive and negative")
 
 
 @dataclass

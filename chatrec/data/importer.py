@@ -9,7 +9,7 @@ With `strict=True` any bad row fails the import and nothing is written.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,13 +73,15 @@ def import_files(
     strict: bool = False,
     columns: dict[str, str] | None = None,
     domain: str = "item",
+    positive_actions: Sequence[str] = (),
+    negative_actions: Sequence[str] = (),
 ) -> ImportResult:
     """Validate a user's catalog and log and write them into bundle `out_dir` (see module docstring).
 
     `columns` maps our field names to yours, e.g. `{"item_id": "movieId", "timestamp": "ts"}`.
     """
     config = ImportFilesConfig(str(catalog_path), str(interactions_path), str(out_dir), strict, dict(columns or {}),
-                               domain)
+                               domain, tuple(positive_actions), tuple(negative_actions))
     cat_raw = read_table(config.catalog, "catalog", config.columns)
     log_raw = read_table(config.interactions, "interactions", config.columns)
     catalog = validate_catalog(cat_raw)
@@ -87,11 +89,29 @@ def import_files(
     if config.strict and (catalog.rejected or log.rejected):
         report = ValidationReport([catalog, log])
         raise ValidationFailed(f"--strict: {report.summary()}; nothing written", report)
+    roles = _action_roles(config, sorted(set(log.frame["action"].astype(str))))
     return write_import(
         Bundle(config.out), catalog, log, stage_config=config,
         inputs={"catalog": config.catalog, "interactions": config.interactions},
-        extra={"source": "files"},
+        extra={"source": "files", **roles},
     )
+
+
+def _action_roles(config: ImportFilesConfig, actions: list[str]) -> dict[str, Any]:
+    """Positive and negative actions: declared (each must occur in the log) or read from the names, with a warning."""
+    import sys
+
+    from chatrec.prompts import action_roles
+
+    missing = sorted((set(config.positive_actions) | set(config.negative_actions)) - set(actions))
+    if missing:
+        raise DataError(f"{config.interactions}: declared actions {missing} never occur in the log "
+                        f"(field `action`; the log has {actions})")
+    pos, neg, inferred = action_roles(actions, config.positive_actions, config.negative_actions)
+    if inferred and not set(actions) <= {"like", "dislike", "watch"}:
+        print(f"warning: positive actions {list(pos)}, negative {list(neg)} were read from the action names "
+              f"{actions}; set them with --positive A,B --negative C", file=sys.stderr)
+    return {"positive_actions": list(pos), "negative_actions": list(neg)}
 
 
 def write_import(

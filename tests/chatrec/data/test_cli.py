@@ -302,3 +302,24 @@ def test_deeply_nested_json_is_quarantined_not_a_traceback(tmp_path: Path, catal
     recs = read_quarantine(tmp_path / "b" / "quarantine" / "events.jsonl.jsonl")
     assert [(r["line"], r["field"]) for r in recs] == [(3, "<line>"), (5, "context")]
     assert "nested too deeply" in recs[0]["reason"] and "nested too deeply" in recs[1]["reason"]
+
+
+def test_shop_log_action_roles_declared_or_read_from_names(tmp_path: Path, catalog: pd.DataFrame,
+                                                           log: pd.DataFrame) -> None:
+    cat = write_jsonl(catalog, tmp_path / "catalog.jsonl")
+    shop = log.assign(action=[["impression", "click", "skip", "purchase"][i % 4] for i in range(len(log))])
+    events = write_jsonl(shop, tmp_path / "events.jsonl")
+    code, _, err = run("data", "import", "files", "--catalog", cat, "--interactions", events, "--out", tmp_path / "a",
+                       "--domain", "product")
+    assert code == 0, err
+    assert "warning: positive actions ['purchase'], negative ['skip'] were read from the action names" in err
+    stage = Bundle(tmp_path / "a").stage("data")
+    assert stage["positive_actions"] == ["purchase"] and stage["negative_actions"] == ["skip"]
+    assert Bundle(tmp_path / "a").domain == "product"
+    code, _, err = run("data", "import", "files", "--catalog", cat, "--interactions", events, "--out", tmp_path / "b",
+                       "--positive", "purchase,click", "--negative", "skip")
+    assert code == 0 and "warning: positive" not in err
+    assert Bundle(tmp_path / "b").stage("data")["positive_actions"] == ["purchase", "click"]
+    code, _, err = run("data", "import", "files", "--catalog", cat, "--interactions", events, "--out", tmp_path / "c",
+                       "--positive", "like")
+    assert code != 0 and "declared actions ['like'] never occur in the log" in error_line(err)
