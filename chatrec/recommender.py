@@ -113,6 +113,7 @@ class Recommender:
         self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
         self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
+        self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -234,8 +235,11 @@ class Recommender:
         self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")
         self.limits.check(f"{width} beams x {len(prompt) + self.core.trie.depth} tokens",
                           width * (len(prompt) + self.core.trie.depth), "max_beam_tokens")
-        found = top_k(self.engine.next_token_logprobs, prompt, self.core.trie,
-                      RetrievalConfig(k=k, beam_width=width), allowed)
+        config = RetrievalConfig(k=k, beam_width=width, search=self.search)
+        # renormalised search needs each beam's children up to a constant: an engine that can
+        # compute the output head over those rows only (transformers) skips the full vocabulary
+        scores = getattr(self.engine, "next_token_scores", None) if config.renormalize else None
+        found = top_k(scores or self.engine.next_token_logprobs, prompt, self.core.trie, config, allowed)
         return [self.item(s.index, s.score) for s in found]
 
     def rank(self, history: HistoryLike, candidate_item_ids: Sequence[str],

@@ -32,10 +32,17 @@ class RetrievalConfig:
     renormalize: bool = field(
         default=True, metadata={"help": "Score each level's log-probs renormalised over the beam's allowed children "
                                         "(as a masked softmax would), not over the whole vocabulary."})
+    search: str = field(
+        default="beam", metadata={"help": "beam: keep `width` prefixes per level; best_first: expand the best "
+                                          "prefix first (exact top-k of the renormalised scores, see `best_first`)."})
+    max_expansions: int = field(
+        default=2000, metadata={"help": "best_first: most prefixes expanded before answering with what it has."})
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"`k` must be >= 1, got {self.k}")
+        if self.search not in ("beam", "best_first"):
+            raise ConfigError(f"`search` must be 'beam' or 'best_first', got {self.search!r}")
         if self.beam_width is not None and self.beam_width < self.k:
             raise ConfigError(f"`beam_width` must be >= k ({self.k}), got {self.beam_width}")
 
@@ -68,6 +75,8 @@ def top_k(
     one batched call and keeps the `width` best; the last level's leaves are distinct items.
     """
     cfg = config or RetrievalConfig()
+    if cfg.search == "best_first":
+        return best_first(logprobs_fn, prompt_ids, trie, cfg, allowed)
     node_allowed = None if allowed is None else trie.node_allowed(allowed)
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     kept_per_level: list[list[tuple[tuple[int, ...], float]]] = []
@@ -102,6 +111,75 @@ def top_k(
     if cfg.fallback and len(results) < cfg.k:
         results.extend(_fallback(trie, kept_per_level, cfg.k - len(results), seen, allowed))
     return results[: cfg.k]
+
+
+def best_first(
+    logprobs_fn: LogprobsFn,
+    prompt_ids: Sequence[int],
+    trie: ItemTrie,
+    config: RetrievalConfig,
+    allowed: np.ndarray | None = None,
+    batch: int = 8,
+) -> list[ScoredItem]:
+    """Greedy best-first search over SID prefixes: pop the best-scoring prefix, expand its allowed
+    children, and emit a complete item when it is the best of everything still open.
+
+    With renormalised scores every step's score is a log-probability (<= 0), so a prefix's score
+    bounds every item below it and the items come out in exact score order: the true top-k of the
+    renormalised scores, which beam search only approximates. Up to `batch` open prefixes are
+    expanded per model call (the order stays exact: an item is emitted only from the top of the
+    queue). Stops after `config.max_expansions` expansions and fills from the shared-prefix fallback.
+    """
+    import heapq
+
+    if not config.renormalize:
+        raise ConfigError("best_first needs renormalize=True (its bound holds for per-level log-probs)")
+    node_allowed = None if allowed is None else trie.node_allowed(allowed)
+    heap: list[tuple[float, tuple[int, ...]]] = [(-0.0, ())]
+    results: list[ScoredItem] = []
+    seen: set[int] = set()
+    expanded: list[tuple[tuple[int, ...], float]] = []
+    expansions = 0
+    while heap and len(results) < config.k and expansions < config.max_expansions:
+        group: list[tuple[tuple[int, ...], float]] = []
+        while heap and len(group) < batch:
+            neg, prefix = heap[0]
+            if len(prefix) == trie.depth:
+                if group:
+                    break  # expand what was popped first; the item is re-checked against its children
+                heapq.heappop(heap)
+                idx = trie.item_index(prefix)
+                if idx is not None and idx not in seen:
+                    seen.add(idx)
+                    results.append(ScoredItem(idx, str(trie.item_ids[idx]), prefix, -neg))
+                if len(results) == config.k:
+                    return results
+                continue
+            heapq.heappop(heap)
+            group.append((prefix, -neg))
+        if not group:
+            continue
+        children = [trie.allowed_next(list(p), node_allowed=node_allowed) for p, _ in group]
+        union = np.unique(np.concatenate(children))
+        if not len(union):
+            continue
+        lp = logprobs_fn(prompt_ids, [list(p) for p, _ in group], union.tolist())
+        col = {int(t): j for j, t in enumerate(union)}
+        for b, (prefix, score) in enumerate(group):
+            expansions += 1
+            expanded.append((prefix, score))
+            row = lp[b, [col[int(t)] for t in children[b]]]
+            if len(row):
+                row = row - np.logaddexp.reduce(row)
+            for t, value in zip(children[b], row, strict=True):
+                heapq.heappush(heap, (-(score + float(value)), (*prefix, int(t))))
+    if config.fallback and len(results) < config.k:
+        by_depth: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(trie.depth)]
+        for prefix, score in sorted(expanded, key=lambda e: -e[1]):
+            if prefix:
+                by_depth[len(prefix) - 1].append((prefix, score))
+        results.extend(_fallback(trie, [lvl for lvl in by_depth if lvl], config.k - len(results), seen, allowed))
+    return results[: config.k]
 
 
 def _fallback(trie: ItemTrie, kept_per_level: list[list[tuple[tuple[int, ...], float]]], need: int,

@@ -81,6 +81,8 @@ class ServeConfig:
         default=(), metadata={"help": "Host header values accepted besides the loopback names and --host."})
     insecure: bool = field(
         default=False, metadata={"help": "Allow a non-loopback --host without --api-key."})
+    search: str = field(
+        default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
 
     def __post_init__(self) -> None:
         if self.engine == "auto":
@@ -100,6 +102,8 @@ class ServeConfig:
         if not is_loopback(self.host) and not self.api_key and not self.insecure:
             raise ConfigError(f"refusing to bind {self.host} (not loopback) without an API key: pass --api-key "
                               "(or set CHATREC_API_KEY), or --insecure if this network is trusted")
+        if self.search not in ("beam", "best_first"):
+            raise ConfigError(f"`search` must be 'beam' or 'best_first', got {self.search!r}")
         if self.admin_key and self.admin_key == self.api_key:
             raise ConfigError("--admin-key must differ from --api-key (a client key must not reload the server)")
 
@@ -178,6 +182,7 @@ class ChatService:
         self.config = config
         self.rec = recommender
         recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
+        recommender.search = config.search
         self.created = int(time.time())
         logs = recommender.bundle.logs_dir
         self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)

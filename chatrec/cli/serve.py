@@ -42,6 +42,7 @@ def serve(
     allowed_hosts: str = typer.Option("", "--allowed-hosts", help="Comma-separated Host names accepted besides "
                                                                   "loopback and --host (DNS-rebinding guard)."),
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
+    search: str = typer.Option("beam", "--search", help=_help("search")),
 ) -> None:
     """Serve a bundle behind an OpenAI-compatible endpoint with SID-constrained decoding."""
     from chatrec.bundle import Bundle
@@ -67,7 +68,7 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure)
+                         insecure=insecure, search=search)
     from serve.server import run
 
     run(config)

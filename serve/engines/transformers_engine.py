@@ -9,6 +9,7 @@ Requests are served one at a time (a lock); vLLM is the engine for concurrent lo
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
 from chatrec.deps import require
 from chatrec.engine import GenerationParams, TokenStep
+
+PREFIX_CACHE_TOKENS = 16_384  # prompt tokens kept in the scoring caches, all prompts together
 
 
 def _logits_processor_base() -> type:
@@ -72,9 +75,7 @@ class TransformersEngine:
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._lock = threading.Lock()
-        self._prefix_key: tuple[int, ...] | None = None
-        self._prefix_cache: Any = None
-        self._prefix_logits: Any = None
+        self._prefixes: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, core: ConstraintCore | None = None) -> TransformersEngine:
@@ -86,37 +87,62 @@ class TransformersEngine:
         self.eos_ids = _eos_ids(tokenizer, model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._lock = threading.Lock()
-        self._prefix_key, self._prefix_cache, self._prefix_logits = None, None, None
+        self._prefixes = OrderedDict()
         return self
 
     # scoring ---------------------------------------------------------------------------------
     def next_token_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                             token_ids: Sequence[int]) -> np.ndarray:
-        """Log-probs of `token_ids` after `prefix_ids + c` for every continuation `c`.
+        """Log-probs of `token_ids` after `prefix_ids + c` for every continuation `c` (full-vocabulary softmax)."""
+        return self._score(prefix_ids, continuations, token_ids, normalize=True)
 
-        The prefix is computed once (batch 1, cached for the next call). All continuations then
-        run as one flat sequence appended to that cache, with a block-diagonal ("tree") attention
-        mask: each continuation sees the prefix and its own earlier tokens. So the prefix's KV
-        cache is shared by every beam instead of copied per beam (memory P + B*L tokens, not
-        B*(P+L)), and the cache is cropped back to the prefix afterwards.
+    def next_token_scores(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                          token_ids: Sequence[int]) -> np.ndarray:
+        """Raw logits of `token_ids` (log-probs up to one constant per row), with the output head
+        computed over those rows only. Retrieval renormalises over each beam's trie children, where
+        that constant cancels, so it need not pay for the whole vocabulary."""
+        return self._score(prefix_ids, continuations, token_ids, normalize=False)
+
+    def _score(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+               token_ids: Sequence[int], *, normalize: bool) -> np.ndarray:
+        """The prefix is computed once (batch 1; kept in a small cache for the next call). All
+        continuations then run as one flat sequence appended to that cache, with a block-diagonal
+        ("tree") attention mask: each continuation sees the prefix and its own earlier tokens. So
+        the prefix's KV cache is shared by every beam instead of copied per beam (memory P + B*L
+        tokens, not B*(P+L)), and the cache is cropped back to the prefix afterwards.
         """
         import torch
 
         with self._lock, torch.inference_mode():
-            cache, last = self._prefix(prefix_ids)
+            n_prefix, cache, last = self._prefix(prefix_ids)
             cols = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.device)
             out = np.empty((len(continuations), len(token_ids)), dtype=np.float64)
             empty = [b for b, c in enumerate(continuations) if not c]
             if empty:
-                out[empty] = torch.log_softmax(last.float(), dim=-1)[cols].cpu().numpy()
+                out[empty] = self._head(last[None], cols, normalize)[0].cpu().numpy()
             rows = [b for b, c in enumerate(continuations) if c]
             if rows:
-                logits = self._tree_forward(cache, len(self._prefix_key or ()), [continuations[b] for b in rows])
-                out[rows] = torch.log_softmax(logits.float(), dim=-1)[:, cols].cpu().numpy()
+                hidden = self._tree_forward(cache, n_prefix, [continuations[b] for b in rows])
+                out[rows] = self._head(hidden, cols, normalize).cpu().numpy()
             return out
 
+    def _head(self, hidden: Any, cols: Any, normalize: bool) -> Any:
+        """Scores [B, len(cols)] from final hidden states [B, H]: log-softmax over the vocabulary, or
+        raw logits of `cols` only (a [len(cols), H] slice of the output matrix)."""
+        import torch
+
+        head = self.model.get_output_embeddings()
+        if normalize:
+            return torch.log_softmax(head(hidden).float(), dim=-1)[:, cols]
+        bias = head.bias[cols] if getattr(head, "bias", None) is not None else None
+        return torch.nn.functional.linear(hidden, head.weight[cols], bias).float()
+
+    def _base(self) -> Any:
+        """The decoder without its output head (final norm included), e.g. `LlamaModel`."""
+        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.model
+
     def _tree_forward(self, cache: Any, n_prefix: int, conts: Sequence[Sequence[int]]) -> Any:
-        """Last-token logits [B, V] of each continuation after the cached prefix (see above)."""
+        """Final hidden states [B, H] at the last token of each continuation after the cached prefix."""
         import torch
 
         ids: list[int] = []
@@ -137,26 +163,39 @@ class TransformersEngine:
         mask = torch.zeros(1, 1, n, n_prefix + n, dtype=dtype, device=self.device)
         mask.masked_fill_(~visible, torch.finfo(dtype).min)  # additive: works with sdpa and eager attention
         try:
-            logits = self.model(input_ids=torch.as_tensor([ids], device=self.device),
-                                position_ids=torch.as_tensor([pos], device=self.device),
-                                attention_mask=mask, past_key_values=cache, use_cache=True,
-                                logits_to_keep=torch.as_tensor(last, device=self.device)).logits[0]
+            hidden = self._base()(input_ids=torch.as_tensor([ids], device=self.device),
+                                  position_ids=torch.as_tensor([pos], device=self.device),
+                                  attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state[0]
         finally:
             cache.crop(-n)  # drop the continuations: back to the prefix alone, for the next level
-        return logits
+        return hidden[torch.as_tensor(last, device=self.device)]
 
-    def _prefix(self, prefix_ids: Sequence[int]) -> tuple[Any, Any]:
-        """KV cache and last logits of `prefix_ids`, cached for the last prefix seen."""
+    def _prefix(self, prefix_ids: Sequence[int]) -> tuple[int, Any, Any]:
+        """(length, KV cache, last hidden state) of `prefix_ids`.
+
+        Caches are kept per prompt in a small LRU (`PREFIX_CACHE_TOKENS` in all): a repeated
+        request for the same history reuses its prompt, and a prompt that extends a cached one (a
+        chat's next turn) computes only its new tail on top of it.
+        """
         import torch
 
         key = tuple(int(t) for t in prefix_ids)
         if not key:
             raise ValueError("next_token_logprobs needs a non-empty prefix")
-        if key != self._prefix_key:
-            ids = torch.as_tensor([key], device=self.device)
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)  # the head only at the last position
-            self._prefix_key, self._prefix_cache, self._prefix_logits = key, out.past_key_values, out.logits[0, -1]
-        return self._prefix_cache, self._prefix_logits
+        hit = self._prefixes.get(key)
+        if hit is not None:
+            self._prefixes.move_to_end(key)
+            return len(key), hit[0], hit[1]
+        base = max((k for k in self._prefixes if len(k) < len(key) and key[: len(k)] == k), key=len, default=None)
+        cache = self._prefixes.pop(base)[0] if base is not None else None
+        tail = key[len(base):] if base is not None else key
+        out = self._base()(input_ids=torch.as_tensor([tail], device=self.device), past_key_values=cache,
+                           use_cache=True)
+        entry = (out.past_key_values, out.last_hidden_state[0, -1])
+        self._prefixes[key] = entry
+        while len(self._prefixes) > 1 and sum(len(k) for k in self._prefixes) > PREFIX_CACHE_TOKENS:
+            self._prefixes.popitem(last=False)
+        return len(key), entry[0], entry[1]
 
     # generation ------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
@@ -226,7 +265,7 @@ class TransformersEngine:
             yield [None] * len(prompts)
 
     def close(self) -> None:
-        self._prefix_cache = self._prefix_logits = None
+        self._prefixes.clear()
         self.model = None
 
 

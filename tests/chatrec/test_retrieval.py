@@ -120,3 +120,26 @@ def test_value_function_parse_and_common_prefix() -> None:
     prefix, conts = split_common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]])
     assert prefix == [1] and conts == [[2, 3], [2, 4], [2]]
     assert list(itertools.chain(*conts))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_first_is_the_exact_top_k_with_a_narrow_queue(seed: int) -> None:
+    """Best-first equals exhaustive search (where a narrow beam may not), filters included."""
+    trie = random_trie(60, seed=seed)
+    allowed = np.ones(trie.n_items, dtype=bool)
+    allowed[seed::4] = False
+    prompt = [5, seed, 40]
+    want = brute_force(trie, fake_logprobs([]), prompt, allowed)[:10]
+    calls: list = []
+    got = top_k(fake_logprobs(calls), prompt, trie, RetrievalConfig(k=10, search="best_first"), allowed)
+    assert [g.item_id for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g.score for g in got], [w[1] for w in want], rtol=1e-9)
+    assert all(allowed[g.index] for g in got) and all(g.exact for g in got)
+    with pytest.raises(ConfigError, match="search"):
+        RetrievalConfig(search="greedy")
+
+
+def test_best_first_runs_out_of_expansions_and_still_fills_k() -> None:
+    trie = random_trie(60)
+    got = top_k(fake_logprobs([]), [3, 40], trie, RetrievalConfig(k=10, search="best_first", max_expansions=2))
+    assert len(got) == 10 and len({g.item_id for g in got}) == 10

@@ -8,10 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chatrec.testing import smollm2_tokenizer, tiny_llama  # noqa: E402
+from serve.engines import transformers_engine as te  # noqa: E402
 from serve.engines.transformers_engine import TransformersEngine  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def engine() -> TransformersEngine:
     tok = smollm2_tokenizer()
     return TransformersEngine.from_model(tiny_llama(tok, layers=3), tok)
@@ -36,7 +37,12 @@ def test_tree_scoring_equals_one_forward_per_continuation(engine: TransformersEn
     np.testing.assert_allclose(got, want, atol=1e-4)
     # the cached prefix is cropped back: a second call on the same prefix gives the same answer
     np.testing.assert_allclose(engine.next_token_logprobs(prefix, conts, cols), got, atol=1e-6)
-    assert engine._prefix_cache.get_seq_length() == len(prefix)
+    (cache, _), = engine._prefixes.values()
+    assert cache.get_seq_length() == len(prefix)
+    # raw scores over the asked rows only: the log-probs up to one constant per row
+    scores = engine.next_token_scores(prefix, conts, cols)
+    shift = scores - got
+    np.testing.assert_allclose(shift, shift[:, :1].repeat(len(cols), axis=1), atol=1e-4)
 
 
 def test_prefix_cache_is_not_copied_per_beam(engine: TransformersEngine) -> None:
@@ -51,9 +57,32 @@ def test_prefix_cache_is_not_copied_per_beam(engine: TransformersEngine) -> None
         return out
 
     engine._tree_forward = spy  # type: ignore[method-assign]
-    try:
-        engine.next_token_logprobs(prefix, [[5, 6]] * 200, [5])
-    finally:
-        del engine._tree_forward
+    engine.next_token_logprobs(prefix, [[5, 6]] * 200, [5])
     assert seen == [300]
-    assert engine._prefix_cache.layers[0].keys.shape[0] == 1  # batch 1: one copy of the prompt
+    (cache, _), = engine._prefixes.values()
+    assert cache.layers[0].keys.shape[0] == 1  # batch 1: one copy of the prompt
+
+
+def test_prompt_caches_are_reused_extended_and_bounded(engine: TransformersEngine, monkeypatch) -> None:
+    calls: list[int] = []
+    base = engine._base()
+    orig = base.forward
+
+    def counting(*args, **kwargs):
+        calls.append(int(kwargs["input_ids"].shape[1]))
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(base, "forward", counting)
+    turn1 = list(range(10, 60))
+    first = engine.next_token_logprobs(turn1, [[]], [5, 6])
+    engine.next_token_logprobs(turn1, [[]], [5, 6])  # the same history again: no prompt token recomputed
+    assert calls == [50]
+    turn2 = turn1 + [70, 71, 72]
+    got = engine.next_token_logprobs(turn2, [[]], [5, 6])  # the next turn: only its 3 new tokens
+    assert calls == [50, 3]
+    np.testing.assert_allclose(got[0], reference(engine, turn2, [], [5, 6]), atol=1e-4)
+    np.testing.assert_allclose(first[0], reference(engine, turn1, [], [5, 6]), atol=1e-4)
+    monkeypatch.setattr(te, "PREFIX_CACHE_TOKENS", 120)
+    for start in (100, 200, 300):
+        engine.next_token_logprobs(list(range(start, start + 50)), [[]], [5])
+    assert sum(len(k) for k in engine._prefixes) <= 120
