@@ -6,6 +6,7 @@ and turns histories of `(item_id, action)` into prompts, top-K items and ranked 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ class Recommender:
         # the plain-sequence prompt holds as many events as one training window (+ the asked action)
         per_event = tokens_per_event(token_map.n_levels)
         self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
+        self.per_event = per_event
         self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
@@ -198,7 +200,8 @@ class Recommender:
         """Without a request and with a history: the plain sequence prompt (the last events, then the
         positive action), exactly what sequence training saw. Otherwise the chat prompt + `<|sid_begin|>`."""
         if request is None and history:
-            events = self.events(history)[-self.sequence_events:]
+            every = self.events(history)
+            events = every[len(every) - aligned_events(len(every), self.per_event, self.sequence_events):]
             text = sequence_prompt(events, self.positive_actions[0])
             return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
         events, summary = self.window(history)
@@ -261,6 +264,32 @@ class Recommender:
             raise FilterError("the model has no action tokens to rank with")
         return rank(self.engine.next_token_logprobs, prompts, [str(i) for i in candidate_item_ids],
                     self.token_map.actions, value_fn)
+
+
+PROMPT_BLOCK = 32  # KV-cache block tokens the history part of a sequence prompt is aligned to
+MIN_ALIGNED = 64  # shorter histories are cheap to recompute and keep every event
+MAX_DROPPED = 7  # never drop more of the oldest events than this to align
+
+
+def aligned_events(n_events: int, per_event: int, most: int | None = None, block: int = PROMPT_BLOCK) -> int:
+    """How many of the most recent `n_events` a sequence prompt keeps (at most about `most`).
+
+    vLLM's prefix cache holds whole KV blocks only. A history that fills whole `block`-token blocks
+    is cached in full by the first retrieval level, and each beam of the next levels then computes
+    just the asked action and its own codes, not the history's partial last block again per beam.
+    So a history of at least `MIN_ALIGNED` tokens is rounded to whole blocks: up by a few older
+    events where the user has them (at most one block past `most`), else down, dropping at most
+    `MAX_DROPPED` of the oldest. Short histories, and event sizes that align only in large steps
+    (3-token events: 32 at a time), keep every event.
+    """
+    e = n_events if most is None else min(n_events, most)
+    per_block = block // math.gcd(block, per_event)  # events whose tokens fill whole blocks
+    if e * per_event < MIN_ALIGNED or per_block > MAX_DROPPED + 1 or e % per_block == 0:
+        return e
+    up = e + per_block - e % per_block
+    if up <= n_events and (most is None or (up - most) * per_event <= block):
+        return up
+    return e - e % per_block
 
 
 def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCore, **kwargs: Any) -> Engine:

@@ -24,6 +24,7 @@ import numpy as np
 from chatrec.constrained import ConstraintCore
 from chatrec.engine import GenerationParams, TokenStep
 from chatrec.errors import ChatrecError
+from chatrec.recommender import PROMPT_BLOCK
 
 _MAX_SCORED_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
 _DONE = object()
@@ -60,6 +61,10 @@ class VLLMEngine:
             model=str(self.model_dir), dtype=llm_dtype,
             max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
             logits_processors=[ChatrecLogitsProcessor], max_num_seqs=max_num_seqs,
+            # small KV blocks: prefix caching reuses whole blocks only, and retrieval prompts align
+            # their history to PROMPT_BLOCK tokens (chatrec.recommender.aligned_events); the CPU
+            # backend's default of 128 would leave up to 127 prompt tokens to recompute per beam
+            block_size=PROMPT_BLOCK,
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )
         self.engine = self.llm.llm_engine
