@@ -29,6 +29,9 @@ class GenerationParams:
     allowed_items: np.ndarray | None = field(
         default=None, metadata={"help": "Bool mask over trie items that spans may name (None = all)."})
     stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "Extra tokens that end generation."})
+    exclude_item_ids: tuple[str, ...] = field(
+        default=(), metadata={"help": "The filter behind `allowed_items`, for engines that rebuild it elsewhere."})
+    categories: tuple[str, ...] | None = field(default=None, metadata={"help": "Likewise: the category filter."})
     ignore_eos: bool = field(default=False, metadata={"help": "Keep going past end-of-sequence (benchmarks)."})
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from chatrec.prompts import (
 from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
 from chatrec.tokens import escape_special_tokens, sid_string
 
-ENGINES = ("transformers", "vllm")
+ENGINES = ("transformers", "vllm", "remote")  # remote: a gateway over a vLLM OpenAI server (`serve --upstream`)
 HistoryLike = Sequence[HistoryEvent] | Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]]
 
 
@@ -298,6 +298,10 @@ def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCo
         from serve.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(Path(model_dir), core, **kwargs)
+    if kind == "remote":
+        from serve.engines.remote_engine import RemoteEngine
+
+        return RemoteEngine(Path(model_dir), core, **kwargs)
     if kind == "vllm":
         from chatrec.deps import require
 

@@ -175,9 +175,13 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         svc = holder.current
-        return {"status": "ok", "engine": svc.config.engine, "model": svc.config.model_name,
-                "bundle": svc.rec.bundle.root.name, "items": int(svc.rec.core.trie.n_items),
-                "generation": holder.generation}
+        out = {"status": "ok", "engine": svc.config.engine, "model": svc.config.model_name,
+               "bundle": svc.rec.bundle.root.name, "items": int(svc.rec.core.trie.n_items),
+               "generation": holder.generation}
+        check = getattr(svc.rec.engine, "health", None)  # the gateway: is its upstream answering?
+        if check is not None:
+            out["upstream"] = "ok" if await run_in_threadpool(check) else "unreachable"
+        return out
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -81,10 +81,22 @@ class ServeConfig:
         default=(), metadata={"help": "Host header values accepted besides the loopback names and --host."})
     insecure: bool = field(
         default=False, metadata={"help": "Allow a non-loopback --host without --api-key."})
+    upstream: str | None = field(
+        default=None, metadata={"help": "URL of a vLLM OpenAI server serving this bundle's export with the chatrec "
+                                        "logits processor: chatrec then runs as a gateway over it (engine `remote`)."})
+    upstream_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for the upstream (then 504)."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
 
     def __post_init__(self) -> None:
+        if self.upstream:
+            if self.engine not in ("auto", "remote"):
+                raise ConfigError(f"--upstream runs the gateway (engine remote); drop --engine {self.engine}")
+            self.engine = "remote"
+        elif self.engine == "remote":
+            raise ConfigError("engine `remote` needs --upstream URL (a vLLM OpenAI server)")
+        if self.upstream_timeout <= 0:
+            raise ConfigError(f"`upstream_timeout` must be > 0, got {self.upstream_timeout}")
         if self.engine == "auto":
             from chatrec.deps import is_vllm_available
 
@@ -201,6 +213,8 @@ class ChatService:
         kwargs: dict[str, Any] = {}
         if config.engine == "vllm":
             kwargs["max_model_len"] = config.max_model_len
+        if config.engine == "remote":
+            kwargs.update(url=config.upstream, timeout=config.upstream_timeout)
         rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, **kwargs)
         return cls(config, rec)
 
@@ -241,11 +255,11 @@ class ChatService:
             allowed = self.rec.allowed(exclude, opts.categories)
         except (UnknownItemError, FilterError) as exc:
             raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
-        return opts, max_tokens, events, allowed
+        return opts, max_tokens, events, (allowed, tuple(exclude))
 
     def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
         cfg = self.config
-        opts, max_tokens, events, allowed = self._check_chat(req)
+        opts, max_tokens, events, (allowed, exclude) = self._check_chat(req)
         tok = self.rec.engine.tokenizer  # a client's words: special tokens typed in them stay text
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": escape_special_tokens(m.text(), tok)} for m in req.messages]
@@ -268,7 +282,8 @@ class ChatService:
             max_tokens=max_tokens, temperature=0.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed, constrained=opts.constrained,
             allowed_items=allowed, stop_token_ids=() if req.ignore_eos else self.eos_ids,
-            ignore_eos=req.ignore_eos)
+            ignore_eos=req.ignore_eos, exclude_item_ids=exclude,
+            categories=tuple(opts.categories) if opts.categories is not None else None)
         meta = {"user_id": opts.user_id or req.user or "anonymous", "messages": messages,
                 "start_in_span": opts.start_with_item, "extra": {"turn": "model"}}
         return prompt, params, meta
@@ -701,8 +716,12 @@ def error_for(exc: BaseException) -> APIError:
     """Map library errors raised while serving to HTTP errors."""
     if isinstance(exc, APIError):
         return exc
+    from serve.engines.remote_engine import UpstreamError
     from serve.engines.vllm_engine import EngineRequestError
 
+    if isinstance(exc, UpstreamError):
+        return APIError(exc.status, str(exc), type="server_error",
+                        code="upstream_timeout" if exc.status == 504 else "upstream_error")
     if isinstance(exc, (EngineRequestError, FilterError, UnknownItemError, ConfigError)):
         return APIError(400, str(exc))
     if isinstance(exc, ChatrecError):

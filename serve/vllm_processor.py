@@ -65,9 +65,33 @@ def unregister_core(key: str) -> None:
 
 
 def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
+    """The request's chatrec arguments, or None when it did not opt in.
+
+    In process they are `extra_args={"chatrec": {...}}`. vLLM's OpenAI server accepts only flat
+    `vllm_xargs` values (strings, numbers, lists), so there a request opts in with
+    `"vllm_xargs": {"chatrec": 1, "chatrec_exclude": [...], "chatrec_categories": [...]}`
+    (or `"chatrec": "<JSON object>"`).
+    """
     extra = params.extra_args or {}
     value = extra.get(EXTRA_KEY)
-    return value if value is not None else None
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError(f"vllm_xargs.{EXTRA_KEY} is not a JSON object") from None
+    if not isinstance(value, dict):  # a flag (1, "on", true): the flat form
+        if value in (0, "0", "off", "false", False):
+            return None
+        value = {}
+    for key in ("exclude", "categories"):
+        flat = extra.get(f"{EXTRA_KEY}_{key}")
+        if flat is not None:
+            value = {**value, key: flat}
+    return value
 
 
 # the same bounds as chatrec's own server (serve.protocol), kept here so stock vLLM needs no pydantic models

@@ -19,7 +19,8 @@ def _help(name: str) -> str:
 @app.command("serve")
 def serve(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle directory to serve (export/ when present, else model/)."),
-    engine: str = typer.Option("auto", "--engine", help="Engine: vllm, transformers, or auto (vllm when installed)."),
+    engine: str = typer.Option("auto", "--engine", help="Engine: vllm, transformers, or auto (vllm when installed; "
+                                                        "remote with --upstream)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_key: str = typer.Option(None, "--api-key", help="Require `Authorization: Bearer KEY` (default: $CHATREC_API_KEY)."),
@@ -43,6 +44,8 @@ def serve(
                                                                   "loopback and --host (DNS-rebinding guard)."),
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
     search: str = typer.Option("beam", "--search", help=_help("search")),
+    upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
+    upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
 ) -> None:
     """Serve a bundle behind an OpenAI-compatible endpoint with SID-constrained decoding."""
     from chatrec.bundle import Bundle
@@ -68,7 +71,7 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure, search=search)
+                         insecure=insecure, search=search, upstream=upstream, upstream_timeout=upstream_timeout)
     from serve.server import run
 
     run(config)

@@ -84,6 +84,54 @@ class RemoteServer:
         self._log.close()
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+class StockVLLM:
+    """vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on a bundle's model
+    folder, with or without the chatrec logits processor: the upstream of `chatrec serve --upstream`."""
+
+    def __init__(self, model_dir: Path, log: Path, *, plugin: bool = True, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model_dir, self.log_path, self.plugin = model_dir, log, plugin
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+               "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048", "--block-size", "32",
+               "--max-num-seqs", "64", "--seed", "0"]
+        if self.plugin:
+            cmd += ["--logits-processors", "serve.vllm_processor:ChatrecLogitsProcessor"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self._log = open(self.log_path, "a")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                                     start_new_session=True)
+        deadline = time.time() + START_TIMEOUT
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"vLLM server not up after {START_TIMEOUT}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
 def tiny_bundle(root: Path, **kwargs):
     """A tiny bundle whose model vLLM's CPU attention accepts (head size 32: hidden 128, 4 heads)."""
     from chatrec.testing import make_tiny_bundle
@@ -97,24 +145,35 @@ def serve_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 ENGINES = ["transformers", pytest.param("vllm", marks=pytest.mark.vllm)]
+# the serve acceptance suite also runs against `chatrec serve --upstream` over stock vLLM with the plugin
+SERVERS = [*ENGINES, pytest.param("upstream", marks=pytest.mark.vllm)]
 
 
-@pytest.fixture(scope="module", params=ENGINES)
+@pytest.fixture(scope="module", params=SERVERS)
 def server(request: pytest.FixtureRequest, serve_bundle: Path, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[RemoteServer]:
-    """One server per engine (and per test module), with an API key and chat logging on."""
+    """One server per engine (and per test module), with an API key and chat logging on; `upstream`
+    is the gateway over a stock vLLM server with the chatrec processor."""
     engine = request.param
-    if engine == "vllm":
+    if engine in ("vllm", "upstream"):
         pytest.importorskip("vllm")
     import shutil
 
     bundle = tmp_path_factory.mktemp(f"serve-{engine}") / "bundle"
     shutil.copytree(serve_bundle, bundle)
     reload_path = bundle.parent / "new"  # test_reload_adds_items... writes it
-    srv = RemoteServer(bundle, engine, "--log-chats", "--max-tokens-limit", "64", "--admin-key", ADMIN_KEY,
-                       "--reload-bundles", f"new={reload_path}")
+    upstream = None
+    args: list[str] = []
+    if engine == "upstream":
+        upstream = StockVLLM(bundle / "model", bundle.parent / "vllm.log")
+        args = ["--upstream", upstream.url, "--upstream-timeout", "120"]
+    srv = RemoteServer(bundle, "remote" if upstream else engine, *args, "--log-chats", "--max-tokens-limit", "64",
+                       "--admin-key", ADMIN_KEY, "--reload-bundles", f"new={reload_path}")
+    srv.upstream = upstream  # type: ignore[attr-defined]
     srv.engine = engine  # type: ignore[attr-defined]
     srv.bundle = bundle  # type: ignore[attr-defined]
     srv.reload_path = reload_path  # type: ignore[attr-defined]
     yield srv
     srv.stop()
+    if upstream is not None:
+        upstream.stop()
