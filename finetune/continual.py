@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,17 +57,25 @@ def _config_from(record: dict[str, Any] | None, cls: type, **overrides: Any) -> 
     return cls(**values)
 
 
-def read_new_logs(logs: str | Path, out: Bundle) -> pd.DataFrame:
-    """Validated new interactions; rejected rows are written to `out/quarantine/`."""
+def log_files(logs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One log file or several (a gateway replica's each, merged here)."""
+    return [Path(logs)] if isinstance(logs, (str, Path)) else [Path(p) for p in logs]
+
+
+def read_new_logs(logs: str | Path | Sequence[str | Path], out: Bundle) -> pd.DataFrame:
+    """Validated new interactions of every file; rejected rows are written to `out/quarantine/`."""
     from chatrec.data.readers import read_table
     from chatrec.data.validate import validate_interactions, write_quarantine
 
-    result = validate_interactions(read_table(logs, "interactions"))
-    if result.rejected:
-        write_quarantine([result], out.path("quarantine"))
-    if result.frame.empty:
-        raise DataError(f"{logs}: no valid interaction rows ({len(result.rejected)} rejected)")
-    return result.frame
+    frames = []
+    for path in log_files(logs):
+        result = validate_interactions(read_table(path, "interactions"))
+        if result.rejected:
+            write_quarantine([result], out.path("quarantine"))
+        if result.frame.empty:
+            raise DataError(f"{path}: no valid interaction rows ({len(result.rejected)} rejected)")
+        frames.append(result.frame)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def check_after_cut(new_logs: pd.DataFrame, parent_interactions: pd.DataFrame, logs: str | Path) -> None:
@@ -114,7 +123,7 @@ def copy_parent(parent: Bundle, out: Bundle) -> None:
 
 def continual_finetune(
     parent: Bundle | str | Path,
-    logs: str | Path,
+    logs: str | Path | Sequence[str | Path],
     out: Bundle | str | Path,
     *,
     items: str | Path | None = None,
@@ -140,13 +149,14 @@ def continual_finetune(
         shutil.rmtree(out.model_dir)
         shutil.copytree(parent_adapter, out.model_dir)
     new_logs = read_new_logs(logs, out)
-    check_after_cut(new_logs, load_interactions(parent), logs)
+    shown = ", ".join(str(p) for p in log_files(logs))
+    check_after_cut(new_logs, load_interactions(parent), shown)
     known = set(load_catalog(out)["item_id"].astype(str))
     missing = sorted(set(new_logs["item_id"].astype(str)) - known)
     new_items = pd.DataFrame()
     if missing:
         if items is None:
-            raise DataError(f"{len(missing)} items in {logs} are not in the catalog (e.g. {missing[0]}); "
+            raise DataError(f"{len(missing)} items in {shown} are not in the catalog (e.g. {missing[0]}); "
                             "pass their catalog rows with --items FILE")
         new_items = read_new_items(items)
         absent = sorted(set(missing) - set(new_items["item_id"].astype(str)))
@@ -165,11 +175,12 @@ def continual_finetune(
                              replay_fraction=cfg.replay_fraction)
     counts = build_bundle(out, build_cfg)
     record: dict[str, Any] = {
-        "parent": str(parent.root), "logs": str(logs), "since": since.isoformat(),
+        "parent": str(parent.root), "logs": [str(p) for p in log_files(logs)], "since": since.isoformat(),
         "new_interactions": len(new_logs), "new_items": len(new_items),
         "vocab_size": token_map.vocab_size, "train_rows": counts["train"],
     }
-    out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
+    out.record_stage("continual", config=cfg, inputs={f"logs{i}": p for i, p in enumerate(log_files(logs))},
+                     extra=record)
 
     if sequence:
         from finetune.sequence import SequenceConfig, train_sequences
@@ -187,7 +198,8 @@ def continual_finetune(
         ft_counts = finetune(out, ft_cfg, quiet=quiet)
         after = _score(out, out.adapter_dir, rows, cfg.eval_k) if rows else {}
     record.update({"before": before, "after": after, "finetune": ft_counts})
-    out.record_stage("continual", config=cfg, inputs={"logs": logs}, extra=record)
+    out.record_stage("continual", config=cfg, inputs={f"logs{i}": p for i, p in enumerate(log_files(logs))},
+                     extra=record)
     return record
 
 

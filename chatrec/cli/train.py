@@ -93,7 +93,8 @@ def build_cmd(
 def finetune_cmd(
     bundle: Path = typer.Option(None, "--bundle", help=_BUNDLE),
     parent: Path = typer.Option(None, "--from", help="Continual run: the finetuned bundle to start from."),
-    logs: Path = typer.Option(None, "--logs", help="Continual run: new interactions (Parquet, JSONL or CSV)."),
+    logs: list[Path] = typer.Option(None, "--logs", help="Continual run: new interactions (Parquet, JSONL or CSV); "
+                                                         "repeat it for several files (one per gateway replica)."),
     out: Path = typer.Option(None, "--out", help="Continual run: the new bundle to write."),
     items: Path = typer.Option(None, "--items", help="Continual run: catalog rows of items new in the logs."),
     replay_fraction: float = typer.Option(0.5, "--replay-fraction", help=_help(ContinualConfig, "replay_fraction")),
@@ -136,8 +137,8 @@ def finetune_cmd(
         "eval_users": eval_users, "save_every": save_every, "seed": seed, "num_threads": threads,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if parent is not None or logs is not None or out is not None:
-        if parent is None or logs is None or out is None:
+    if parent is not None or logs or out is not None:
+        if parent is None or not logs or out is None:
             raise ConfigError("a continual run needs all of --from BUNDLE, --logs NEW_LOGS and --out NEW_BUNDLE")
         if bundle is not None:
             raise ConfigError("use either --bundle (a first finetune) or --from/--logs/--out (a continual run)")
