@@ -9,8 +9,8 @@ chat logging and reloading a bundle with new items without dropping requests. Ex
 server would mean a proxy or monkey-patching its serving classes for each of these, and would not
 cover the transformers engine. vLLM is still used where it matters: the engine runs in process
 (`vllm.LLM` with continuous batching, prefix caching and our v1 logits processor), and the same
-processor is written to plug into stock `vllm serve --logits-processors serve.vllm_processor:ChatrecLogitsProcessor`
-(it loads the trie from the model folder; that path is not tested yet).
+processor plugs into stock vLLM's OpenAI server (`--logits-processors serve.vllm_processor:ChatrecLogitsProcessor`),
+over which this app runs as a gateway with `--upstream` (`serve/engines/remote_engine.py`).
 """
 
 from __future__ import annotations

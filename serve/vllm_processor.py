@@ -1,7 +1,8 @@
 """The vLLM v1 logits processor: span-switching trie constraint, opt-in per request.
 
 A request opts in with `SamplingParams(extra_args={"chatrec": {...}})` (over HTTP with vLLM's own
-server: `"vllm_xargs": {"chatrec": ...}`); requests without it are untouched. Keys:
+server, whose `vllm_xargs` values must be flat: `"vllm_xargs": {"chatrec": 1, "chatrec_exclude": [...],
+"chatrec_categories": [...]}`); requests without it are untouched. Keys:
 
     mask        key of a bool item mask registered in this process (`register_mask`), used instead
                 of exclude/categories by the in-process engine
