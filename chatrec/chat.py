@@ -224,9 +224,13 @@ class CatalogIndex:
         return bool(words) and all(w[0].isupper() or w[0].isdigit() for w in words) and not self.find_categories(phrase)
 
 
+MAX_CHARS = 2000  # of one message read (the end of a longer one): a bound on the work per request
+MAX_MENTIONS = 12  # title phrases looked up per message
+
+
 def understand(text: str, index: CatalogIndex) -> Understanding:
     """Read one user message (see the module docstring for the rules)."""
-    text = text.strip()
+    text = text.strip()[-MAX_CHARS:]
     linked: list[Linked] = []
     unmatched: list[str] = []
     seen: set[str] = set()
@@ -248,7 +252,11 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
         return index.positive_action
 
     rest = text  # the text with quoted and linked phrases blanked out (categories are read from it)
+    lookups = 0
     for m in QUOTED.finditer(text):
+        lookups += 1
+        if lookups > MAX_MENTIONS:
+            break
         phrase = m.group(1) or m.group(2)
         rest = rest[: m.start()] + " ; " .ljust(m.end() - m.start()) + rest[m.end():]
         before = text[: m.start()].lower()
@@ -259,7 +267,8 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
         else:
             add(phrase, *hit, action_of(kind) if kind != "mention" else "mention")
     pos = 0
-    while (found := MENTION.search(rest, pos)) is not None:
+    while (found := MENTION.search(rest, pos)) is not None and lookups < MAX_MENTIONS:
+        lookups += 1
         kind, phrase = found.group("kind"), found.group("phrase")
         cut = _NEXT_TRIGGER.search(phrase, 1)  # "loved X but hated Y": X ends where the next trigger starts
         if cut is not None:

@@ -73,3 +73,12 @@ def test_years() -> None:
     assert find_years("something from 2005") == (2005, 2005)
     assert find_years("after 1990") == (1991, 9999)
     assert find_years("no year here, 3 items") is None
+
+
+def test_reading_a_huge_message_is_bounded(movies: CatalogIndex) -> None:
+    import time
+
+    t0 = time.perf_counter()
+    u = understand("I liked Zorblax Mega. " * 20_000 + "Recommend a comedy", movies)
+    assert time.perf_counter() - t0 < 2.0
+    assert u.recommend and u.categories == ["Comedy"] and len(u.unmatched) <= 1
