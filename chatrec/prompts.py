@@ -29,6 +29,50 @@ SYSTEM_PROMPT = (
 )
 
 DEFAULT_REQUEST = "What should I watch next?"
+VERBS = {"movie": "watch", "film": "watch", "show": "watch", "series": "watch", "video": "watch", "book": "read",
+         "article": "read", "song": "listen to", "track": "listen to", "album": "listen to", "podcast": "listen to",
+         "game": "play", "recipe": "cook", "product": "get", "item": "try"}
+
+
+def plural(noun: str) -> str:
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The words for one catalog: what an item is and what a user does with it (`data import --domain`).
+
+    `Domain("movie")` gives exactly the prompts and traces the MovieLens models were trained on.
+    """
+
+    item: str = "movie"
+
+    @property
+    def items(self) -> str:
+        return plural(self.item)
+
+    @property
+    def verb(self) -> str:
+        return VERBS.get(self.item, "try")
+
+    @property
+    def word(self) -> str:
+        """The noun in training texts and traces ("film" for movies, as the trained data says)."""
+        return "film" if self.item == "movie" else self.item
+
+    @property
+    def system_prompt(self) -> str:
+        return SYSTEM_PROMPT if self.item == "movie" else SYSTEM_PROMPT.replace(
+            "a movie recommender", f"a recommender of {self.items}")
+
+    @property
+    def request(self) -> str:
+        return f"What should I {self.verb} next?"
+
+
+MOVIE = Domain()
 # actions whose names say what they mean, for catalogs that do not declare their positive/negative actions
 POSITIVE_NAMES = ("like", "love", "favorite", "favourite", "purchase", "buy", "order", "rate_high", "save", "add_to_cart")
 NEGATIVE_NAMES = ("dislike", "hate", "skip", "return", "hide", "rate_low", "remove", "report")
@@ -76,26 +120,28 @@ def next_item_messages(
     *,
     summary: str | None = None,
     with_titles: bool = False,
+    domain: Domain = MOVIE,
 ) -> list[dict[str, str]]:
     """System + user turn asking for the next item given a history (and an optional text request)."""
     lines = []
     if summary:
         lines.append(f"Long-term taste: {summary}")
     lines.append(f"History: {history_text(events, with_titles=with_titles) or '(none)'}")
-    lines.append(request or DEFAULT_REQUEST)
+    lines.append(request or domain.request)
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": domain.system_prompt},
         {"role": "user", "content": "\n".join(lines)},
     ]
 
 
 def action_messages(
-    events: Sequence[HistoryEvent], candidate_codes: Sequence[int], *, with_titles: bool = False
+    events: Sequence[HistoryEvent], candidate_codes: Sequence[int], *, with_titles: bool = False,
+    domain: Domain = MOVIE,
 ) -> list[dict[str, str]]:
     """System + user turn asking how the user will react to `candidate_codes`."""
     hist = history_text(events, with_titles=with_titles) or "(none)"
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": domain.system_prompt},
         {"role": "user", "content": f"History: {hist}\nCandidate: {sid_string(candidate_codes)}\nReaction?"},
     ]
 
@@ -132,6 +178,7 @@ def taste_summary(
     positive_actions: Sequence[str] = ("like",),
     negative_actions: Sequence[str] = ("dislike",),
     max_words: int = DEFAULT_SUMMARY_WORDS,
+    word: str = "film",
 ) -> str:
     """One line of long-term preferences over a whole history of (categories, year, action)."""
     liked = Counter(g for cats, _, a in history if a in positive_actions for g in cats).most_common(3)
@@ -143,7 +190,7 @@ def taste_summary(
     if disliked:
         parts.append("dislikes " + ", ".join(g for g, _ in disliked))
     if decades:
-        parts.append(f"mostly {decade_words(decades.most_common(1)[0][0])} films")
+        parts.append(f"mostly {decade_words(decades.most_common(1)[0][0])} {plural(word)}")
     words = "; ".join(parts).split()
     return " ".join(words[:max_words])
 

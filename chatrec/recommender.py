@@ -22,6 +22,7 @@ from chatrec.errors import BundleError, ChatrecError, ConfigError
 from chatrec.prompts import (
     DEFAULT_HISTORY_LEN,
     DEFAULT_SUMMARY_WORDS,
+    Domain,
     HistoryEvent,
     action_messages,
     action_roles,
@@ -115,6 +116,7 @@ class Recommender:
         self.per_event = per_event
         self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
+        self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
 
     # construction ------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class Recommender:
         by_codes = {codes: item_id for item_id, codes in self.codes.items()}
         summary = taste_summary([(*self.meta.get(by_codes.get(ev.codes, ""), ((), None)), ev.action) for ev in events],
                                 positive_actions=self.positive_actions, negative_actions=self.negative_actions,
+                                word=self.domain.word,
                                 max_words=self.summary_words)
         return events[-self.history_len:], summary
 
@@ -207,7 +210,8 @@ class Recommender:
         events, summary = self.window(history)
         if request is not None:  # a person's words: special tokens typed in them stay text
             request = escape_special_tokens(request, self.engine.tokenizer)
-        return self.prompt_ids(next_item_messages(events, request, summary=summary), [self.token_map.sid_begin])
+        return self.prompt_ids(next_item_messages(events, request, summary=summary, domain=self.domain),
+                               [self.token_map.sid_begin])
 
     def item(self, index: int, score: float) -> Recommendation:
         item_id = str(self.core.trie.item_ids[index])
@@ -256,7 +260,7 @@ class Recommender:
             codes = self.codes.get(str(item_id))
             if codes is None:
                 raise UnknownItemError(f"unknown candidate item id {item_id!r}")
-            prompts.append(self.prompt_ids(action_messages(events, codes)))
+            prompts.append(self.prompt_ids(action_messages(events, codes, domain=self.domain)))
             self.limits.check("prompt tokens", len(prompts[-1]), "max_prompt_tokens")
             self.limits.check(f"{len(candidate_item_ids)} candidates x prompt tokens",
                               len(prompts[-1]) * len(candidate_item_ids), "max_rank_tokens")

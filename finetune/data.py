@@ -44,7 +44,8 @@ import pandas as pd
 from chatrec.bundle import Bundle, atomic_path
 from chatrec.errors import ConfigError, DataError
 from chatrec.prompts import (
-    SYSTEM_PROMPT,
+    MOVIE,
+    Domain,
     HistoryEvent,
     action_answer,
     action_messages,
@@ -194,7 +195,8 @@ class ConversationBuilder:
     """Builds point-in-time samples for each task from one catalog + log."""
 
     def __init__(self, items: dict[str, ItemInfo], events: dict[str, list[Event]], config: BuildConfig,
-                 teacher: Teacher | None = None):
+                 teacher: Teacher | None = None, domain: Domain = MOVIE):
+        self.domain = domain  # the catalog's words (system prompt, requests, traces)
         self.items = items
         self.events = events
         self.config = config
@@ -221,7 +223,7 @@ class ConversationBuilder:
         if len(history) > self.config.history_len:
             summary = taste_summary([(self.items[e.item_id], e.action) for e in history],
                                     positive_actions=self.positive, negative_actions=self.config.negative_actions,
-                                    max_words=self.config.summary_max_words)
+                                    max_words=self.config.summary_max_words, word=self.domain.word)
         return hevents, summary
 
     def _pairs(self, history: Sequence[Event]) -> list[tuple[ItemInfo, str]]:
@@ -230,19 +232,20 @@ class ConversationBuilder:
     def _trace(self, history: Sequence[Event], target: ItemInfo) -> tuple[str, Any]:
         ev = gather_evidence(self._pairs(history), target, positive_actions=self.positive,
                              negative_actions=self.config.negative_actions)
-        text = self.teacher.trace(ev.facts(), template_trace(ev))
+        text = self.teacher.trace(ev.facts(), template_trace(ev, self.domain.word))
         return wrap_think(text), ev
 
     # tasks ----------------------------------------------------------------------------------
     def next_item(self, user: str, history: Sequence[Event], target: Event) -> Sample:
         hevents, summary = self.prompt_history(history)
-        msgs = next_item_messages(hevents, summary=summary, with_titles=self.config.with_titles)
+        msgs = next_item_messages(hevents, summary=summary, with_titles=self.config.with_titles, domain=self.domain)
         msgs.append({"role": "assistant", "content": next_item_answer(self.items[target.item_id].codes)})
         return Sample(msgs, "next_item", user, target.item_id, target.time)
 
     def action(self, user: str, history: Sequence[Event], target: Event) -> Sample:
         hevents, _ = self.prompt_history(history)
-        msgs = action_messages(hevents, self.items[target.item_id].codes, with_titles=self.config.with_titles)
+        msgs = action_messages(hevents, self.items[target.item_id].codes, with_titles=self.config.with_titles,
+                               domain=self.domain)
         msgs.append({"role": "assistant", "content": action_answer(target.action)})
         return Sample(msgs, "action", user, target.item_id, target.time)
 
@@ -250,7 +253,8 @@ class ConversationBuilder:
         info = self.items[target.item_id]
         request = self._request_for(info, history)
         hevents, summary = self.prompt_history(history)
-        msgs = next_item_messages(hevents, request, summary=summary, with_titles=self.config.with_titles)
+        msgs = next_item_messages(hevents, request, summary=summary, with_titles=self.config.with_titles,
+                                  domain=self.domain)
         if self.rng.random() < self.config.request_think_fraction:
             think, _ = self._trace(history, info)
             answer = f"{think}{sid_string(info.codes)} ({info.title})"
@@ -264,9 +268,9 @@ class ConversationBuilder:
         options = []
         genre = self.rng.choice(info.categories) if info.categories else None
         if genre:
-            options.append(f"I'm in the mood for a {genre.lower()} film.")
+            options.append(f"I'm in the mood for a {genre.lower()} {self.domain.word}.")
             if info.decade is not None:
-                options.append(f"Can you suggest a {decade_words(info.decade)} {genre.lower()} movie?")
+                options.append(f"Can you suggest a {decade_words(info.decade)} {genre.lower()} {self.domain.item}?")
         elif info.decade is not None:
             options.append(f"Something from the {decade_words(info.decade)}, please.")
         similar = [self.items[e.item_id] for e in history if e.action in self.positive
@@ -280,15 +284,15 @@ class ConversationBuilder:
         liked = list(dict.fromkeys(self.items[e.item_id].title for e in reversed(history)
                                    if e.action in self.positive))[:3][::-1]
         disliked = [self.items[e.item_id].title for e in history if e.action in self.config.negative_actions][-1:]
-        ask = "What should I watch next?"
+        ask = self.domain.request
         if liked:
             ask = f"I recently enjoyed {', '.join(liked)}" + (f" but not {disliked[0]}" if disliked else "") + f". {ask}"
         think, ev = self._trace(history, info)
         picks = [(info, ev)] + self._extra_picks(history, info)
-        lines = [f"{sid_string(p.codes)} ({p.title}): {explanation(e)}." for p, e in picks]
+        lines = [f"{sid_string(p.codes)} ({p.title}): {explanation(e, self.domain.word)}." for p, e in picks]
         first = "Here is what I would pick:\n" if len(picks) > 1 else "Try this one:\n"
         msgs = [
-            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "system", "content": self.domain.system_prompt},
             {"role": "user", "content": ask},
             {"role": "assistant", "content": think + first + "\n".join(lines)},
             {"role": "user", "content": f"Tell me more about {info.title}."},
@@ -313,12 +317,12 @@ class ConversationBuilder:
         for info in self.items.values():
             span = sid_string(info.codes)
             out.append(Sample([
-                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "system", "content": self.domain.system_prompt},
                 {"role": "user", "content": f"What is {span}?"},
                 {"role": "assistant", "content": info.text if info.text.startswith(info.title) else f"{info.title}. {info.text}"},
             ], "alignment", "", info.item_id, None))
             out.append(Sample([
-                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "system", "content": self.domain.system_prompt},
                 {"role": "user", "content": f"Which item is {info.title}?"},
                 {"role": "assistant", "content": next_item_answer(info.codes)},
             ], "alignment", "", info.item_id, None))
@@ -463,7 +467,8 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def make_builder(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
-                 config: BuildConfig | None = None, teacher: Teacher | None = None) -> ConversationBuilder:
+                 config: BuildConfig | None = None, teacher: Teacher | None = None,
+                 domain: Domain = MOVIE) -> ConversationBuilder:
     config = config or BuildConfig()
     items = item_infos(catalog, sids)
     if not items:
@@ -471,7 +476,7 @@ def make_builder(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.Dat
     events = user_events(interactions, items)
     if not events:
         raise DataError("no interaction refers to an item with a SID")
-    return ConversationBuilder(items, events, config, teacher)
+    return ConversationBuilder(items, events, config, teacher, domain)
 
 
 def build_samples(catalog: pd.DataFrame, interactions: pd.DataFrame, sids: pd.DataFrame,
@@ -494,7 +499,7 @@ def build_bundle(bundle: Bundle | str | Path, config: BuildConfig | None = None)
     interactions = pd.read_parquet(inputs["interactions.parquet"])
     sids = pd.read_parquet(inputs["sids.parquet"])
     teacher = Teacher(config.teacher, cache_path=config.teacher.cache_path or bundle.train_dir / "teacher_cache.jsonl")
-    builder = make_builder(catalog, interactions, sids, config, teacher)
+    builder = make_builder(catalog, interactions, sids, config, teacher, Domain(bundle.domain))
     splits = builder.build()
     if not splits["train"]:
         raise DataError("no training samples: users need at least two events with a SID")

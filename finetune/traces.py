@@ -99,8 +99,10 @@ def gather_evidence(
     return ev
 
 
-def template_trace(ev: Evidence) -> str:
-    """A short reasoning paragraph from the evidence (no tags)."""
+def template_trace(ev: Evidence, word: str = "film") -> str:
+    """A short reasoning paragraph from the evidence (no tags); `word` names an item ("film", "product")."""
+    from chatrec.prompts import plural
+
     parts = []
     if ev.liked_genres:
         top = ", ".join(g for g, _ in ev.liked_genres)
@@ -114,12 +116,12 @@ def template_trace(ev: Evidence) -> str:
                      + (f" ({ev.disliked[0].title})." if ev.disliked else "."))
     if ev.shared_genre:
         it, genres = ev.shared_genre[0]
-        parts.append(f"They liked {it.title}, so another {'/'.join(genres)} film fits.")
+        parts.append(f"They liked {it.title}, so another {'/'.join(genres)} {word} fits.")
     if ev.shared_code:
         parts.append(f"{ev.shared_code[0].title} was a hit, so something close to it is a good bet.")
     if ev.same_decade and ev.target.decade is not None:
-        parts.append(f"They enjoy films from the {decade_words(ev.target.decade)}.")
-    cats = "/".join(ev.target.categories[:2]) or "film"
+        parts.append(f"They enjoy {plural(word)} from the {decade_words(ev.target.decade)}.")
+    cats = "/".join(ev.target.categories[:2]) or word
     when = f" from the {decade_words(ev.target.decade)}" if ev.target.decade is not None else ""
     article = "an" if cats[:1].lower() in "aeiou" else "a"
     parts.append(f"I will suggest {article} {cats}{when}.")
@@ -130,22 +132,24 @@ def wrap_think(text: str) -> str:
     return f"{THINK_OPEN}{text.strip()}{THINK_CLOSE}"
 
 
-def explanation(ev: Evidence) -> str:
+def explanation(ev: Evidence, word: str = "film") -> str:
     """One clause after a recommended item: why it fits, from the strongest evidence."""
+    from chatrec.prompts import plural
+
     if ev.shared_genre:
         it, genres = ev.shared_genre[0]
         return f"{'/'.join(genres)} like {it.title}, which you liked"
     if ev.shared_code:
         return f"close to {ev.shared_code[0].title}, which you liked"
     if ev.same_decade and ev.target.decade is not None:
-        return f"from the {decade_words(ev.target.decade)}, like films you enjoyed"
+        return f"from the {decade_words(ev.target.decade)}, like {plural(word)} you enjoyed"
     cats = "/".join(ev.target.categories[:2])
     return f"a well-liked {cats}" if cats else "a popular pick"
 
 
 def taste_summary(history: Sequence[tuple[ItemInfo, str]], *, positive_actions: Sequence[str] = ("like",),
-                  negative_actions: Sequence[str] = ("dislike",), max_words: int = 24) -> str:
+                  negative_actions: Sequence[str] = ("dislike",), max_words: int = 24, word: str = "film") -> str:
     """One line of long-term preferences over a whole history (the serving side calls the same core)."""
     return prompts.taste_summary([(it.categories, it.year, a) for it, a in history],
                                  positive_actions=positive_actions, negative_actions=negative_actions,
-                                 max_words=max_words)
+                                 max_words=max_words, word=word)

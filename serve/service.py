@@ -21,7 +21,7 @@ from typing import Any
 from chatrec.constrained import FilterError
 from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
-from chatrec.prompts import SYSTEM_PROMPT, history_text
+from chatrec.prompts import history_text, plural
 from chatrec.recommender import ENGINES, CostLimits, LimitError, Recommender, UnknownItemError
 from chatrec.tokens import escape_special_tokens, sid_string
 from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, LogFullError, interaction_row
@@ -132,12 +132,6 @@ class ServeConfig:
 LIMITS = ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_tokens", "max_model_len",
           "max_prompt_tokens", "max_beam_tokens", "max_rank_tokens", "max_context_bytes", "feedback_per_minute",
           "max_log_bytes")
-
-
-def _plural(noun: str) -> str:
-    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def _join(words: list[str]) -> str:
@@ -264,7 +258,7 @@ class ChatService:
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": escape_special_tokens(m.text(), tok)} for m in req.messages]
         if messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+            messages.insert(0, {"role": "system", "content": self.rec.domain.system_prompt})
         if events:
             last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
             line = f"History: {history_text(events)}"
@@ -501,7 +495,7 @@ class ChatService:
         if exclude:
             filters["exclude_item_ids"] = exclude
         extra.update(turn="recommendation", filters=filters)
-        plural = _plural(self.domain)
+        many = plural(self.domain)
         liked = [x for x in linked if x.action == pos]
         disliked = [x for x in linked if x.action == neg]
         lines = list(notes)
@@ -514,7 +508,7 @@ class ChatService:
             lines.append("Noted: " + " and ".join(said) + ".")
         if relaxed:
             lines.append(f"Nothing in the catalog passes every filter, so I left out {_join(relaxed)}.")
-        what = (" or ".join(categories) + " " if categories else "") + (plural if len(recs) != 1 else self.domain)
+        what = (" or ".join(categories) + " " if categories else "") + (many if len(recs) != 1 else self.domain)
         when = _years_phrase(years)
         lines.append(f"Here {'is' if len(recs) == 1 else 'are'} {len(recs)} {what}{when} for you:")
         positions = {item_id: i for i, item_id in enumerate(index.ids)}
@@ -538,7 +532,7 @@ class ChatService:
         text = str(self.rec.catalog.iloc[i].get("text") or "")
         if text and not text.startswith(self.index.titles[i]) and not text.startswith(name):
             line += " " + text[:400]
-        return line + f" Ask for more {_plural(self.domain)} like it, and I will find some."
+        return line + f" Ask for more {plural(self.domain)} like it, and I will find some."
 
     def _log_chat(self, meta: dict[str, Any], answer: str, items: list[dict[str, Any]]) -> None:
         """With `--log-chats`: one interaction row per recommended item (action `recommended`),

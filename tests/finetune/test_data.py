@@ -218,3 +218,19 @@ def test_window_shorter_than_one_event_is_refused(tables):
     catalog, inter, sids = tables
     with pytest.raises(ConfigError, match="window-tokens >= 5"):
         build_samples(catalog, inter, sids, BuildConfig(window_tokens=4))
+
+
+def test_a_shop_catalog_trains_on_its_own_words(tmp_path) -> None:
+    """`--domain product`: no movie, film or watch in prompts, requests or traces; movies unchanged."""
+    from chatrec.prompts import MOVIE, SYSTEM_PROMPT, Domain
+    from chatrec.testing import make_tiny_bundle
+    from finetune.data import BuildConfig, build_bundle
+
+    assert MOVIE.system_prompt == SYSTEM_PROMPT and MOVIE.request == "What should I watch next?"
+    bundle = make_tiny_bundle(tmp_path / "shop", n_items=36, domain="product")
+    build_bundle(bundle, BuildConfig(history_len=3))
+    text = (bundle.train_dir / "train.jsonl").read_text().lower()
+    assert "recommender of products" in text and "what should i get next?" in text
+    for word in ("movie", "film", "watch next"):
+        assert word not in text, word
+    assert Domain("book").request == "What should I read next?"
