@@ -242,7 +242,7 @@ def build_app(config: UIConfig, session: ChatSession | None = None) -> gr.Blocks
                 chatbot = gr.Chatbot(label="Chat", height=380, elem_id="chatrec-chat",
                                      feedback_options=None, buttons=["copy"])
                 with gr.Row():
-                    request = gr.Textbox(show_label=False, placeholder="e.g. a funny sci-fi film from the 80s",
+                    request = gr.Textbox(show_label=False, placeholder="e.g. something like the last one I loved, from the 80s",
                                          elem_id="chatrec-input", scale=5, autofocus=True)
                     send = gr.Button("Send", variant="primary", elem_id="chatrec-send", scale=1, min_width=80)
                 with gr.Row():
