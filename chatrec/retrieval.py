@@ -85,14 +85,10 @@ def top_k(
         union = np.unique(np.concatenate(children)) if children else np.empty(0, np.int64)
         if not len(union):
             break
-        lp = logprobs_fn(prompt_ids, [list(p) for p, _ in beams], union.tolist())  # [B, U]
-        col = {int(t): j for j, t in enumerate(union)}
+        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in beams], children, cfg.renormalize)
         cand: list[tuple[tuple[int, ...], float]] = []
         for b, (prefix, score) in enumerate(beams):
-            row = lp[b, [col[int(t)] for t in children[b]]]
-            if cfg.renormalize and len(row):
-                row = row - np.logaddexp.reduce(row)
-            for t, value in zip(children[b], row, strict=True):
+            for t, value in zip(children[b], rows[b], strict=True):
                 cand.append(((*prefix, int(t)), score + float(value)))
         cand.sort(key=lambda c: -c[1])
         beams = cand[: cfg.width]
@@ -111,6 +107,27 @@ def top_k(
     if cfg.fallback and len(results) < cfg.k:
         results.extend(_fallback(trie, kept_per_level, cfg.k - len(results), seen, allowed))
     return results[: cfg.k]
+
+
+def _level_scores(logprobs_fn: LogprobsFn, prompt_ids: Sequence[int], prefixes: Sequence[tuple[int, ...]],
+                  children: Sequence[np.ndarray], renormalize: bool) -> list[np.ndarray]:
+    """Each prefix's score per allowed child, from one batched call for the prefixes that need one.
+
+    Renormalised over a prefix's allowed children, a single child scores log(1) = 0 whatever the
+    model says, so such prefixes are not sent to the model: with SIDs whose last (disambiguation)
+    level is almost always a single code, that saves the last level's whole model call.
+    """
+    rows: list[np.ndarray] = [np.zeros(len(c)) for c in children]
+    ask = [b for b, c in enumerate(children) if len(c) > 1 or (len(c) == 1 and not renormalize)]
+    if not ask:
+        return rows
+    union = np.unique(np.concatenate([children[b] for b in ask]))
+    lp = logprobs_fn(prompt_ids, [list(prefixes[b]) for b in ask], union.tolist())  # [len(ask), U]
+    col = {int(t): j for j, t in enumerate(union)}
+    for i, b in enumerate(ask):
+        row = lp[i, [col[int(t)] for t in children[b]]]
+        rows[b] = row - np.logaddexp.reduce(row) if renormalize else row
+    return rows
 
 
 def best_first(
@@ -160,18 +177,13 @@ def best_first(
         if not group:
             continue
         children = [trie.allowed_next(list(p), node_allowed=node_allowed) for p, _ in group]
-        union = np.unique(np.concatenate(children))
-        if not len(union):
+        if not sum(len(c) for c in children):
             continue
-        lp = logprobs_fn(prompt_ids, [list(p) for p, _ in group], union.tolist())
-        col = {int(t): j for j, t in enumerate(union)}
+        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in group], children, True)
         for b, (prefix, score) in enumerate(group):
             expansions += 1
             expanded.append((prefix, score))
-            row = lp[b, [col[int(t)] for t in children[b]]]
-            if len(row):
-                row = row - np.logaddexp.reduce(row)
-            for t, value in zip(children[b], row, strict=True):
+            for t, value in zip(children[b], rows[b], strict=True):
                 heapq.heappush(heap, (-(score + float(value)), (*prefix, int(t))))
     if config.fallback and len(results) < config.k:
         by_depth: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in range(trie.depth)]

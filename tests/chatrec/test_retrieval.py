@@ -155,3 +155,18 @@ def test_sequence_prompts_align_their_history_to_kv_blocks() -> None:
     for n in range(16, 120):
         e = aligned_events(n, 4, most=63)
         assert e * 4 % 32 == 0 and 56 <= e <= 64 if n >= 63 else n - 7 <= e <= n
+
+
+def test_a_level_of_single_children_costs_no_model_call() -> None:
+    """SIDs whose disambiguation level is one code: renormalised, that level scores 0 without the model."""
+    rng = np.random.default_rng(3)
+    pairs = sorted({(int(rng.integers(10, 14)), int(rng.integers(20, 24))) for _ in range(40)})
+    trie = ItemTrie.from_sequences(np.array([[a, b, 30] for a, b in pairs]), [f"i{k}" for k in range(len(pairs))])
+    calls: list = []
+    got = top_k(fake_logprobs(calls), [1, 40], trie, RetrievalConfig(k=5, beam_width=64))
+    want = brute_force(trie, fake_logprobs([]), [1, 40])[:5]
+    assert [g.item_id for g in got] == [w[0] for w in want]
+    assert len(calls) == trie.depth - 1
+    calls.clear()
+    got = top_k(fake_logprobs(calls), [1, 40], trie, RetrievalConfig(k=5, search="best_first"))
+    assert [g.item_id for g in got] == [w[0] for w in want]
