@@ -118,6 +118,9 @@ class Recommender:
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
+        # off by default: on the 120-minute ML-100k model the aligned history cost 3.4% NDCG@10
+        # (0.0876 vs 0.0907, benchmarks/search_compare.py) for a cheaper vLLM prefix cache
+        self.align_history = False
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -204,7 +207,9 @@ class Recommender:
         positive action), exactly what sequence training saw. Otherwise the chat prompt + `<|sid_begin|>`."""
         if request is None and history:
             every = self.events(history)
-            events = every[len(every) - aligned_events(len(every), self.per_event, self.sequence_events):]
+            keep = aligned_events(len(every), self.per_event, self.sequence_events) if self.align_history \
+                else min(len(every), self.sequence_events)
+            events = every[len(every) - keep:]
             text = sequence_prompt(events, self.positive_actions[0])
             return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
         events, summary = self.window(history)

@@ -85,6 +85,9 @@ class ServeConfig:
         default=None, metadata={"help": "URL of a vLLM OpenAI server serving this bundle's export with the chatrec "
                                         "logits processor: chatrec then runs as a gateway over it (engine `remote`)."})
     upstream_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for the upstream (then 504)."})
+    align_history: bool = field(
+        default=False, metadata={"help": "Align retrieval histories to 32-token KV blocks (cheaper vLLM prefix "
+                                         "cache; cost 3.4% NDCG@10 on ML-100k)."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
 
@@ -189,6 +192,7 @@ class ChatService:
         self.rec = recommender
         recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
         recommender.search = config.search
+        recommender.align_history = config.align_history
         self.created = int(time.time())
         logs = recommender.bundle.logs_dir
         self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)

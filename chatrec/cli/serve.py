@@ -44,6 +44,7 @@ def serve(
                                                                   "loopback and --host (DNS-rebinding guard)."),
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
     search: str = typer.Option("beam", "--search", help=_help("search")),
+    align_history: bool = typer.Option(False, "--align-history", help=_help("align_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
 ) -> None:
@@ -71,7 +72,7 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure, search=search, upstream=upstream, upstream_timeout=upstream_timeout)
+                         insecure=insecure, search=search, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout)
     from serve.server import run
 
     run(config)

@@ -61,9 +61,10 @@ class VLLMEngine:
             model=str(self.model_dir), dtype=llm_dtype,
             max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
             logits_processors=[ChatrecLogitsProcessor], max_num_seqs=max_num_seqs,
-            # small KV blocks: prefix caching reuses whole blocks only, and retrieval prompts align
-            # their history to PROMPT_BLOCK tokens (chatrec.recommender.aligned_events); the CPU
-            # backend's default of 128 would leave up to 127 prompt tokens to recompute per beam
+            # small KV blocks: prefix caching reuses whole blocks only, so each beam recomputes the
+            # prompt's partial last block; the CPU backend's default of 128 would make that up to
+            # 127 tokens per beam. `chatrec serve --align-history` also aligns the history itself
+            # (chatrec.recommender.aligned_events), at a measured cost in quality.
             block_size=PROMPT_BLOCK,
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )
