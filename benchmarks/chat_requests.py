@@ -15,15 +15,12 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,24 +50,12 @@ ATTACKS = [
 ]
 
 
-def start(bundle: Path, engine: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("CHATREC_API_KEY", None)
-    log = open(REPO / "benchmarks" / "results" / f"chat_server_{engine}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "chatrec", "serve", "--bundle", str(bundle), "--engine", engine,
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit("server did not start")
+def start(bundle: Path, engine: str, port: int) -> Any:
+    """`chatrec serve` as a subprocess (ui.local_server.LocalServer), healthy when this returns."""
+    from ui.local_server import LocalServer
+
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env).start()
 
 
 def main() -> None:
@@ -120,8 +105,7 @@ def main() -> None:
                             "all_real": all(it["item_id"] in cats for it in items),
                             "answer": (r.choices[0].message.content or "")[:300]})
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.stop()
     n_items = sum(r["items"] for r in rows)
     summary = {
         "requests": len(rows), "answers_with_items": sum(1 for r in rows if r["items"] >= 1),

@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,24 +44,12 @@ def histories(bundle: Path, n: int) -> list[list[dict[str, str]]]:
                                                                    strict=True)][-120:] for u in users]
 
 
-def serve(bundle: Path, engine: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("CHATREC_API_KEY", None)
-    log = open(RESULTS / f"retrieval_server_{engine}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "chatrec", "serve", "--bundle", str(bundle), "--engine", engine,
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{engine} server exited; see {log.name}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"{engine} server did not start")
+def serve(bundle: Path, engine: str, port: int) -> Any:
+    """`chatrec serve` as a subprocess (ui.local_server.LocalServer), healthy when this returns."""
+    from ui.local_server import LocalServer
+
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env).start()
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -108,8 +94,7 @@ def bench_http(bundle: Path, engine: str, hists: list[list[dict[str, str]]], por
                        ratio_p50=round(statistics.median(lat) / statistics.median(pre), 2),
                        c16_p50_ms=pct(conc, 50), c16_p99_ms=pct(conc, 99), c16_qps=round(len(conc) / wall, 2))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        proc.stop()
     return out
 
 

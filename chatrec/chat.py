@@ -142,6 +142,7 @@ class CatalogIndex:
     def __init__(self, catalog: pd.DataFrame, *, positive_action: str = "like", negative_action: str = "dislike",
                  threshold: float = 86.0):
         self.ids = catalog["item_id"].astype(str).tolist()
+        self.position = {item_id: i for i, item_id in enumerate(self.ids)}
         self.titles = catalog["title"].astype(str).tolist()
         shown = [display_title(t) for t in self.titles]
         self.names = [_norm(name) for name, _ in shown]

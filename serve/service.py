@@ -255,9 +255,11 @@ class ChatService:
             raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
         return opts, max_tokens, events, (allowed, tuple(exclude))
 
-    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], GenerationParams, dict[str, Any]]:
+    def _prepare_chat(self, req: ChatCompletionRequest, checked: tuple[Any, int, list[Any], Any]
+                      ) -> tuple[list[int], GenerationParams, dict[str, Any]]:
+        """The model's prompt and sampling for a turn that passed `_check_chat` (`checked`)."""
         cfg = self.config
-        opts, max_tokens, events, (allowed, exclude) = self._check_chat(req)
+        opts, max_tokens, events, (allowed, exclude) = checked
         tok = self.rec.engine.tokenizer  # a client's words: special tokens typed in them stay text
         messages = [{"role": "system" if m.role == "developer" else m.role,
                      "content": escape_special_tokens(m.text(), tok)} for m in req.messages]
@@ -325,7 +327,8 @@ class ChatService:
         yield "length" if n >= params.max_tokens else "stop"
 
     def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        served = self._served_turn(req)
+        checked = self._check_chat(req)
+        served = self._served_turn(req, checked[0])
         if served is not None:
             text, items, extra, n_prompt = served
             self._log_chat({"user_id": self._user(req), "messages": self._client_messages(req)}, text, items)
@@ -337,7 +340,7 @@ class ChatService:
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
                 "chatrec": {"items": items, **extra},
             }
-        prompt, params, meta = self._prepare_chat(req)
+        prompt, params, meta = self._prepare_chat(req, checked)
         renderer = self._renderer(meta)
         finish = "stop"
         for step in self._steps(prompt, params):
@@ -362,10 +365,11 @@ class ChatService:
 
     def chat_stream(self, req: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
         """Chunks of `chat.completion.chunk`; the last carries `finish_reason` and `chatrec.items`."""
-        served = self._served_turn(req)
+        checked = self._check_chat(req)
+        served = self._served_turn(req, checked[0])
         if served is not None:
             return self._stream_served(req, *served)
-        prompt, params, meta = self._prepare_chat(req)
+        prompt, params, meta = self._prepare_chat(req, checked)
         return self._stream(req, prompt, params, meta)
 
     def _stream_served(self, req: ChatCompletionRequest, text: str, items: list[dict[str, Any]],
@@ -424,13 +428,12 @@ class ChatService:
     def _client_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.text()} for m in req.messages]
 
-    def _served_turn(self, req: ChatCompletionRequest
+    def _served_turn(self, req: ChatCompletionRequest, opts: Any
                      ) -> tuple[str, list[dict[str, Any]], dict[str, Any], int] | None:
         """(text, items, chatrec extras, prompt tokens) of a turn the server answers by retrieval or
         from the catalog, or None for a turn the model writes (see `chatrec.chat`)."""
         from chatrec.chat import SMALL_TALK, understand
 
-        opts, _, _, _ = self._check_chat(req)
         if opts.mode != "auto" or not opts.constrained or opts.start_with_item:
             return None
         users = [m.text() for m in req.messages if m.role == "user"]
@@ -515,7 +518,7 @@ class ChatService:
         what = (" or ".join(categories) + " " if categories else "") + (many if len(recs) != 1 else self.domain)
         when = _years_phrase(years)
         lines.append(f"Here {'is' if len(recs) == 1 else 'are'} {len(recs)} {what}{when} for you:")
-        positions = {item_id: i for i, item_id in enumerate(index.ids)}
+        positions = index.position
         liked_idx = [positions[i] for i, a in history if a == pos and i in positions]
         items = []
         for n, r in enumerate(recs, 1):
@@ -529,7 +532,7 @@ class ChatService:
         """A few facts about one catalog item, from its row."""
         from chatrec.chat import display_title, shown
 
-        i = self.index.ids.index(item_id)
+        i = self.index.position[item_id]
         name, _ = display_title(self.index.titles[i])
         cats = [c for c in self.index.categories[i] if c.lower() != "unknown"]
         line = f"{shown(self.index.titles[i])}: " + (f"{', '.join(cats)}." if cats else f"a {self.domain} in the catalog.")

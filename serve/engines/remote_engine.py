@@ -18,6 +18,7 @@ An unreachable upstream is a 502 and a slow one a 504 (`UpstreamError`), answere
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -74,17 +75,23 @@ class RemoteEngine:
             self._model = str(data["data"][0]["id"])
         return self._model
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    @contextlib.contextmanager
+    def _transport(self) -> Iterator[None]:
+        """httpx failures as `UpstreamError`: a timeout is a 504, anything else a 502."""
         import httpx
 
         try:
-            r = self._http.request(method, self.url + path, json=body)
+            yield
         except httpx.TimeoutException:
             raise UpstreamError(f"the upstream vLLM server at {self.url} did not answer within {self.timeout:.0f} s",
                                 504) from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"the upstream vLLM server at {self.url} is unreachable ({exc.__class__.__name__})"
                                 ) from None
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        with self._transport():
+            r = self._http.request(method, self.url + path, json=body)
         if r.status_code >= 400:
             raise _upstream_status(r.status_code, r.text)
         return r.json()
@@ -117,8 +124,6 @@ class RemoteEngine:
         return out
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
-        import httpx
-
         body: dict[str, Any] = {
             "model": self.model, "prompt": [int(t) for t in prompt_ids], "max_tokens": params.max_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "stream": True, "logprobs": 1,
@@ -135,28 +140,21 @@ class RemoteEngine:
             if params.categories is not None:
                 xargs["chatrec_categories"] = list(params.categories)
             body["vllm_xargs"] = xargs
-        try:
-            with self._http.stream("POST", self.url + "/completions", json=body) as r:
-                if r.status_code >= 400:
-                    raise _upstream_status(r.status_code, r.read().decode("utf-8", "replace"))
-                for line in r.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if "error" in chunk:
-                        raise UpstreamError(f"the upstream vLLM server failed: {chunk['error']}")
-                    for choice in chunk.get("choices", []):
-                        lp = choice.get("logprobs") or {}
-                        for key, value in zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False):
-                            tid = _token_id(key)
-                            if tid is not None:
-                                yield TokenStep(tid, float("nan") if value is None else float(value))
-        except httpx.TimeoutException:
-            raise UpstreamError(f"the upstream vLLM server at {self.url} did not answer within {self.timeout:.0f} s",
-                                504) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"the upstream vLLM server at {self.url} is unreachable ({exc.__class__.__name__})"
-                                ) from None
+        with self._transport(), self._http.stream("POST", self.url + "/completions", json=body) as r:
+            if r.status_code >= 400:
+                raise _upstream_status(r.status_code, r.read().decode("utf-8", "replace"))
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise UpstreamError(f"the upstream vLLM server failed: {chunk['error']}")
+                for choice in chunk.get("choices", []):
+                    lp = choice.get("logprobs") or {}
+                    for key, value in zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False):
+                        tid = _token_id(key)
+                        if tid is not None:
+                            yield TokenStep(tid, float("nan") if value is None else float(value))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
         return [[s.token_id for s in self.generate(p, params)] for p in prompts]
