@@ -1,5 +1,7 @@
 """Attacks on a real `chatrec serve` (both engines where they apply): each gets a 4xx, the server
-stays up and answers a normal request afterwards, and its peak RSS stays under 2 GiB.
+stays up and answers a normal request afterwards, and the attacks raise its peak RSS by less than
+512 MiB above the warmed-up server (one of them, unbounded, would take ~40 GB). The bound is on the
+growth, not the total, because the total depends on the machine's vLLM build and KV-cache setting.
 
 The server runs with small limits so that every bound is reachable with small requests.
 """
@@ -20,7 +22,7 @@ from tests.serve.conftest import ADMIN_KEY, ENGINES, RemoteServer, free_port
 
 LIMITS = ["--max-prompt-tokens", "400", "--max-beam-tokens", "6000", "--max-rank-tokens", "3000",
           "--max-context-bytes", "512", "--feedback-per-minute", "60", "--max-log-bytes", "4000"]
-MAX_RSS = 2 << 30
+MAX_GROWTH = 512 << 20
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -33,19 +35,24 @@ def srv(request: pytest.FixtureRequest, serve_bundle: Path, tmp_path_factory: py
     server = RemoteServer(bundle, request.param, "--admin-key", ADMIN_KEY, *LIMITS)
     server.bundle = bundle  # type: ignore[attr-defined]
     server.engine = request.param  # type: ignore[attr-defined]
+    still_serves(server)  # warm: first-request allocations are not the attacks' doing
+    before = proc_status(server.proc.pid, "VmRSS")
+    Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
     yield server
-    peak = peak_rss(server.proc.pid)
+    peak = proc_status(server.proc.pid, "VmHWM")
     alive = server.proc.poll() is None
     server.stop()
+    print(f"\n{request.param}: attacks raised peak RSS by {(peak - before) / 2**20:.0f} MiB")
     assert alive, "the server died during the attacks"
-    assert peak < MAX_RSS, f"server peak RSS {peak / 2**30:.2f} GiB >= 2 GiB"
+    assert peak - before < MAX_GROWTH, \
+        f"the attacks raised peak RSS by {(peak - before) / 2**20:.0f} MiB (from {before / 2**30:.2f} GiB)"
 
 
-def peak_rss(pid: int) -> int:
+def proc_status(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def post(srv: RemoteServer, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
