@@ -199,12 +199,35 @@ class TransformersEngine:
 
     # generation ------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
+        """One prompt (a chat turn), decoded on its cached prompt: a chat's next turn, whose prompt
+        extends the last one, computes only its new tokens (`_prefix`); the cache is cropped back to
+        the prompt afterwards, also when the caller stops reading."""
+        import torch
+
         with self._lock:
-            for step in self._decode([list(prompt_ids)], params):
-                tok = step[0]
-                if tok is None:
-                    return
-                yield tok
+            processor, gen, stops = self._decoding(params)
+            n, cache, last = self._prefix(prompt_ids)
+            seqs = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+            head = self.model.get_output_embeddings()
+            hidden = last[None]  # [1, H]
+            try:
+                with torch.inference_mode():
+                    for i in range(params.max_tokens):
+                        logits = head(hidden).float()  # [1, V]
+                        raw = torch.log_softmax(logits, dim=-1)
+                        if processor is not None:
+                            logits = processor(seqs, logits)
+                        nxt = _sample(logits, params, gen)  # [1]
+                        tok = int(nxt[0])
+                        yield TokenStep(tok, float(raw[0, tok]))
+                        if tok in stops or i + 1 == params.max_tokens:
+                            return
+                        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+                        out = self._base()(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                                           position_ids=torch.as_tensor([[n + i]], device=self.device))
+                        hidden = out.last_hidden_state[:, -1]
+            finally:
+                cache.crop(n)  # back to the prompt alone, as the LRU keeps it
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
         outs: list[list[int]] = [[] for _ in prompts]
@@ -215,8 +238,8 @@ class TransformersEngine:
                         outs[b].append(tok.token_id)
         return outs
 
-    def _decode(self, prompts: list[list[int]], params: GenerationParams) -> Iterator[list[TokenStep | None]]:
-        """Batched left-padded decode loop; yields each step's token per row (None once finished)."""
+    def _decoding(self, params: GenerationParams) -> tuple[SpanLogitsProcessor | None, Any, set[int]]:
+        """(span processor or None, seeded generator, stop ids) of one generation request."""
         import torch
 
         if params.constrained and self.core is None:
@@ -227,13 +250,20 @@ class TransformersEngine:
         else:
             gen.seed()
         stops = set(params.stop_token_ids) if params.ignore_eos else set(self.eos_ids) | set(params.stop_token_ids)
+        processor = SpanLogitsProcessor(self.core, params.allowed_items) if params.constrained else None  # type: ignore[arg-type]
+        return processor, gen, stops
+
+    def _decode(self, prompts: list[list[int]], params: GenerationParams) -> Iterator[list[TokenStep | None]]:
+        """Batched left-padded decode loop; yields each step's token per row (None once finished)."""
+        import torch
+
+        processor, gen, stops = self._decoding(params)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=self.device)
         mask = torch.zeros_like(ids)
         for b, p in enumerate(prompts):
             ids[b, width - len(p):] = torch.as_tensor(p)
             mask[b, width - len(p):] = 1
-        processor = SpanLogitsProcessor(self.core, params.allowed_items) if params.constrained else None  # type: ignore[arg-type]
         done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
         seqs = ids
         past = None

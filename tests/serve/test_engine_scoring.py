@@ -86,3 +86,35 @@ def test_prompt_caches_are_reused_extended_and_bounded(engine: TransformersEngin
     for start in (100, 200, 300):
         engine.next_token_logprobs(list(range(start, start + 50)), [[]], [5])
     assert sum(len(k) for k in engine._prefixes) <= 120
+
+
+def test_chat_generation_reuses_the_cached_prompt_and_leaves_it_intact(engine: TransformersEngine, monkeypatch) -> None:
+    """A chat turn decodes on the LRU's prompt cache: the same tokens as the batched decode without
+    it, a next turn computes only its new prompt tokens, and a stopped stream leaves the cache whole."""
+    from chatrec.engine import GenerationParams
+
+    params = GenerationParams(max_tokens=6, constrained=False, ignore_eos=True)
+    turn1 = list(range(10, 60))
+    want1 = engine.generate_batch([turn1], params)[0]  # the uncached batched path
+    calls: list[int] = []
+    base = engine._base()
+    orig = base.forward
+
+    def counting(*args, **kwargs):
+        calls.append(int(kwargs["input_ids"].shape[1]))
+        return orig(*args, **kwargs)
+
+    monkeypatch.setattr(base, "forward", counting)
+    assert [t.token_id for t in engine.generate(turn1, params)] == want1
+    assert calls == [50] + [1] * 5  # the prompt once, then one token per step
+    turn2 = turn1 + want1 + [70, 71]  # the next turn extends the first prompt
+    calls.clear()
+    got2 = [t.token_id for t in engine.generate(turn2, params)]
+    assert calls[0] == len(want1) + 2  # only the reply and the new words are computed
+    monkeypatch.setattr(base, "forward", orig)
+    assert got2 == engine.generate_batch([turn2], params)[0]
+    stream = engine.generate(turn2, params)
+    next(stream)
+    stream.close()  # the client went away after one token
+    n, cache, _ = engine._prefix(turn2)
+    assert n == len(turn2) and cache.get_seq_length() == len(turn2)
