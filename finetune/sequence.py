@@ -60,6 +60,8 @@ class SequenceConfig:
     rows_steps: int = field(default=30, metadata={"help": "First steps that train the added rows alone (trunk frozen)."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the kept layers."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the input embeddings, the attention weights and the "
+                                                          "final hidden states while training, in [0, 1)."})
     batch_size: int = field(default=16, metadata={"help": "Sequence windows per step."})
     chat_share: float = field(default=0.1, metadata={"help": "Share of steps that train on chat conversations (train.jsonl), in [0, 1)."})
     chat_batch_size: int = field(default=4, metadata={"help": "Conversations per chat step."})
@@ -89,6 +91,10 @@ class SequenceConfig:
         for name in ("rows_steps", "warmup_steps", "eval_users"):
             if getattr(self, name) < 0:
                 problems.append(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"`dropout` must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0:
+            problems.append(f"`weight_decay` must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.chat_share < 1.0:
             problems.append(f"`chat_share` must be in [0, 1), got {self.chat_share}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -162,11 +168,15 @@ class RowsModel:
     Requires the added tokens to be the last ids of the vocabulary (as `tokenizer extend` makes them).
     """
 
-    def __init__(self, model: Any, first_new_id: int):
+    def __init__(self, model: Any, first_new_id: int, dropout: float = 0.0):
         import torch
 
         self.model = model
         self.first = first_new_id
+        self.dropout = dropout  # SASRec-style regularisation: embeddings, attention weights, output states
+        for layer in getattr(model.model, "layers", ()):
+            if hasattr(layer.self_attn, "attention_dropout"):  # Llama-family attention reads it when training
+                layer.self_attn.attention_dropout = dropout
         emb = model.get_input_embeddings().weight  # [V, H]
         self.base_rows = emb[:first_new_id].detach()
         self.new_rows = torch.nn.Parameter(emb[first_new_id:].detach().clone())  # [N, H]
@@ -189,8 +199,12 @@ class RowsModel:
         return torch.where(is_new.unsqueeze(-1), new, base)  # [B, T, H]
 
     def hidden(self, ids: Any, attention_mask: Any) -> Any:
-        out = self.model.model(inputs_embeds=self.embed(ids), attention_mask=attention_mask)
-        return out.last_hidden_state  # [B, T, H]
+        import torch.nn.functional as F
+
+        training = self.model.training and self.dropout > 0
+        x = F.dropout(self.embed(ids), self.dropout, training)
+        out = self.model.model(inputs_embeds=x, attention_mask=attention_mask)
+        return F.dropout(out.last_hidden_state, self.dropout, training)  # [B, T, H]
 
     def logits(self, h: Any, full: bool) -> Any:
         import torch
@@ -355,7 +369,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
                           "re-run `chatrec tokenizer extend`")
     layers = truncate_layers(model, cfg.keep_layers)
     model.to(device)
-    rm = RowsModel(model, first)
+    rm = RowsModel(model, first, cfg.dropout)
     rm.new_rows.data = rm.new_rows.data.to(device)
     windows = tokenize_windows(read_jsonl(seq_path), tokenizer, set(new_ids), str(seq_path))
     if not windows:
