@@ -135,3 +135,24 @@ def test_overfits_twenty_examples(tmp_path):
     rows = read_jsonl(b.train_dir / "train.jsonl")[:20]
     metrics = evaluate(model, tok, token_map, b, rows, k=10, exclude_history=False)
     assert metrics["hr@10"] >= 0.9, metrics
+
+
+def test_dropout_is_active_while_training_only() -> None:
+    import torch
+
+    from chatrec.errors import ConfigError
+    from chatrec.testing import smollm2_tokenizer, tiny_llama
+    from finetune.sequence import RowsModel, SequenceConfig
+
+    with pytest.raises(ConfigError, match="dropout"):
+        SequenceConfig(dropout=1.0)
+    tok = smollm2_tokenizer()
+    model = tiny_llama(tok, layers=2)
+    rm = RowsModel(model, first_new_id=len(tok) - 8, dropout=0.5)
+    assert all(layer.self_attn.attention_dropout == 0.5 for layer in model.model.layers)
+    ids = torch.arange(10, 30)[None]
+    attn = torch.ones_like(ids)
+    model.train()
+    assert not torch.equal(rm.hidden(ids, attn), rm.hidden(ids, attn))  # a fresh mask per call
+    model.eval()
+    assert torch.equal(rm.hidden(ids, attn), rm.hidden(ids, attn))
