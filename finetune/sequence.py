@@ -63,6 +63,9 @@ class SequenceConfig:
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the input embeddings, the attention weights and the "
                                                           "final hidden states while training, in [0, 1)."})
     batch_size: int = field(default=16, metadata={"help": "Sequence windows per step."})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "Windows per forward/backward pass "
+                                         "(gradients accumulate over the batch; smaller needs less activation memory, "
+                                         "same update). None = the whole batch."})
     chat_share: float = field(default=0.1, metadata={"help": "Share of steps that train on chat conversations (train.jsonl), in [0, 1)."})
     chat_batch_size: int = field(default=4, metadata={"help": "Conversations per chat step."})
     chat_max_tokens: int = field(default=384, metadata={"help": "Chat conversations are cut to this many tokens."})
@@ -88,6 +91,8 @@ class SequenceConfig:
         for name in ("batch_size", "chat_batch_size", "chat_max_tokens", "eval_k"):
             if getattr(self, name) < 1:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            problems.append(f"`micro_batch_size` must be >= 1 or None, got {self.micro_batch_size}")
         for name in ("rows_steps", "warmup_steps", "eval_users"):
             if getattr(self, name) < 0:
                 problems.append(f"`{name}` must be >= 0, got {getattr(self, name)}")
@@ -277,6 +282,26 @@ def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, 
     return F.cross_entropy(logits, target), int(target.numel())
 
 
+def sequence_backward(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str,
+                      micro_batch_size: int | None = None, autocast: Any = None) -> tuple[Any, int]:
+    """`sequence_loss` of `windows`, back-propagated in micro-batches of `micro_batch_size` windows:
+    each part weighted by its share of the targets, so the gradient is the whole batch's (less
+    activation memory at once). Returns (the batch's mean loss, detached; targets)."""
+    import contextlib
+
+    import torch
+
+    n_targets = sum(len(w) - 1 for w in windows)
+    size = micro_batch_size or len(windows)
+    total = torch.zeros(())
+    for i in range(0, len(windows), size):
+        with autocast if autocast is not None else contextlib.nullcontext():
+            part_loss, part_targets = sequence_loss(rm, windows[i:i + size], pad_id, device)
+        (part_loss * (part_targets / n_targets)).backward()
+        total = total + part_loss.detach().float().cpu() * (part_targets / n_targets)
+    return total, n_targets
+
+
 def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str) -> tuple[Any, int]:
     """Cross-entropy over the full vocabulary at the assistant tokens of rendered conversations."""
     import torch.nn.functional as F
@@ -433,16 +458,17 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * factor
             kind = "chat" if chat_rows is not None and rng.random() < cfg.chat_share else "sequence"
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                if kind == "chat":
-                    batch = [chat_row(rng) for _ in range(cfg.chat_batch_size)]
+            autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+            if kind == "chat":
+                batch = [chat_row(rng) for _ in range(cfg.chat_batch_size)]
+                with autocast:
                     loss, n_targets = chat_loss(rm, batch, pad_id, device)
-                    n_tokens = sum(len(r) for r in batch)
-                else:
-                    batch_w = [windows[next(order)] for _ in range(cfg.batch_size)]
-                    loss, n_targets = sequence_loss(rm, batch_w, pad_id, device)
-                    n_tokens = sum(len(w) for w in batch_w)
-            loss.backward()
+                loss.backward()
+                n_tokens = sum(len(r) for r in batch)
+            else:
+                batch_w = [windows[next(order)] for _ in range(cfg.batch_size)]
+                loss, n_targets = sequence_backward(rm, batch_w, pad_id, device, cfg.micro_batch_size, autocast)
+                n_tokens = sum(len(w) for w in batch_w)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

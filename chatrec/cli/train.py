@@ -108,6 +108,8 @@ def finetune_cmd(
     chat_share: float = typer.Option(None, "--chat-share", help="sequence: " + _help(SequenceConfig, "chat_share")),
     rows_lr: float = typer.Option(None, "--rows-lr", help="sequence: " + _help(SequenceConfig, "rows_learning_rate")),
     rows_steps: int = typer.Option(None, "--rows-steps", help="sequence: " + _help(SequenceConfig, "rows_steps")),
+    micro_batch_size: int = typer.Option(None, "--micro-batch-size",
+                                         help="sequence: " + _help(SequenceConfig, "micro_batch_size")),
     dropout: float = typer.Option(None, "--dropout", help="sequence: " + _help(SequenceConfig, "dropout")),
     weight_decay: float = typer.Option(None, "--weight-decay", help="sequence: " + _help(SequenceConfig, "weight_decay")),
     resume: bool = typer.Option(False, "--resume", help="lora: continue from the latest checkpoint in BUNDLE/checkpoints."),
@@ -158,7 +160,7 @@ def finetune_cmd(
 
         seq = {"keep_layers": keep_layers, "max_minutes": max_minutes, "chat_share": chat_share,
                "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "max_steps": max_steps, "epochs": epochs,
-               "dropout": dropout, "weight_decay": weight_decay,
+               "dropout": dropout, "weight_decay": weight_decay, "micro_batch_size": micro_batch_size,
                "batch_size": batch_size, "learning_rate": lr, "warmup_steps": warmup_steps,
                "eval_users": eval_users, "seed": seed, "num_threads": threads,
                "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None}

@@ -156,3 +156,28 @@ def test_dropout_is_active_while_training_only() -> None:
     assert not torch.equal(rm.hidden(ids, attn), rm.hidden(ids, attn))  # a fresh mask per call
     model.eval()
     assert torch.equal(rm.hidden(ids, attn), rm.hidden(ids, attn))
+
+
+def test_micro_batches_give_the_whole_batch_gradient() -> None:
+    import torch
+
+    from chatrec.testing import smollm2_tokenizer, tiny_llama
+    from finetune.sequence import RowsModel, sequence_backward
+
+    tok = smollm2_tokenizer()
+    first = len(tok) - 8
+    rng = torch.Generator().manual_seed(0)
+    windows = [torch.randint(first, len(tok), (n,), generator=rng).tolist() for n in (9, 4, 12, 7, 2)]
+    grads, losses = [], []
+    for micro in (None, 2, 1):
+        torch.manual_seed(0)
+        rm = RowsModel(tiny_llama(tok, layers=2), first)
+        for p in rm.trunk:
+            p.requires_grad_(True)
+        loss, n = sequence_backward(rm, windows, pad_id=0, device="cpu", micro_batch_size=micro)
+        assert n == sum(len(w) - 1 for w in windows)
+        grads.append(torch.cat([rm.new_rows.grad.flatten(), rm.trunk[0].grad.flatten()]))
+        losses.append(float(loss))
+    for g, value in zip(grads[1:], losses[1:], strict=True):
+        torch.testing.assert_close(g, grads[0], atol=1e-5, rtol=1e-4)
+        assert abs(value - losses[0]) < 1e-5
