@@ -111,6 +111,8 @@ def finetune_cmd(
     micro_batch_size: int = typer.Option(None, "--micro-batch-size",
                                          help="sequence: " + _help(SequenceConfig, "micro_batch_size")),
     dropout: float = typer.Option(None, "--dropout", help="sequence: " + _help(SequenceConfig, "dropout")),
+    attention_dropout: float = typer.Option(None, "--attention-dropout",
+                                            help="sequence: " + _help(SequenceConfig, "attention_dropout")),
     weight_decay: float = typer.Option(None, "--weight-decay", help="sequence: " + _help(SequenceConfig, "weight_decay")),
     resume: bool = typer.Option(False, "--resume", help="lora: continue from the latest checkpoint in BUNDLE/checkpoints."),
     max_steps: int = typer.Option(None, "--max-steps", help=_help(FinetuneConfig, "max_steps")),
@@ -160,7 +162,8 @@ def finetune_cmd(
 
         seq = {"keep_layers": keep_layers, "max_minutes": max_minutes, "chat_share": chat_share,
                "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "max_steps": max_steps, "epochs": epochs,
-               "dropout": dropout, "weight_decay": weight_decay, "micro_batch_size": micro_batch_size,
+               "dropout": dropout, "attention_dropout": attention_dropout, "weight_decay": weight_decay,
+               "micro_batch_size": micro_batch_size,
                "batch_size": batch_size, "learning_rate": lr, "warmup_steps": warmup_steps,
                "eval_users": eval_users, "seed": seed, "num_threads": threads,
                "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None}

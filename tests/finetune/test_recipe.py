@@ -148,8 +148,10 @@ def test_dropout_is_active_while_training_only() -> None:
         SequenceConfig(dropout=1.0)
     tok = smollm2_tokenizer()
     model = tiny_llama(tok, layers=2)
-    rm = RowsModel(model, first_new_id=len(tok) - 8, dropout=0.5)
-    assert all(layer.self_attn.attention_dropout == 0.5 for layer in model.model.layers)
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        SequenceConfig(attention_dropout=-0.1)
+    rm = RowsModel(model, first_new_id=len(tok) - 8, dropout=0.5, attention_dropout=0.25)
+    assert all(layer.self_attn.attention_dropout == 0.25 for layer in model.model.layers)
     ids = torch.arange(10, 30)[None]
     attn = torch.ones_like(ids)
     model.train()
