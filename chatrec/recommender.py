@@ -281,23 +281,20 @@ MAX_DROPPED = 7  # never drop more of the oldest events than this to align
 
 
 def aligned_events(n_events: int, per_event: int, most: int | None = None, block: int = PROMPT_BLOCK) -> int:
-    """How many of the most recent `n_events` a sequence prompt keeps (at most about `most`).
+    """How many of the most recent `n_events` (at most `most`) a sequence prompt keeps.
 
     vLLM's prefix cache holds whole KV blocks only. A history that fills whole `block`-token blocks
     is cached in full by the first retrieval level, and each beam of the next levels then computes
     just the asked action and its own codes, not the history's partial last block again per beam.
-    So a history of at least `MIN_ALIGNED` tokens is rounded to whole blocks: up by a few older
-    events where the user has them (at most one block past `most`), else down, dropping at most
-    `MAX_DROPPED` of the oldest. Short histories, and event sizes that align only in large steps
-    (3-token events: 32 at a time), keep every event.
+    So a history of at least `MIN_ALIGNED` tokens is rounded *down* to whole blocks, dropping at most
+    `MAX_DROPPED` of the oldest events. Never up: a prompt longer than the training windows costs
+    quality (measured: rounding 63 events up to 64 lost 3.4% NDCG@10). Short histories, and event
+    sizes that align only in large steps (3-token events: 32 at a time), keep every event.
     """
     e = n_events if most is None else min(n_events, most)
     per_block = block // math.gcd(block, per_event)  # events whose tokens fill whole blocks
-    if e * per_event < MIN_ALIGNED or per_block > MAX_DROPPED + 1 or e % per_block == 0:
+    if e * per_event < MIN_ALIGNED or per_block > MAX_DROPPED + 1:
         return e
-    up = e + per_block - e % per_block
-    if up <= n_events and (most is None or (up - most) * per_event <= block):
-        return up
     return e - e % per_block
 
 

@@ -61,10 +61,17 @@ class VLLMEngine:
             model=str(self.model_dir), dtype=llm_dtype,
             max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
             logits_processors=[ChatrecLogitsProcessor], max_num_seqs=max_num_seqs,
-            # small KV blocks: prefix caching reuses whole blocks only, so each beam recomputes the
-            # prompt's partial last block; the CPU backend's default of 128 would make that up to
-            # 127 tokens per beam. `chatrec serve --align-history` also aligns the history itself
-            # (chatrec.recommender.aligned_events), at a measured cost in quality.
+            # Retrieval on this vLLM version: one request per beam, all of a level submitted at
+            # once, so the scheduler runs them as one batched step over the cached prompt. Why
+            # this is the fastest correct way here: v1 has no public way to fork a running
+            # request's KV cache (`n > 1` and `LLM.beam_search` are also one request per
+            # sequence), and a logits processor sees logits, never hidden states, so it cannot
+            # score beams that are not in the batch. What is left to waste is the prompt's
+            # partial last block, which prefix caching (whole blocks only) recomputes per beam.
+            # Hence the smallest block the CPU attention kernels take (32; the backend's default
+            # is 128), and histories rounded down to whole blocks (`--align-history`, auto-on for
+            # this engine; chatrec.recommender.aligned_events): each beam then computes only the
+            # asked action and its own codes.
             block_size=PROMPT_BLOCK,
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )

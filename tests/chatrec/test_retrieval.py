@@ -148,13 +148,14 @@ def test_best_first_runs_out_of_expansions_and_still_fills_k() -> None:
 def test_sequence_prompts_align_their_history_to_kv_blocks() -> None:
     from chatrec.recommender import aligned_events
 
-    assert aligned_events(200, 4, most=63) == 64  # up to 256 tokens with one older event
-    assert aligned_events(60, 4, most=63) == 56  # no older events to add: 3 oldest dropped
+    assert aligned_events(200, 4, most=63) == 56  # 63 events of a long history: 7 oldest dropped
+    assert aligned_events(60, 4, most=63) == 56  # 4 oldest dropped
+    assert aligned_events(64, 4, most=80) == 64  # already whole blocks
     assert aligned_events(10, 4, most=63) == 10  # 40 tokens: short, kept whole
     assert aligned_events(85, 3, most=85) == 85  # aligning 3-token events would drop up to 31: not done
     for n in range(16, 120):
         e = aligned_events(n, 4, most=63)
-        assert e * 4 % 32 == 0 and 56 <= e <= 64 if n >= 63 else n - 7 <= e <= n
+        assert e * 4 % 32 == 0 and max(0, min(n, 63) - 7) <= e <= min(n, 63)  # never past the window
 
 
 def test_a_level_of_single_children_costs_no_model_call() -> None:
