@@ -43,6 +43,30 @@ def completion(url: str, body: dict) -> list[str]:
     return r.json()["choices"][0]["logprobs"]["tokens"]
 
 
+def test_gateway_scores_equal_the_in_process_engine(bundle: Path, plugged: StockVLLM) -> None:
+    """Retrieval through the upstream's API gives the in-process transformers engine's items and
+    scores, within float tolerance (both float32 on CPU)."""
+    from chatrec.recommender import Recommender
+
+    history = [{"item_id": f"m{i}", "action": "like" if i % 3 else "dislike"} for i in range(20)]
+    gateway = RemoteServer(bundle, "remote", "--upstream", plugged.url, "--align-history", "on",
+                           api_key=None, log=bundle.parent / "gateway-scores.log")
+    try:
+        r = httpx.post(gateway.url + "/v1/recommendations", json={"history": history, "k": 5}, timeout=120)
+        assert r.status_code == 200, r.text
+        got = [(it["item_id"], it["score"]) for it in r.json()["items"]]
+    finally:
+        gateway.stop()
+    rec = Recommender.from_bundle(bundle, engine="transformers")
+    rec.align_history = True
+    try:
+        want = rec.recommend([(h["item_id"], h["action"]) for h in history], k=5)
+    finally:
+        rec.close()
+    assert [i for i, _ in got] == [w.item_id for w in want]
+    assert max(abs(s - w.score) for (_, s), w in zip(got, want, strict=True)) < 1e-3
+
+
 def test_down_then_back_without_losing_feedback(bundle: Path, plugged: StockVLLM) -> None:
     """Upstream not there: 502 at once, feedback still durable; upstream starts: answers again, and a
     request that does not opt in gets the same tokens with and without the plugin."""
