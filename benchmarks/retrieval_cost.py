@@ -9,9 +9,12 @@ history (no shared prompt cache between requests). Measured in the same run:
 - in process, on the same model: HF `generate` constrained beam search with
   `prefix_allowed_tokens_fn` (how the open SID recommenders serve; 20 beams, 10 returned) against
   `Recommender.recommend` (transformers engine), QPS of both;
-- the top-10 overlap between the two engines' answers (exactness across engines).
+- the top-10 overlap between the two engines' answers (exactness across engines);
+- a session's repeat: the same history asked again (its prompt cached), p50 against the first asks;
+  and a chat's second turn (`max_tokens=1`), whose prompt extends the first turn's, against the
+  first turn's prefill p50.
 
-    .venv/bin/python benchmarks/retrieval_cost.py --bundle BUNDLE [--users 40] [--engines transformers,vllm]
+    .venv/bin/python benchmarks/retrieval_cost.py --bundle BUNDLE [--users 40] [--engines transformers,vllm] [--compare-aligned]
 """
 
 from __future__ import annotations
@@ -44,22 +47,23 @@ def histories(bundle: Path, n: int) -> list[list[dict[str, str]]]:
                                                                    strict=True)][-120:] for u in users]
 
 
-def serve(bundle: Path, engine: str, port: int) -> Any:
+def serve(bundle: Path, engine: str, port: int, args: list[str]) -> Any:
     """`chatrec serve` as a subprocess (ui.local_server.LocalServer), healthy when this returns."""
     from ui.local_server import LocalServer
 
     env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env).start()
+    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env, extra_args=args).start()
 
 
 def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)) * 1000, 1)
 
 
-def bench_http(bundle: Path, engine: str, hists: list[list[dict[str, str]]], port: int) -> dict[str, Any]:
-    proc = serve(bundle, engine, port)
+def bench_http(bundle: Path, engine: str, hists: list[list[dict[str, str]]], port: int,
+               args: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    proc = serve(bundle, engine, port, list(args))
     url = f"http://127.0.0.1:{port}"
-    out: dict[str, Any] = {"engine": engine}
+    out: dict[str, Any] = {"engine": engine + (" " + " ".join(args) if args else "")}
     try:
         with httpx.Client(timeout=600) as client:
             def rec(h: list[dict[str, str]]) -> tuple[float, list[str]]:
@@ -70,27 +74,43 @@ def bench_http(bundle: Path, engine: str, hists: list[list[dict[str, str]]], por
 
             prompt_tokens: list[int] = []
 
-            def prefill(h: list[dict[str, str]]) -> float:
+            def chat(h: list[dict[str, str]], messages: list[dict[str, str]]) -> tuple[float, str]:
                 t0 = time.perf_counter()
                 r = client.post(url + "/v1/chat/completions", json={
-                    "model": "chatrec", "max_tokens": 1, "messages": [{"role": "user", "content": "Next?"}],
+                    "model": "chatrec", "max_tokens": 1, "messages": messages,
                     "chatrec": {"history": h, "mode": "model"}})
                 r.raise_for_status()
                 prompt_tokens.append(int(r.json()["usage"]["prompt_tokens"]))
-                return time.perf_counter() - t0
+                return time.perf_counter() - t0, r.json()["choices"][0]["message"]["content"]
+
+            def prefill(h: list[dict[str, str]]) -> float:
+                return chat(h, [{"role": "user", "content": "Next?"}])[0]
+
+            def next_turn(h: list[dict[str, str]]) -> float:
+                """A chat's second turn: its prompt extends the first one's, which the engine cached."""
+                first = [{"role": "user", "content": "Next?"}]
+                reply = chat(h, first)[1]
+                return chat(h, [*first, {"role": "assistant", "content": reply},
+                                {"role": "user", "content": "And another one?"}])[0]
 
             rec(hists[-1])  # warm up (not a measured user)
             prefill(hists[-2])
             half = len(hists) // 2
             pre = [prefill(h) for h in hists[:half]]
+            pre_tokens = int(statistics.median(prompt_tokens[1:]))  # not the warm-up's
             single = [rec(h) for h in hists[half:]]
             out["top10"] = {h_i: ids for h_i, (_, ids) in enumerate(single, start=half)}
             lat = [t for t, _ in single]
+            # a session's repeat: the same history again (its prompt cached by the first call)
+            again = [rec(h) for h in hists[half:half + 8]]
+            assert all(ids == out["top10"][half + i] for i, (_, ids) in enumerate(again)), "a repeat changed its top-10"
+            out.update(repeat_p50_ms=pct([t for t, _ in again], 50), first_p50_ms=pct(lat[:8], 50))
+            out["chat_next_turn_p50_ms"] = pct([next_turn(h) for h in hists[half:half + 8]], 50)
             with ThreadPoolExecutor(16) as pool:
                 t0 = time.perf_counter()
                 conc = list(pool.map(lambda h: rec(h)[0], hists[:half]))
                 wall = time.perf_counter() - t0
-            out.update(prefill_prompt_tokens_p50=int(statistics.median(prompt_tokens)), prefill_p50_ms=pct(pre, 50), top10_p50_ms=pct(lat, 50), top10_p99_ms=pct(lat, 99),
+            out.update(prefill_prompt_tokens_p50=pre_tokens, prefill_p50_ms=pct(pre, 50), top10_p50_ms=pct(lat, 50), top10_p99_ms=pct(lat, 99),
                        ratio_p50=round(statistics.median(lat) / statistics.median(pre), 2),
                        c16_p50_ms=pct(conc, 50), c16_p99_ms=pct(conc, 99), c16_qps=round(len(conc) / wall, 2))
     finally:
@@ -138,21 +158,29 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=40)
     ap.add_argument("--engines", default="transformers,vllm")
     ap.add_argument("--port", type=int, default=8777)
+    ap.add_argument("--compare-aligned", action="store_true",
+                    help="Also serve vLLM with --align-history on (histories rounded down to whole KV blocks); "
+                         "the engines' overlap stays between the default servers (same prompts, same search).")
     ap.add_argument("--out", default=str(RESULTS / "retrieval_cost.json"))
     args = ap.parse_args()
     bundle = Path(args.bundle)
     hists = histories(bundle, args.users + 2)
-    rows = [bench_http(bundle, e, hists, args.port + i) for i, e in enumerate(args.engines.split(","))]
+    engines = args.engines.split(",")
+    rows = [bench_http(bundle, e, hists, args.port + i) for i, e in enumerate(engines)]
+    if args.compare_aligned:
+        rows.append(bench_http(bundle, "vllm", hists, args.port + len(rows), ["--align-history", "on"]))
+    default = [r for r in rows if r["engine"] in ("transformers", "vllm")]
     overlap = None
-    if len(rows) == 2:
-        a, b = rows[0]["top10"], rows[1]["top10"]
+    if len(default) == 2:
+        a, b = default[0]["top10"], default[1]["top10"]
         overlap = round(statistics.mean(len(set(a[k]) & set(b[k])) / 10 for k in a), 3)
     in_proc = bench_in_process(bundle, hists[: args.users // 2])
-    print(f"{'engine':<13} {'prefill p50':>11} {'top10 p50':>9} {'p99':>8} {'ratio':>6} {'16c p50':>8} {'16c p99':>8} "
-          f"{'16c QPS':>7}")
+    print(f"{'engine':<30} {'prefill p50':>11} {'top10 p50':>9} {'p99':>8} {'ratio':>6} {'16c p50':>8} {'16c p99':>8} "
+          f"{'16c QPS':>7} {'repeat p50':>10} {'next turn':>9}")
     for r in rows:
-        print(f"{r['engine']:<13} {r['prefill_p50_ms']:>11} {r['top10_p50_ms']:>9} {r['top10_p99_ms']:>8} "
-              f"{r['ratio_p50']:>6} {r['c16_p50_ms']:>8} {r['c16_p99_ms']:>8} {r['c16_qps']:>7}")
+        print(f"{r['engine']:<30} {r['prefill_p50_ms']:>11} {r['top10_p50_ms']:>9} {r['top10_p99_ms']:>8} "
+              f"{r['ratio_p50']:>6} {r['c16_p50_ms']:>8} {r['c16_p99_ms']:>8} {r['c16_qps']:>7} "
+              f"{r['repeat_p50_ms']:>10} {r['chat_next_turn_p50_ms']:>9}")
     print(f"in process: Recommender.recommend {in_proc['recommend_qps']} QPS vs HF constrained generate "
           f"{in_proc['hf_generate_qps']} QPS ({in_proc['speedup']}x); engines' top-10 overlap {overlap}")
     for r in rows:
