@@ -59,12 +59,15 @@ def test_gateway_scores_equal_the_in_process_engine(bundle: Path, plugged: Stock
         gateway.stop()
     rec = Recommender.from_bundle(bundle, engine="transformers")
     rec.align_history = True
-    try:
-        want = rec.recommend([(h["item_id"], h["action"]) for h in history], k=5)
+    try:  # a wide search in process: every item the gateway returned, with its in-process score
+        wide = {w.item_id: w.score for w in rec.recommend([(h["item_id"], h["action"]) for h in history], k=15)}
     finally:
         rec.close()
-    assert [i for i, _ in got] == [w.item_id for w in want]
-    assert max(abs(s - w.score) for (_, s), w in zip(got, want, strict=True)) < 1e-3
+    top = sorted(wide.values(), reverse=True)[:5]
+    # the tiny test model ties many items exactly (e.g. log 1/14), so the order among equal
+    # scores may differ: compare each item's score, and the score list, not the tie order
+    assert max(abs(s - t) for (_, s), t in zip(got, top, strict=True)) < 1e-3, (got, top)
+    assert all(abs(wide[i] - s) < 1e-3 for i, s in got), (got, wide)
 
 
 def test_down_then_back_without_losing_feedback(bundle: Path, plugged: StockVLLM) -> None:
