@@ -118,8 +118,8 @@ class Recommender:
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
-        # off by default: on the 120-minute ML-100k model the aligned history cost 3.4% NDCG@10
-        # (0.0876 vs 0.0907, benchmarks/search_compare.py) for a cheaper vLLM prefix cache
+        # off by default: on the 120-minute ML-100k model the aligned history cost 2.0% NDCG@10
+        # (0.0889 vs 0.0907, all 941 test users) for a cheaper vLLM prefix cache
         self.align_history = False
 
     # construction ------------------------------------------------------------------------------
@@ -287,8 +287,8 @@ def aligned_events(n_events: int, per_event: int, most: int | None = None, block
     is cached in full by the first retrieval level, and each beam of the next levels then computes
     just the asked action and its own codes, not the history's partial last block again per beam.
     So a history of at least `MIN_ALIGNED` tokens is rounded *down* to whole blocks, dropping at most
-    `MAX_DROPPED` of the oldest events. Never up: a prompt longer than the training windows costs
-    quality (measured: rounding 63 events up to 64 lost 3.4% NDCG@10). Short histories, and event
+    `MAX_DROPPED` of the oldest events. Never up past the training window. Measured on ML-100k
+    (BENCHMARKS.md): rounding up or down lost 3.4% NDCG@10, down only 2.0%. Short histories, and event
     sizes that align only in large steps (3-token events: 32 at a time), keep every event.
     """
     e = n_events if most is None else min(n_events, most)

@@ -88,7 +88,7 @@ class ServeConfig:
     align_history: str = field(
         default="off", metadata={"help": "Round retrieval histories down to whole 32-token KV blocks (dropping up to 7 "
                                          "of the oldest events), so vLLM's prefix cache holds the whole history and each "
-                                         "beam computes only its own tokens: about 2.5x cheaper vLLM retrieval for 2% "
+                                         "beam computes only its own tokens: about 2x cheaper vLLM retrieval for 2% "
                                          "NDCG@10 on ML-100k. on, off, or auto (on for the vllm and remote engines)."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
