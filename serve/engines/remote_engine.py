@@ -41,6 +41,9 @@ class UpstreamError(ChatrecError):
         self.status = status
 
 
+HEALTH_TIMEOUT = 1.0  # seconds an upstream health probe may take
+
+
 class RemoteEngine:
     """Engine protocol over an upstream vLLM OpenAI server."""
 
@@ -89,16 +92,21 @@ class RemoteEngine:
             raise UpstreamError(f"the upstream vLLM server at {self.url} is unreachable ({exc.__class__.__name__})"
                                 ) from None
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        import httpx
+
         with self._transport():
-            r = self._http.request(method, self.url + path, json=body)
+            r = self._http.request(method, self.url + path, json=body,
+                                   timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
         if r.status_code >= 400:
             raise _upstream_status(r.status_code, r.text)
         return r.json()
 
     def health(self) -> bool:
+        """Is the upstream answering? Within a second at most, so `/health` stays fast (a load
+        balancer's or a client's probe would otherwise wait out the whole upstream timeout)."""
         try:
-            self._call("GET", "/models")
+            self._call("GET", "/models", timeout=min(HEALTH_TIMEOUT, self.timeout))
             return True
         except UpstreamError:
             return False
