@@ -30,9 +30,9 @@ class ExtendConfig:
     base: str = field(default="smollm2-135m-instruct", metadata={
         "help": "Base model: `smollm2-135m-instruct`, an HF id or an HF folder. Ignored when the bundle "
                 "already has an extended model/ (it is re-extended so existing ids stay stable)."})
-    init: str = field(default="mean", metadata={
-        "help": "Init of new rows: `mean` (mean of existing rows) or `semantic` (mean title embedding "
-                "of the items that use each code)."})
+    init: str = field(default="semantic", metadata={
+        "help": "Init of new rows: `semantic` (mean title embedding of the items that use each code; the "
+                "default, measured better on ML-100k) or `mean` (mean of existing rows)."})
     pad_to_multiple_of: int = field(default=PAD_MULTIPLE, metadata={
         "help": "Embedding rows are padded to a multiple of this when the matrix grows."})
 
@@ -119,7 +119,7 @@ def level_sizes(bundle: Bundle, sids: pd.DataFrame) -> list[int]:
 
 
 def extend_bundle(bundle: Bundle | str | os.PathLike[str], base: str = "smollm2-135m-instruct",
-                  init: str = "mean", *, model: Any = None, tokenizer: Any = None,
+                  init: str = "semantic", *, model: Any = None, tokenizer: Any = None,
                   quiet: bool = False) -> TokenMap:
     """Extend a model for `bundle`'s SIDs and actions into `BUNDLE/model/` (atomic) and record the stage.
 
