@@ -63,7 +63,8 @@ def test_prefix_cache_is_not_copied_per_beam(engine: TransformersEngine) -> None
     assert cache.layers[0].keys.shape[0] == 1  # batch 1: one copy of the prompt
 
 
-def test_prompt_caches_are_reused_extended_and_bounded(engine: TransformersEngine, monkeypatch) -> None:
+def count_decoder_tokens(engine: TransformersEngine, monkeypatch) -> list[int]:
+    """The input length of every call of the engine's decoder from now on (appended as they happen)."""
     calls: list[int] = []
     base = engine._base()
     orig = base.forward
@@ -73,6 +74,11 @@ def test_prompt_caches_are_reused_extended_and_bounded(engine: TransformersEngin
         return orig(*args, **kwargs)
 
     monkeypatch.setattr(base, "forward", counting)
+    return calls
+
+
+def test_prompt_caches_are_reused_extended_and_bounded(engine: TransformersEngine, monkeypatch) -> None:
+    calls = count_decoder_tokens(engine, monkeypatch)
     turn1 = list(range(10, 60))
     first = engine.next_token_logprobs(turn1, [[]], [5, 6])
     engine.next_token_logprobs(turn1, [[]], [5, 6])  # the same history again: no prompt token recomputed
@@ -96,22 +102,13 @@ def test_chat_generation_reuses_the_cached_prompt_and_leaves_it_intact(engine: T
     params = GenerationParams(max_tokens=6, constrained=False, ignore_eos=True)
     turn1 = list(range(10, 60))
     want1 = engine.generate_batch([turn1], params)[0]  # the uncached batched path
-    calls: list[int] = []
-    base = engine._base()
-    orig = base.forward
-
-    def counting(*args, **kwargs):
-        calls.append(int(kwargs["input_ids"].shape[1]))
-        return orig(*args, **kwargs)
-
-    monkeypatch.setattr(base, "forward", counting)
+    calls = count_decoder_tokens(engine, monkeypatch)
     assert [t.token_id for t in engine.generate(turn1, params)] == want1
     assert calls == [50] + [1] * 5  # the prompt once, then one token per step
     turn2 = turn1 + want1 + [70, 71]  # the next turn extends the first prompt
     calls.clear()
     got2 = [t.token_id for t in engine.generate(turn2, params)]
     assert calls[0] == len(want1) + 2  # only the reply and the new words are computed
-    monkeypatch.setattr(base, "forward", orig)
     assert got2 == engine.generate_batch([turn2], params)[0]
     stream = engine.generate(turn2, params)
     next(stream)
