@@ -31,15 +31,12 @@ def code_nll(model, rows: list[tuple[list[int], int]], first_new: int, batch: in
     """Mean NLL (nats per code token) of the last `n` tokens of each (ids, n), over the added rows."""
     import torch
 
+    from finetune.sequence import right_padded
+
     total, count = 0.0, 0
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for b, (r, _) in enumerate(chunk):
-            ids[b, :len(r)] = torch.tensor(r)
-            attn[b, :len(r)] = 1
+        ids, attn = right_padded([r for r, _ in chunk], pad=0, device="cpu")
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             h = model.model(input_ids=ids, attention_mask=attn).last_hidden_state
             rows_w = model.get_input_embeddings().weight[first_new:]
@@ -61,6 +58,7 @@ def main() -> None:
     import pandas as pd
 
     from chatrec.bundle import Bundle
+    from chatrec.prompts import tokens_per_event
     from finetune.data import read_jsonl
     from tokenizer_ext import load_extended
 
@@ -74,7 +72,7 @@ def main() -> None:
         model, tokenizer, token_map = load_extended(folder)
         model.eval()
         first_new = min(token_map.all_ids())
-        per_event = 1 + len(next(iter(codes_of.values())))
+        per_event = tokens_per_event(token_map.n_levels)
         held, seen = [], []
         for row in valid:
             hist = [int(i) for i in tokenizer(row["text"], add_special_tokens=False)["input_ids"]]

@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def bench_http(bundle: Path, engine: str, hists: list[list[dict[str, str]]], port: int,
-               args: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+               args: Sequence[str] = ()) -> dict[str, Any]:
     proc = serve(bundle, engine, port, list(args))
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"engine": engine + (" " + " ".join(args) if args else "")}
