@@ -27,13 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
 
 
-def code_nll(model, rows: list[tuple[list[int], int]], first_new: int, batch: int = 32) -> float:
-    """Mean NLL (nats per code token) of the last `n` tokens of each (ids, n), over the added rows."""
+def code_nll(model, rows: list[tuple[list[int], int]], first_new: int, batch: int = 32) -> tuple[float, list[float]]:
+    """Mean NLL (nats per code token) of the last `n` tokens of each (ids, n), over the added rows;
+    and the mean per code level (the last level is the disambiguation level)."""
     import torch
 
     from finetune.sequence import right_padded
 
-    total, count = 0.0, 0
+    levels = max(n for _, n in rows)
+    total, count = torch.zeros(levels, dtype=torch.float64), torch.zeros(levels, dtype=torch.float64)
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
         ids, attn = right_padded([r for r, _ in chunk], pad=0, device="cpu")
@@ -44,9 +46,9 @@ def code_nll(model, rows: list[tuple[list[int], int]], first_new: int, batch: in
                 pos = torch.arange(len(r) - n - 1, len(r) - 1)
                 logp = torch.log_softmax((h[b, pos] @ rows_w.T).float(), dim=-1)
                 target = torch.tensor(r[len(r) - n:]) - first_new
-                total -= float(logp[torch.arange(n), target].sum())
-                count += n
-    return total / count
+                total[levels - n:] -= logp[torch.arange(n), target].double()
+                count[levels - n:] += 1
+    return float(total.sum() / count.sum()), [round(float(t / c), 4) for t, c in zip(total, count, strict=True)]
 
 
 def main() -> None:
@@ -81,14 +83,16 @@ def main() -> None:
             held.append((hist + [act] + target, len(target)))
             if len(hist) >= 2 * per_event:
                 seen.append((hist, per_event - 1))
-        h, s = code_nll(model, held, first_new), code_nll(model, seen, first_new)
+        (h, h_levels), (s, s_levels) = code_nll(model, held, first_new), code_nll(model, seen, first_new)
         results.append({"model": str(folder), "users": len(held), "heldout_nll": round(h, 4),
                         "seen_nll": round(s, 4), "gap": round(h - s, 4), "heldout_ppl_per_code": round(math.exp(h), 2),
+                        "heldout_nll_per_level": h_levels, "seen_nll_per_level": s_levels,
                         "seconds": round(time.perf_counter() - t0, 1)})
         print(results[-1], flush=True)
-    print("| model | users | held-out NLL / code | seen NLL / code | gap |\n|---|---|---|---|---|")
+    print("| model | users | held-out NLL / code | per level | seen NLL / code | gap |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {Path(r['model']).name} | {r['users']} | {r['heldout_nll']} | {r['seen_nll']} | {r['gap']} |")
+        levels = " / ".join(f"{v:.3f}" for v in r["heldout_nll_per_level"])
+        print(f"| {Path(r['model']).name} | {r['users']} | {r['heldout_nll']} | {levels} | {r['seen_nll']} | {r['gap']} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 

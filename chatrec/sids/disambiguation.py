@@ -1,7 +1,9 @@
 """The extra SID level that makes every item's code tuple unique.
 
-Items whose learned codes collide get 0, 1, 2, ... (in catalog order) on the extra level;
-items alone on their codes get 0. New items (cold start) continue after the largest index an
+Items whose learned codes collide get 0, 1, 2, ... on the extra level, most popular first when
+a popularity is given (so index 0 means "the likeliest item of its cell" in every cell, a prior
+the model learns once instead of an arbitrary index per cell), else in catalog order; items alone
+on their codes get 0. New items (cold start) continue after the largest index an
 existing item already holds for the same codes, so existing SIDs never change.
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... among the rows sharing each group id, in row order."""
-    order = np.argsort(groups, kind="stable")
+def _rank_within_groups(groups: np.ndarray, priority: np.ndarray | None = None) -> np.ndarray:
+    """0, 1, 2, ... among the rows sharing each group id: highest `priority` first, then row order."""
+    rows = np.arange(len(groups))
+    order = (np.argsort(groups, kind="stable") if priority is None
+             else np.lexsort((rows, -np.asarray(priority, dtype=np.float64), groups)))
     g = groups[order]
     first = np.ones(len(g), dtype=bool)
     first[1:] = g[1:] != g[:-1]
@@ -22,13 +26,15 @@ def _rank_within_groups(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def disambiguate(codes: np.ndarray) -> np.ndarray:
-    """Disambiguation index `[N]` for learned codes `[N, L]`."""
+def disambiguate(codes: np.ndarray, popularity: np.ndarray | None = None) -> np.ndarray:
+    """Disambiguation index `[N]` for learned codes `[N, L]`; `popularity` `[N]` orders collisions."""
     codes = np.asarray(codes)
     if len(codes) == 0:
         return np.zeros(0, dtype=np.int64)
+    if popularity is not None and len(popularity) != len(codes):
+        raise ValueError(f"{len(popularity)} popularity values for {len(codes)} items")
     _, groups = np.unique(codes, axis=0, return_inverse=True)
-    return _rank_within_groups(groups.reshape(-1))
+    return _rank_within_groups(groups.reshape(-1), popularity)
 
 
 def disambiguate_new(existing: np.ndarray, new_codes: np.ndarray) -> np.ndarray:

@@ -79,9 +79,37 @@ def _encode(x: np.ndarray, config: SidConfig, codebooks: np.ndarray,
     return encode_residual(x, codebooks)
 
 
+def impute_collaborative(x: np.ndarray, text_dim: int, codebooks: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """`x` with every all-zero collaborative part (dimensions from `text_dim` on: an item nobody
+    has interacted with yet) replaced by that of the level-0 codeword nearest in the text dimensions.
+
+    Residual k-means codebooks only. Without this a heavily weighted collaborative part puts every
+    cold item into the one cell nearest to zero, whatever its text says.
+    """
+    cold = np.flatnonzero(~np.any(x[:, text_dim:], axis=1))
+    if not len(cold):
+        return x
+    x = x.copy()
+    words = codebooks[0]                                          # [K, dim]
+    norms = (words[:, :text_dim] ** 2).sum(axis=1)
+    for start in range(0, len(cold), batch):
+        rows = cold[start:start + batch]
+        nearest = np.argmin(norms[None, :] - 2.0 * x[rows, :text_dim] @ words[:, :text_dim].T, axis=1)
+        x[rows, text_dim:] = words[nearest, text_dim:]
+    return x
+
+
 def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig | None = None, *,
-             item_ids: Sequence[str] | None = None) -> SidResult:
-    """Learn SIDs for items given as texts (embedded with `config.embedding`) or as vectors `[N, d]`."""
+             item_ids: Sequence[str] | None = None, popularity: np.ndarray | None = None,
+             text_dim: int | None = None) -> SidResult:
+    """Learn SIDs for items given as texts (embedded with `config.embedding`) or as vectors `[N, d]`.
+
+    `popularity` `[N]` (e.g. training interaction counts) orders items that share learned codes on
+    the disambiguation level, most popular first; without it they keep catalog order. `text_dim`:
+    the vectors are text then collaborative dimensions; with residual k-means the codebooks are
+    learned on the items that have a collaborative part, and the others get one imputed
+    (`impute_collaborative`), as new items do in `assign_bundle`.
+    """
     config = config or SidConfig()
     t0 = time.perf_counter()
     x = _as_vectors(texts_or_embeddings, config)
@@ -105,11 +133,16 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
     else:
         from chatrec.sids.rqkmeans import fit_rqkmeans
 
-        codebooks = fit_rqkmeans(x, config.levels, k, seed=config.seed, iters=config.kmeans_iters,
+        warm = np.ones(n, dtype=bool) if text_dim is None else np.any(x[:, text_dim:], axis=1)
+        if warm.sum() < k:  # too few items with interactions to learn the codebooks from
+            warm[:] = True
+        codebooks = fit_rqkmeans(x[warm], config.levels, k, seed=config.seed, iters=config.kmeans_iters,
                                  progress=config.progress)
+        if text_dim is not None:
+            x = impute_collaborative(x, text_dim, codebooks)
     t_fit = time.perf_counter()
     learned, recon = _encode(x, config, codebooks, state)
-    codes = np.concatenate([learned, disambiguate(learned)[:, None]], axis=1)
+    codes = np.concatenate([learned, disambiguate(learned, popularity)[:, None]], axis=1)
     largest = int(codes[:, -1].max()) + 1
     if largest > MAX_DISAMBIGUATION:
         raise DataError(f"{k}^{config.levels} codes cannot tell {n:,} items apart: {largest} items share one code "
@@ -169,17 +202,26 @@ def fit_bundle(bundle: BundleLike, config: SidConfig | None = None, *,
         raise DataError(f"{len(embeddings)} embeddings for {len(items)} catalog items")
     source: Sequence[str] | np.ndarray = embeddings if embeddings is not None else items["text"].tolist()
     kind = "given" if embeddings is not None else "texts"
-    if config.collaborative_weight > 0 and not b.interactions_path.exists():
-        warnings.warn(f"{b.interactions_path} does not exist: fitting SIDs on text alone (no collaborative part)",
-                      UserWarning, stacklevel=2)
-        config = replace(config, collaborative_weight=0.0)
+    wants_log = config.collaborative_weight > 0 or config.disambiguation == "popularity"
+    if wants_log and not b.interactions_path.exists():
+        warnings.warn(f"{b.interactions_path} does not exist: fitting SIDs on text alone (no collaborative part, "
+                      "collisions in catalog order)", UserWarning, stacklevel=2)
+        config = replace(config, collaborative_weight=0.0, disambiguation="catalog")
+        wants_log = False
+    item_ids = items["item_id"].tolist()
+    train = training_matrix(b, item_ids) if wants_log else None
+    text_dim: int | None = None
     if config.collaborative_weight > 0:
         text = _unit(_as_vectors(source, config))
-        collab = collaborative_vectors(b, items["item_id"].tolist(), config.collaborative_dim)
+        text_dim = int(text.shape[1])
+        collab = collaborative_vectors(train, config.collaborative_dim)
         source = np.concatenate([text, config.collaborative_weight * collab], axis=1).astype(np.float32)
         kind += "+collaborative"
-    result = fit_sids(source, config, item_ids=items["item_id"].tolist())
+    popularity = np.asarray(train.sum(axis=1)).ravel() if config.disambiguation == "popularity" else None
+    result = fit_sids(source, config, item_ids=item_ids, popularity=popularity, text_dim=text_dim)
     result.report["embeddings"] = kind
+    if text_dim is not None:
+        result.report["cold_items"] = int((~np.any(collab, axis=1)).sum())
     write_sids(b, result)
     return result
 
@@ -188,15 +230,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def collaborative_vectors(bundle: Bundle, item_ids: Sequence[str], dim: int) -> np.ndarray:
-    """Unit item vectors `[N, dim]` from a truncated SVD of the item x user matrix of the training split.
+def training_matrix(bundle: Bundle, item_ids: Sequence[str]) -> Any:
+    """Binary item x user CSR matrix of the training split (repeated events count once).
 
     The split is `chatrec eval`'s leave-last-out split (each held-out user's events before their
-    validation target), so codes never encode a held-out interaction. Items without training
-    events get zero vectors.
+    validation target), so nothing derived from it encodes a held-out interaction.
     """
     from scipy.sparse import csr_matrix
-    from scipy.sparse.linalg import svds
 
     from chatrec.evaluation import leave_last_out
 
@@ -207,7 +247,17 @@ def collaborative_vectors(bundle: Bundle, item_ids: Sequence[str], dim: int) -> 
     rows = train["item_id"].astype(str).map(index).to_numpy()
     cols = train["user_id"].astype(str).map(users).to_numpy()
     matrix = csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(item_ids), len(users)))
-    matrix.data[:] = 1.0  # repeated events count once
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def collaborative_vectors(matrix: Any, dim: int) -> np.ndarray:
+    """Unit item vectors `[N, dim]` from a truncated SVD of the item x user `matrix` (`training_matrix`).
+
+    Items without training events get zero vectors.
+    """
+    from scipy.sparse.linalg import svds
+
     k = max(1, min(dim, min(matrix.shape) - 1))
     u, s, _ = svds(matrix, k=k, random_state=0)
     vectors = u * s  # [N, k]
@@ -313,8 +363,11 @@ def assign_bundle(bundle: BundleLike, new_items: pd.DataFrame, *, update_catalog
     else:
         x = embed_texts(fresh["text"].tolist(), config.embedding)
     dim = codebooks.shape[2] if config.method == "rqkmeans" else state["rqvae.encoder.0.weight"].shape[1]
-    if config.collaborative_weight > 0 and x.shape[1] < dim:  # no interactions yet: a zero collaborative part
-        x = np.concatenate([_unit(x), np.zeros((len(x), dim - x.shape[1]), dtype=np.float32)], axis=1)
+    if config.collaborative_weight > 0 and x.shape[1] < dim:  # no interactions yet: impute the collaborative part
+        text_dim = x.shape[1]
+        x = np.concatenate([_unit(x), np.zeros((len(x), dim - text_dim), dtype=np.float32)], axis=1)
+        if config.method == "rqkmeans":
+            x = impute_collaborative(x, text_dim, codebooks)
     if x.shape[1] != dim:
         raise DataError(f"new items embed to {x.shape[1]} dimensions but the SIDs were fitted on {dim}")
     learned, _ = _encode(x, config, codebooks, state)

@@ -195,7 +195,7 @@ def test_cli_fit_and_assign_with_the_real_text_encoder(tmp_path: Path) -> None:
 
 
 def test_collaborative_codes_use_only_training_events_and_still_assign_new_items(tmp_path: Path) -> None:
-    from chatrec.sids.pipeline import collaborative_vectors
+    from chatrec.sids.pipeline import collaborative_vectors, training_matrix
     from tests.conftest import make_interactions
 
     bundle = new_bundle(tmp_path / "b")
@@ -203,7 +203,7 @@ def test_collaborative_codes_use_only_training_events_and_still_assign_new_items
     inter = make_interactions(catalog, n_users=12, per_user=14)
     inter.to_parquet(bundle.interactions_path, index=False)
     ids = catalog["item_id"].tolist()
-    vecs = collaborative_vectors(bundle, ids, dim=8)
+    vecs = collaborative_vectors(training_matrix(bundle, ids), dim=8)
     assert vecs.shape == (40, 8)
     norms = np.linalg.norm(vecs, axis=1)
     assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
@@ -212,7 +212,7 @@ def test_collaborative_codes_use_only_training_events_and_still_assign_new_items
     moved = inter.copy()
     moved.loc[last, "item_id"] = ids[-1]
     moved.to_parquet(bundle.interactions_path, index=False)
-    assert np.allclose(np.abs(collaborative_vectors(bundle, ids, dim=8)), np.abs(vecs), atol=1e-4)
+    assert np.allclose(np.abs(collaborative_vectors(training_matrix(bundle, ids), dim=8)), np.abs(vecs), atol=1e-4)
 
     cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False, collaborative_weight=1.0, collaborative_dim=8)
     result = fit_bundle(bundle, cfg, embeddings=vectors(ids))
@@ -220,3 +220,52 @@ def test_collaborative_codes_use_only_training_events_and_still_assign_new_items
     items = new_items()
     rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
     assert len(rows) == 10 and len(set(map(tuple, codes_matrix(load_sids(bundle)).tolist()))) == 50
+
+
+def test_cold_items_take_the_collaborative_part_of_the_code_nearest_their_text(tmp_path: Path) -> None:
+    from tests.conftest import make_interactions
+
+    bundle = new_bundle(tmp_path / "b")
+    catalog = pd.read_parquet(bundle.catalog_path)
+    ids = catalog["item_id"].tolist()
+    warm = catalog.iloc[:30]
+    make_interactions(warm, n_users=12, per_user=14).to_parquet(bundle.interactions_path, index=False)
+    cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False, collaborative_weight=8.0, collaborative_dim=8)
+    result = fit_bundle(bundle, cfg, embeddings=vectors(ids))
+    with np.load(bundle.path("sids", "codebooks.npz")) as f:
+        words = f["codebooks"][0]                                   # [K, DIM + 8]
+
+    def nearest_by_text(x: np.ndarray) -> np.ndarray:
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.argmin(((unit[:, None, :] - words[None, :, :DIM]) ** 2).sum(-1), axis=1)
+
+    codes = codes_matrix(load_sids(bundle))
+    cold = np.arange(30, 40)
+    assert result.report["cold_items"] == 10
+    assert np.array_equal(codes[cold, 0], nearest_by_text(vectors(ids[30:])))
+    # added later, never interacted with: the same rule
+    items = new_items()
+    rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
+    assert np.array_equal(codes_matrix(rows)[:, 0], nearest_by_text(vectors(rows["item_id"].tolist())))
+
+
+def test_collisions_are_ordered_by_training_popularity(tmp_path: Path) -> None:
+    from chatrec.sids.pipeline import training_matrix
+    from tests.conftest import make_interactions
+
+    bundle = new_bundle(tmp_path / "b")
+    catalog = pd.read_parquet(bundle.catalog_path)
+    ids = catalog["item_id"].tolist()
+    make_interactions(catalog, n_users=12, per_user=14).to_parquet(bundle.interactions_path, index=False)
+    cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False, collaborative_weight=0.0)
+    fit_bundle(bundle, cfg, embeddings=vectors(ids))
+    counts = np.asarray(training_matrix(bundle, ids).sum(axis=1)).ravel()
+    codes = codes_matrix(load_sids(bundle))
+    cells: dict[tuple[int, ...], list[int]] = {}
+    for row, code in enumerate(map(tuple, codes[:, :-1].tolist())):
+        cells.setdefault(code, []).append(row)
+    assert any(len(rows) > 1 for rows in cells.values())
+    for rows in cells.values():
+        by_index = sorted(rows, key=lambda r: codes[r, -1])
+        assert [codes[r, -1] for r in by_index] == list(range(len(rows)))
+        assert [counts[r] for r in by_index] == sorted((counts[r] for r in rows), reverse=True)

@@ -81,6 +81,18 @@ def test_disambiguate_makes_rows_unique_and_leaves_singletons_at_zero(rows: list
 
 
 @settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 5)), min_size=0, max_size=60))
+def test_disambiguate_by_popularity_puts_the_most_popular_item_of_a_cell_first(rows: list) -> None:
+    codes = np.array([r[:2] for r in rows], dtype=np.int64).reshape(-1, 2)
+    counts = np.array([r[2] for r in rows], dtype=np.float64)
+    dis = disambiguate(codes, counts)
+    assert len({(*r[:2], d) for r, d in zip(rows, dis.tolist(), strict=True)}) == len(rows)
+    for i, r in enumerate(rows):
+        cell = sorted((j for j, q in enumerate(rows) if q[:2] == r[:2]), key=lambda j: (-rows[j][2], j))
+        assert dis[i] == cell.index(i)                         # by count, ties in catalog order
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=0, max_size=40),
        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=0, max_size=40),
        st.booleans())
