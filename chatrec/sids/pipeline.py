@@ -217,7 +217,9 @@ def fit_bundle(bundle: BundleLike, config: SidConfig | None = None, *,
         collab = collaborative_vectors(train, config.collaborative_dim)
         source = np.concatenate([text, config.collaborative_weight * collab], axis=1).astype(np.float32)
         kind += "+collaborative"
-    popularity = np.asarray(train.sum(axis=1)).ravel() if config.disambiguation == "popularity" else None
+    popularity = None
+    if train is not None and config.disambiguation == "popularity":
+        popularity = np.asarray(train.sum(axis=1)).ravel()
     result = fit_sids(source, config, item_ids=item_ids, popularity=popularity, text_dim=text_dim)
     result.report["embeddings"] = kind
     if text_dim is not None:
