@@ -79,23 +79,21 @@ def _encode(x: np.ndarray, config: SidConfig, codebooks: np.ndarray,
     return encode_residual(x, codebooks)
 
 
-def impute_collaborative(x: np.ndarray, text_dim: int, codebooks: np.ndarray, batch: int = 65_536) -> np.ndarray:
+def impute_collaborative(x: np.ndarray, text_dim: int, codebooks: np.ndarray) -> np.ndarray:
     """`x` with every all-zero collaborative part (dimensions from `text_dim` on: an item nobody
     has interacted with yet) replaced by that of the level-0 codeword nearest in the text dimensions.
 
     Residual k-means codebooks only. Without this a heavily weighted collaborative part puts every
     cold item into the one cell nearest to zero, whatever its text says.
     """
+    from chatrec.sids.rqkmeans import encode_residual
+
     cold = np.flatnonzero(~np.any(x[:, text_dim:], axis=1))
     if not len(cold):
         return x
     x = x.copy()
-    words = codebooks[0]                                          # [K, dim]
-    norms = (words[:, :text_dim] ** 2).sum(axis=1)
-    for start in range(0, len(cold), batch):
-        rows = cold[start:start + batch]
-        nearest = np.argmin(norms[None, :] - 2.0 * x[rows, :text_dim] @ words[:, :text_dim].T, axis=1)
-        x[rows, text_dim:] = words[nearest, text_dim:]
+    nearest, _ = encode_residual(x[cold, :text_dim], codebooks[:1, :, :text_dim])  # [C, 1]
+    x[cold, text_dim:] = codebooks[0][nearest[:, 0], text_dim:]
     return x
 
 
