@@ -80,6 +80,9 @@ class SequenceConfig:
     eval_k: int = field(default=10, metadata={"help": "K of HR@K / NDCG@K in validation."})
     bf16: str = field(default="auto", metadata={"help": "bf16 autocast: auto (when the CPU or GPU supports it), on, off."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None = torch's default)."})
+    trim_above_mb: float = field(default=2560.0, metadata={"help": "Return freed heap memory to the OS (glibc) whenever "
+                                 "the process holds more than this many MiB, so peak RSS stays near it (0 = only every "
+                                 "50 steps)."})
     seed: int = field(default=0, metadata={"help": "Seed for data order and chat-step choice."})
     init_model: str | None = field(default=None, metadata={"help": "Start from this trained model folder (continual runs)."})
 
@@ -114,6 +117,8 @@ class SequenceConfig:
             problems.append(f"`epochs` must be > 0, got {self.epochs}")
         if self.bf16 not in ("auto", "on", "off"):
             problems.append(f"`bf16` must be auto, on or off, got {self.bf16!r}")
+        if self.trim_above_mb < 0:
+            problems.append(f"`trim_above_mb` must be >= 0, got {self.trim_above_mb}")
         if self.num_threads is not None and self.num_threads < 1:
             problems.append(f"`num_threads` must be >= 1 or None, got {self.num_threads}")
         if problems:
@@ -231,7 +236,7 @@ class RowsModel:
         return self.model
 
 
-TRIM_EVERY = 50  # steps between returns of freed heap memory to the OS
+TRIM_EVERY = 50  # steps between returns of freed heap memory to the OS (and whenever RSS passes `trim_above_mb`)
 
 
 def release_free_memory() -> None:
@@ -484,11 +489,12 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
                 ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
             tokens_seen += n_tokens
             elapsed = time.perf_counter() - t_start
-            if step % TRIM_EVERY == 0:
+            rss = resident_mb()
+            if step % TRIM_EVERY == 0 or (cfg.trim_above_mb and rss > cfg.trim_above_mb):
                 release_free_memory()
             log.write(json.dumps({"step": step, "kind": kind, "loss": value, "lr": optimizer.param_groups[1]["lr"],
                                   "tokens": n_tokens, "targets": n_targets, "elapsed_s": round(elapsed, 2),
-                                  "rss_mb": resident_mb()}) + "\n")
+                                  "rss_mb": rss}) + "\n")
             log.flush()
             if planned:
                 bar.update(1)

@@ -183,3 +183,24 @@ def test_micro_batches_give_the_whole_batch_gradient() -> None:
     for g, value in zip(grads[1:], losses[1:], strict=True):
         torch.testing.assert_close(g, grads[0], atol=1e-5, rtol=1e-4)
         assert abs(value - losses[0]) < 1e-5
+
+
+@pytest.mark.parametrize(("budget_mb", "trims"), [(1.0, 3), (0.0, 0)])
+def test_freed_memory_is_returned_whenever_resident_memory_passes_the_budget(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, budget_mb: float, trims: int) -> None:
+    """Peak RSS of a long run stays near `trim_above_mb`: above it, every step hands freed heap back."""
+    import finetune.sequence as seq
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    build_bundle(b, BuildConfig(history_len=3))
+    calls: list[int] = []
+    monkeypatch.setattr(seq, "release_free_memory", lambda: calls.append(1))
+    seq.train_sequences(b, seq.SequenceConfig(max_steps=3, batch_size=4, keep_layers=1, rows_steps=1, warmup_steps=1,
+                                              eval_users=0, bf16="off", num_threads=1, trim_above_mb=budget_mb),
+                        quiet=True)
+    assert len(calls) == trims  # 3 steps: never a multiple of TRIM_EVERY
+    logged = [r["rss_mb"] for r in read_jsonl(b.path("checkpoints", seq.TRAIN_LOG))]
+    assert len(logged) == 3 and all(r > budget_mb for r in logged)
+    with pytest.raises(ConfigError, match="trim_above_mb"):
+        seq.SequenceConfig(trim_above_mb=-1)
