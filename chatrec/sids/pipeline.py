@@ -123,6 +123,7 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
         warnings.warn(f"codebook_size {wanted} exceeds the {n} items; using {k} codes per "
                       "level (pass --codebook-size to choose)", UserWarning, stacklevel=2)
     state: dict[str, np.ndarray] = {}
+    cold = None if text_dim is None else ~np.any(x[:, text_dim:], axis=1)  # no interaction: zero collaborative part
     if config.method == "rqvae":
         from chatrec.sids.rqvae import fit_rqvae
 
@@ -131,7 +132,7 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
     else:
         from chatrec.sids.rqkmeans import fit_rqkmeans
 
-        warm = np.ones(n, dtype=bool) if text_dim is None else np.any(x[:, text_dim:], axis=1)
+        warm = np.ones(n, dtype=bool) if cold is None else ~cold
         if warm.sum() < k:  # too few items with interactions to learn the codebooks from
             warm[:] = True
         codebooks = fit_rqkmeans(x[warm], config.levels, k, seed=config.seed, iters=config.kmeans_iters,
@@ -151,6 +152,8 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
                           requested_codebook_size=wanted,
                           seconds={"embed": t_embed - t0, "fit": t_fit - t_embed,
                                    "encode": t_end - t_fit, "total": t_end - t0})
+    if cold is not None:
+        report["cold_items"] = int(cold.sum())
     return SidResult(codes=codes, codebooks=codebooks, config=config, report=report, model_state=state,
                      item_ids=[str(i) for i in item_ids] if item_ids is not None else None)
 
@@ -220,8 +223,6 @@ def fit_bundle(bundle: BundleLike, config: SidConfig | None = None, *,
         popularity = np.asarray(train.sum(axis=1)).ravel()
     result = fit_sids(source, config, item_ids=item_ids, popularity=popularity, text_dim=text_dim)
     result.report["embeddings"] = kind
-    if text_dim is not None:
-        result.report["cold_items"] = int((~np.any(collab, axis=1)).sum())
     write_sids(b, result)
     return result
 
