@@ -1,4 +1,4 @@
-"""Beam vs best-first search, and the KV-block-aligned history on or off: HR@10, NDCG@10, latency.
+"""Beam vs best-first search, and the prompt padded to whole KV blocks or not: HR@10, NDCG@10, latency.
 
 Scores the bundle's final model (export/) on every ML-100k test user with the same split, cases
 and constrained retrieval as `chatrec eval`, once per variant, in one process:
@@ -40,8 +40,9 @@ def main() -> None:
     system = make_system("llm", bundle, config)
     system.fit(split, catalog)
     rows = []
-    for name, search, align in (("beam, aligned history", "beam", True), ("best-first, aligned history", "best_first", True),
-                                ("beam, whole window", "beam", False)):
+    for name, search, align in (("beam, prompt padded to KV blocks", "beam", True),
+                                ("best-first, prompt padded to KV blocks", "best_first", True),
+                                ("beam, unpadded prompt", "beam", False)):
         system.rec.search = search
         system.rec.align_history = align
         t0 = time.perf_counter()

@@ -6,7 +6,6 @@ and turns histories of `(item_id, action)` into prompts, top-K items and ranked 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,8 +117,8 @@ class Recommender:
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
-        # off by default: on the 120-minute ML-100k model the aligned history cost 2.0% NDCG@10
-        # (0.0889 vs 0.0907, all 941 test users) for a cheaper vLLM prefix cache
+        # left-pad sequence prompts to whole KV blocks (`block_padding`); chatrec serve turns it on
+        # for the vLLM and gateway engines, whose prefix cache holds whole blocks only
         self.align_history = False
 
     # construction ------------------------------------------------------------------------------
@@ -206,12 +205,13 @@ class Recommender:
         """Without a request and with a history: the plain sequence prompt (the last events, then the
         positive action), exactly what sequence training saw. Otherwise the chat prompt + `<|sid_begin|>`."""
         if request is None and history:
-            every = self.events(history)
-            keep = aligned_events(len(every), self.per_event, self.sequence_events) if self.align_history \
-                else min(len(every), self.sequence_events)
-            events = every[len(every) - keep:]
+            events = self.events(history)[-self.sequence_events:]
             text = sequence_prompt(events, self.positive_actions[0])
-            return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
+            ids = [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
+            if not self.align_history:
+                return ids
+            fill = PAD_FILL_ID if PAD_FILL_ID is not None else self.engine.tokenizer.pad_token_id
+            return [int(fill or 0)] * block_padding(len(ids)) + ids
         events, summary = self.window(history)
         if request is not None:  # a person's words: special tokens typed in them stay text
             request = escape_special_tokens(request, self.engine.tokenizer)
@@ -275,27 +275,20 @@ class Recommender:
                     self.token_map.actions, value_fn)
 
 
-PROMPT_BLOCK = 32  # KV-cache block tokens the history part of a sequence prompt is aligned to
-MIN_ALIGNED = 64  # shorter histories are cheap to recompute and keep every event
-MAX_DROPPED = 7  # never drop more of the oldest events than this to align
+PROMPT_BLOCK = 32  # KV-cache block tokens a sequence prompt is aligned to (the vLLM engine's block size)
+PAD_FILL_ID: int | None = None  # filler token of aligned prompts; None = the tokenizer's pad token
 
 
-def aligned_events(n_events: int, per_event: int, most: int | None = None, block: int = PROMPT_BLOCK) -> int:
-    """How many of the most recent `n_events` (at most `most`) a sequence prompt keeps.
+def block_padding(n_tokens: int, block: int = PROMPT_BLOCK) -> int:
+    """Filler tokens to put before an `n_tokens` sequence prompt so it fills whole `block`-token blocks.
 
-    vLLM's prefix cache holds whole KV blocks only. A history that fills whole `block`-token blocks
-    is cached in full by the first retrieval level, and each beam of the next levels then computes
-    just the asked action and its own codes, not the history's partial last block again per beam.
-    So a history of at least `MIN_ALIGNED` tokens is rounded *down* to whole blocks, dropping at most
-    `MAX_DROPPED` of the oldest events. Never up past the training window. Measured on ML-100k
-    (BENCHMARKS.md): rounding up or down lost 3.4% NDCG@10, down only 2.0%. Short histories, and event
-    sizes that align only in large steps (3-token events: 32 at a time), keep every event.
+    vLLM's prefix cache holds whole KV blocks only. A prompt that ends on a block boundary is cached
+    in full by the first retrieval level, so each beam of the next levels computes just its own codes,
+    not the prompt's partial last block again per beam. Left padding with the tokenizer's pad token
+    keeps every event; rounding the history down to whole blocks (the earlier way) dropped up to 7 of
+    the oldest events and cost 2% NDCG@10 on ML-100k (BENCHMARKS.md, "Retrieval at about one prefill").
     """
-    e = n_events if most is None else min(n_events, most)
-    per_block = block // math.gcd(block, per_event)  # events whose tokens fill whole blocks
-    if e * per_event < MIN_ALIGNED or per_block > MAX_DROPPED + 1:
-        return e
-    return e - e % per_block
+    return -n_tokens % block
 
 
 def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCore, **kwargs: Any) -> Engine:

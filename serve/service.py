@@ -86,10 +86,9 @@ class ServeConfig:
                                         "logits processor: chatrec then runs as a gateway over it (engine `remote`)."})
     upstream_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for the upstream (then 504)."})
     align_history: str = field(
-        default="off", metadata={"help": "Round retrieval histories down to whole 32-token KV blocks (dropping up to 7 "
-                                         "of the oldest events), so vLLM's prefix cache holds the whole history and each "
-                                         "beam computes only its own tokens: about 2x cheaper vLLM retrieval for 2% "
-                                         "NDCG@10 on ML-100k. on, off, or auto (on for the vllm and remote engines)."})
+        default="auto", metadata={"help": "Left-pad retrieval prompts with the pad token to whole 32-token KV blocks, so "
+                                          "vLLM's prefix cache holds the whole prompt and each beam computes only its own "
+                                          "codes (every event kept). auto: on for the vllm and remote engines; on; off."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
 

@@ -44,7 +44,7 @@ def serve(
                                                                   "loopback and --host (DNS-rebinding guard)."),
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
     search: str = typer.Option("beam", "--search", help=_help("search")),
-    align_history: str = typer.Option("off", "--align-history", help=_help("align_history")),
+    align_history: str = typer.Option("auto", "--align-history", help=_help("align_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
 ) -> None:

@@ -69,9 +69,9 @@ class VLLMEngine:
             # score beams that are not in the batch. What is left to waste is the prompt's
             # partial last block, which prefix caching (whole blocks only) recomputes per beam.
             # Hence the smallest block the CPU attention kernels take (32; the backend's default
-            # is 128); and, opt-in for its 2% NDCG@10 cost, histories rounded down to whole blocks
-            # (`--align-history on`, chatrec.recommender.aligned_events): each beam then computes
-            # only the asked action and its own codes.
+            # is 128), and sequence prompts left-padded to whole blocks (`--align-history`, on
+            # for this engine by default; chatrec.recommender.block_padding): each beam then
+            # computes only its own codes over a fully cached prompt.
             block_size=PROMPT_BLOCK,
             gpu_memory_utilization=gpu_memory_utilization, seed=0,
         )

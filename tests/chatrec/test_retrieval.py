@@ -145,17 +145,12 @@ def test_best_first_runs_out_of_expansions_and_still_fills_k() -> None:
     assert len(got) == 10 and len({g.item_id for g in got}) == 10
 
 
-def test_sequence_prompts_align_their_history_to_kv_blocks() -> None:
-    from chatrec.recommender import aligned_events
+def test_sequence_prompts_are_left_padded_to_whole_kv_blocks() -> None:
+    from chatrec.recommender import block_padding
 
-    assert aligned_events(200, 4, most=63) == 56  # 63 events of a long history: 7 oldest dropped
-    assert aligned_events(60, 4, most=63) == 56  # 4 oldest dropped
-    assert aligned_events(64, 4, most=80) == 64  # already whole blocks
-    assert aligned_events(10, 4, most=63) == 10  # 40 tokens: short, kept whole
-    assert aligned_events(85, 3, most=85) == 85  # aligning 3-token events would drop up to 31: not done
-    for n in range(16, 120):
-        e = aligned_events(n, 4, most=63)
-        assert e * 4 % 32 == 0 and max(0, min(n, 63) - 7) <= e <= min(n, 63)  # never past the window
+    assert block_padding(253) == 3 and block_padding(256) == 0 and block_padding(1) == 31
+    assert all((n + block_padding(n)) % 32 == 0 and 0 <= block_padding(n) < 32 for n in range(1, 300))
+    assert block_padding(20, block=16) == 12
 
 
 def test_a_level_of_single_children_costs_no_model_call() -> None:
