@@ -210,8 +210,8 @@ class Recommender:
             ids = [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
             if not self.align_history:
                 return ids
-            fill = PAD_FILL_ID if PAD_FILL_ID is not None else self.engine.tokenizer.pad_token_id
-            return [int(fill or 0)] * block_padding(len(ids)) + ids
+            fill = int(self.engine.tokenizer.pad_token_id or 0)  # measured harmless; `<|endoftext|>` was not
+            return [fill] * block_padding(len(ids)) + ids
         events, summary = self.window(history)
         if request is not None:  # a person's words: special tokens typed in them stay text
             request = escape_special_tokens(request, self.engine.tokenizer)
@@ -276,7 +276,6 @@ class Recommender:
 
 
 PROMPT_BLOCK = 32  # KV-cache block tokens a sequence prompt is aligned to (the vLLM engine's block size)
-PAD_FILL_ID: int | None = None  # filler token of aligned prompts; None = the tokenizer's pad token
 
 
 def block_padding(n_tokens: int, block: int = PROMPT_BLOCK) -> int:
@@ -286,7 +285,8 @@ def block_padding(n_tokens: int, block: int = PROMPT_BLOCK) -> int:
     in full by the first retrieval level, so each beam of the next levels computes just its own codes,
     not the prompt's partial last block again per beam. Left padding with the tokenizer's pad token
     keeps every event; rounding the history down to whole blocks (the earlier way) dropped up to 7 of
-    the oldest events and cost 2% NDCG@10 on ML-100k (BENCHMARKS.md, "Retrieval at about one prefill").
+    the oldest events and cost 2% NDCG@10 on the weight-1 ML-100k model; padding with the pad token cost
+    nothing measurable (BENCHMARKS.md, "Retrieval at about one prefill").
     """
     return -n_tokens % block
 
