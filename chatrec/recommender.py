@@ -112,7 +112,6 @@ class Recommender:
         # the plain-sequence prompt holds as many events as one training window (+ the asked action)
         per_event = tokens_per_event(token_map.n_levels)
         self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
-        self.per_event = per_event
         self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
