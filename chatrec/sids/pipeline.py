@@ -79,6 +79,11 @@ def _encode(x: np.ndarray, config: SidConfig, codebooks: np.ndarray,
     return encode_residual(x, codebooks)
 
 
+def cold_mask(x: np.ndarray, text_dim: int) -> np.ndarray:
+    """Items whose collaborative part (dimensions from `text_dim` on) is all zero: nobody interacted with them."""
+    return ~np.any(x[:, text_dim:], axis=1)
+
+
 def impute_collaborative(x: np.ndarray, text_dim: int, codebooks: np.ndarray) -> np.ndarray:
     """`x` with every all-zero collaborative part (dimensions from `text_dim` on: an item nobody
     has interacted with yet) replaced by that of the level-0 codeword nearest in the text dimensions.
@@ -88,7 +93,7 @@ def impute_collaborative(x: np.ndarray, text_dim: int, codebooks: np.ndarray) ->
     """
     from chatrec.sids.rqkmeans import encode_residual
 
-    cold = np.flatnonzero(~np.any(x[:, text_dim:], axis=1))
+    cold = np.flatnonzero(cold_mask(x, text_dim))
     if not len(cold):
         return x
     x = x.copy()
@@ -123,7 +128,7 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
         warnings.warn(f"codebook_size {wanted} exceeds the {n} items; using {k} codes per "
                       "level (pass --codebook-size to choose)", UserWarning, stacklevel=2)
     state: dict[str, np.ndarray] = {}
-    cold = None if text_dim is None else ~np.any(x[:, text_dim:], axis=1)  # no interaction: zero collaborative part
+    cold = None if text_dim is None else cold_mask(x, text_dim)
     if config.method == "rqvae":
         from chatrec.sids.rqvae import fit_rqvae
 
