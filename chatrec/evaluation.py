@@ -262,13 +262,14 @@ class LLMSystem:
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
         info = {"engine": self.engine, "bundle": str(self.bundle.root), "history_len": self.history_len,
                 "model_dir": str(self.rec.model_dir)}
-        for key in ("recipe", "train_minutes", "layers", "steps", "epochs_seen"):
+        for key in ("recipe", "train_minutes", "layers", "steps", "epochs_seen", "averaged_steps"):
             if key in trained:
                 info[key] = trained[key]
         snapshot = (self.bundle.stage("finetune") or {}).get("snapshots", {}).get(Path(self.model_dir or "").name)
         if snapshot:  # a learning-curve snapshot: its own training time
             info.update(train_minutes=snapshot["minutes"], steps=snapshot["step"])
             info.pop("epochs_seen", None)
+            info.pop("averaged_steps", None)
         return info
 
     def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None

@@ -21,7 +21,9 @@ What makes it fast on a CPU (measured in BENCHMARKS.md, "Sequence recipe"):
 Stages: the first `rows_steps` steps train the new rows alone at `rows_learning_rate` over the frozen
 trunk, then the kept layers are trained too (full finetuning of a shallow model costs about what
 LoRA on it costs, and learns faster per minute). The learning rate follows a cosine over the planned
-run (`max_minutes` or `epochs`). Snapshots at `save_minutes` are serveable model folders under
+run (`max_minutes` or `epochs`); from `average_from` of the run on, a running mean of the trained
+weights is kept, and that mean is the model served (the last step's weights stay in
+`checkpoints/seq-last/`). Snapshots at `save_minutes` are serveable model folders under
 `checkpoints/seq-XXXmin/` (for learning curves); the final model goes to `BUNDLE/trained/`, which
 `chatrec export` turns into `BUNDLE/export/`.
 """
@@ -48,6 +50,7 @@ from finetune.data import read_jsonl
 TRAINED = "trained"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
+LAST = "seq-last"  # snapshot of the last step's weights when the served model is a tail average
 
 
 @dataclass
@@ -80,6 +83,9 @@ class SequenceConfig:
     eval_k: int = field(default=10, metadata={"help": "K of HR@K / NDCG@K in validation."})
     bf16: str = field(default="auto", metadata={"help": "bf16 autocast: auto (when the CPU or GPU supports it), on, off."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None = torch's default)."})
+    average_from: float = field(default=0.5, metadata={"help": "Serve the mean of the weights after every step from "
+                                "this share of the run on (tail weight averaging, as SWA/LAWA), in [0, 1); 0 = the "
+                                "last step's weights. The last step's weights are kept as a snapshot `seq-last`."})
     trim_above_mb: float = field(default=2560.0, metadata={"help": "Return freed heap memory to the OS (glibc) whenever "
                                  "the process holds more than this many MiB, so peak RSS stays near it (0 = only every "
                                  "50 steps)."})
@@ -105,6 +111,8 @@ class SequenceConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.average_from < 1.0:
+            problems.append(f"`average_from` must be in [0, 1), got {self.average_from}")
         if self.weight_decay < 0:
             problems.append(f"`weight_decay` must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.chat_share < 1.0:
@@ -452,6 +460,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     t_start = time.perf_counter()
     step, targets_seen, tokens_seen, first_loss, last_loss = 0, 0, 0, float("nan"), float("nan")
     ema = float("nan")
+    average = TailAverage([rm.new_rows, *rm.trunk])
     with log_path.open("w") as log:
         while True:
             elapsed = time.perf_counter() - t_start
@@ -481,6 +490,8 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if cfg.average_from and progress >= cfg.average_from and step > cfg.rows_steps:
+                average.update()
             value = float(loss.detach())
             if kind == "sequence":
                 targets_seen += n_targets
@@ -509,6 +520,10 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     bar.close()
     elapsed = time.perf_counter() - t_start
     model.eval()
+    if average.count:  # keep the last step's weights for comparison, then serve the mean
+        save_model_folder(_snapshot(rm), tokenizer, model_dir, ckpt_root / LAST)
+        snapshots[LAST] = json.dumps({"minutes": round(elapsed / 60, 2), "step": step, "averaged": False})
+        average.copy_to_params()
     trained = save_model_folder(rm.write_back(), tokenizer, model_dir, bundle.path(TRAINED))
     metrics: dict[str, float] = {}
     if cfg.eval_users:
@@ -522,12 +537,43 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
         "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else 0.0,
         "targets": targets_seen, "targets_per_s": targets_seen / elapsed if elapsed > 0 else 0.0,
         "epochs_seen": targets_seen / max(1, sum(len(w) - 1 for w in windows)),
+        "averaged_steps": average.count,
         "peak_rss_mb": peak_memory_mb(), **{f"valid_{k}": v for k, v in metrics.items()},
     }
     bundle.record_stage("finetune", config=cfg, inputs={"sequences.jsonl": seq_path, "model": source},
                         outputs={"trained": trained, "log": log_path}, counts=counts,
                         extra={"snapshots": {k: json.loads(v) for k, v in sorted(snapshots.items())}})
     return counts
+
+
+class TailAverage:
+    """The running mean of some parameters over the steps it is updated on (tail weight averaging:
+    the mean of the late iterates of one run generalises better than the last one, Izmailov et al.
+    2018, SWA; Kaddour 2022, LAWA). Hand-written: torch's AveragedModel copies the whole model
+    (the frozen 49k-row embedding included), this keeps only the trained tensors."""
+
+    def __init__(self, params: Sequence[Any]):
+        self.params = list(params)
+        self.mean: list[Any] = []
+        self.count = 0
+
+    def update(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            if not self.count:
+                self.mean = [p.detach().clone() for p in self.params]
+            else:
+                for m, p in zip(self.mean, self.params, strict=True):
+                    m.lerp_(p.detach(), 1.0 / (self.count + 1))
+        self.count += 1
+
+    def copy_to_params(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for m, p in zip(self.mean, self.params, strict=True):
+                p.copy_(m)
 
 
 def _snapshot(rm: RowsModel) -> Any:

@@ -204,3 +204,36 @@ def test_freed_memory_is_returned_whenever_resident_memory_passes_the_budget(
     assert len(logged) == 3 and all(r > budget_mb for r in logged)
     with pytest.raises(ConfigError, match="trim_above_mb"):
         seq.SequenceConfig(trim_above_mb=-1)
+
+
+def test_served_weights_are_the_mean_of_the_tail_steps(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `average_from`, `trained/` holds the mean of the weights after each step of the run's tail,
+    and `checkpoints/seq-last/` the last step's own weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    import finetune.sequence as seq
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    build_bundle(b, BuildConfig(history_len=3))
+    seen: list[list[torch.Tensor]] = []
+    update = seq.TailAverage.update
+
+    def recording(self: seq.TailAverage) -> None:
+        seen.append([p.detach().clone() for p in self.params])
+        update(self)
+
+    monkeypatch.setattr(seq.TailAverage, "update", recording)
+    counts = seq.train_sequences(b, seq.SequenceConfig(max_steps=4, batch_size=4, keep_layers=1, rows_steps=0,
+                                                       warmup_steps=1, learning_rate=1e-2, eval_users=0, bf16="off",
+                                                       num_threads=1, average_from=0.5), quiet=True)
+    assert counts["averaged_steps"] == len(seen) == 2  # progress 0.5 and 0.75 of 4 steps
+    trained = load_file(str(b.path(seq.TRAINED, "model.safetensors")))
+    last = load_file(str(b.path(seq.CHECKPOINTS, seq.LAST, "model.safetensors")))
+    name = next(k for k in trained if "layers.0.mlp.down_proj" in k)
+    position = next(i for i, p in enumerate(seen[-1]) if p.shape == last[name].shape and torch.equal(p, last[name]))
+    torch.testing.assert_close(trained[name], (seen[0][position] + seen[1][position]) / 2)
+    assert not torch.equal(seen[0][position], seen[1][position])
+    with pytest.raises(ConfigError, match="average_from"):
+        seq.SequenceConfig(average_from=1.0)
