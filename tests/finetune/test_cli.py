@@ -68,3 +68,20 @@ def test_sequence_recipe_errors_name_the_fix(tmp_path):
     assert res.exit_code == 2 and "--recipe lora" in res.output
     res = runner.invoke(app, ["export", "--bundle", str(b.root)])
     assert res.exit_code == 4 and "chatrec finetune" in res.output
+
+
+def test_sequence_flags_reach_the_recipe(tmp_path):
+    """`--average-from` and `--trim-above-mb` land in the recorded config and take effect."""
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    assert runner.invoke(app, ["data", "build", "--bundle", str(b.root), "--history-len", "3"]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--max-steps", "4", "--batch-size", "4",
+                              "--keep-layers", "1", "--rows-steps", "0", "--eval-users", "0", "--threads", "1", "--quiet",
+                              "--average-from", "0.5", "--trim-above-mb", "1"])
+    assert res.exit_code == 0, res.output
+    stage = b.stage("finetune")
+    assert stage["config"]["average_from"] == 0.5 and stage["config"]["trim_above_mb"] == 1.0
+    assert stage["counts"]["averaged_steps"] == 2 and "seq-last" in stage["snapshots"]
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--average-from", "1"])
+    assert res.exit_code == 2 and "average_from" in res.output
