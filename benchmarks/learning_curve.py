@@ -111,12 +111,14 @@ def plot(curve: list[dict[str, Any]], baselines: dict[str, dict[str, float]], us
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from finetune.sequence import LAST
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    served = [p for p in curve if p["snapshot"] != "seq-last"]
+    served = [p for p in curve if p["snapshot"] != LAST]
     ax.plot([p["train_minutes"] for p in served], [p["ndcg@10"] for p in served], "o-",
             label="chatrec LLM (sequence recipe)", color="C3")
     for p in curve:
-        if p["snapshot"] == "seq-last":  # the final model is a tail average; this is its last step alone
+        if p["snapshot"] == LAST:  # the final model is a tail average; this is its last step alone
             ax.plot([p["train_minutes"]], [p["ndcg@10"]], "o", mfc="none", color="C3",
                     label="last step's weights (not averaged)")
     for j, (name, vals) in enumerate(baselines.items()):
