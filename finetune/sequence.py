@@ -89,7 +89,7 @@ class SequenceConfig:
                                 "step's weights (0.5 lost 0.003 NDCG@10 in one 100-minute run, BENCHMARKS.md)."})
     trim_above_mb: float = field(default=0.0, metadata={"help": "Also return freed heap memory to the OS (glibc) after "
                                  "every step that ends above this many MiB, so peak RSS stays near it; 0 = only every "
-                                 "50 steps (the default: at 2,560 a 100-minute run peaked 0.4 GiB lower but trained "
+                                 "50 steps (the default: at 2,560 a 100-minute run peaked 0.5 GiB lower but trained "
                                  "17% fewer tokens per second, BENCHMARKS.md)."})
     seed: int = field(default=0, metadata={"help": "Seed for data order and chat-step choice."})
     init_model: str | None = field(default=None, metadata={"help": "Start from this trained model folder (continual runs)."})
