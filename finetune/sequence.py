@@ -524,7 +524,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     model.eval()
     if average.count:  # keep the last step's weights for comparison, then serve the mean
         save_model_folder(_snapshot(rm), tokenizer, model_dir, ckpt_root / LAST)
-        snapshots[LAST] = json.dumps({"minutes": round(elapsed / 60, 2), "step": step, "averaged": False})
+        snapshots[LAST] = json.dumps({"minutes": round(elapsed / 60, 2), "step": step})
         average.copy_to_params()
     trained = save_model_folder(rm.write_back(), tokenizer, model_dir, bundle.path(TRAINED))
     metrics: dict[str, float] = {}
