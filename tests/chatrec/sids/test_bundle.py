@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from chatrec.bundle import Bundle
 from chatrec.cli import app
-from chatrec.errors import BundleError, DataError
+from chatrec.errors import BundleError, ConfigError, DataError
 from chatrec.sids import SidConfig, assign_bundle, codes_matrix, fit_bundle, level_sizes, load_sids
 from chatrec.tokens import sid_string
 from tests.conftest import make_catalog
@@ -162,6 +163,8 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "`levels` must be >= 1, got 0" in one_line_error(result)
     result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--method", "pq"])
     assert "`method`" in one_line_error(result)
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--cold-items", "drop"])
+    assert "`cold_items` must be one of impute, zero" in one_line_error(result)
     for cmd in ("fit", "assign"):
         result = runner.invoke(app, ["sids", cmd, "--help"])
         assert result.exit_code == 0 and "--bundle" in result.output
@@ -247,6 +250,24 @@ def test_cold_items_take_the_collaborative_part_of_the_code_nearest_their_text(t
     items = new_items()
     rows = assign_bundle(bundle, items, embeddings=vectors(items["item_id"].tolist()))
     assert np.array_equal(codes_matrix(rows)[:, 0], nearest_by_text(vectors(rows["item_id"].tolist())))
+
+
+def test_cold_items_zero_fits_the_codebooks_on_every_item_as_it_is() -> None:
+    from chatrec.sids import fit_sids
+
+    ids = [f"m{i}" for i in range(40)]
+    collab = np.random.default_rng(3).normal(size=(40, 8)).astype(np.float32)
+    collab[30:] = 0.0                                               # ten items nobody interacted with
+    x = np.concatenate([vectors(ids), collab], axis=1)
+    cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False)
+    zero = fit_sids(x, dataclasses.replace(cfg, cold_items="zero"), text_dim=DIM)
+    impute = fit_sids(x, cfg, text_dim=DIM)
+    as_is = fit_sids(x, cfg)                                        # no text/collaborative split: nothing is cold
+    assert np.array_equal(zero.codebooks, as_is.codebooks) and np.array_equal(zero.codes, as_is.codes)
+    assert not np.array_equal(impute.codebooks, as_is.codebooks)   # learned on the 30 warm items only
+    assert zero.report["cold_items"] == impute.report["cold_items"] == 10
+    with pytest.raises(ConfigError, match="cold_items"):
+        SidConfig(cold_items="drop")
 
 
 def test_collisions_are_ordered_by_training_popularity(tmp_path: Path) -> None:
