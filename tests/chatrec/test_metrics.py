@@ -73,3 +73,20 @@ def test_metric_invariants(ranks: list[int | None], k: int) -> None:
     assert 0.0 <= nd <= hr <= 1.0
     assert metrics.hit_rate(ranks, k + 1) >= hr
     assert metrics.mrr(ranks, k) <= hr
+
+
+def test_paired_bootstrap_brackets_the_ratio_and_tightens_with_more_users() -> None:
+    rng = np.random.default_rng(0)
+    ranks = [int(r) if r < 10 else None for r in rng.geometric(0.05, size=2000) - 1]
+    a = metrics.ndcg_gains(ranks, 10)
+    assert a.mean() == pytest.approx(metrics.ndcg(ranks, 10))
+    same = metrics.paired_bootstrap(a, a)
+    assert same["ratio"] == 1.0 and same["diff"] == 0.0 and same["ratio_low"] == same["ratio_high"] == 1.0
+    b = np.where(rng.random(len(a)) < 0.5, a, 0.0)               # the same system, half its hits dropped
+    small, large = metrics.paired_bootstrap(a[:200], b[:200]), metrics.paired_bootstrap(a, b)
+    for r in (small, large):
+        assert r["ratio_low"] < r["ratio"] < r["ratio_high"] and r["diff_low"] < r["diff"] < r["diff_high"]
+    assert large["ratio_low"] > 1.5                              # a ~2x system is told apart at 2,000 users
+    assert large["ratio_high"] - large["ratio_low"] < small["ratio_high"] - small["ratio_low"]
+    with pytest.raises(ValueError, match="equal-length"):
+        metrics.paired_bootstrap(a, a[:-1])
