@@ -135,19 +135,29 @@ class VLLMEngine:
             self._seen.pop(out.request_id, None)
 
     def _submit(self, prompt_ids: Sequence[int], sp: Any) -> tuple[str, queue.Queue[Any]]:
+        return self._submit_all([(prompt_ids, sp)])[0]
+
+    def _submit_all(self, requests: Sequence[tuple[Sequence[int], Any]]) -> list[tuple[str, queue.Queue[Any]]]:
+        """Add every request under one hold of the lock, so the step thread, which steps under the
+        same lock, schedules them together: a beam level's requests then run as one batched step,
+        not split over the steps that would start while the rest are still being added."""
         if self._error is not None:
             raise ChatrecError(f"the vLLM engine stopped: {self._error}")
-        rid = f"chatrec-{next(self._ids)}"
-        q: queue.Queue[Any] = queue.Queue()
+        subs: list[tuple[str, queue.Queue[Any]]] = [(f"chatrec-{next(self._ids)}", queue.Queue()) for _ in requests]
         with self._wake:
-            self._queues[rid] = q
-            try:
-                self.engine.add_request(rid, {"prompt_token_ids": [int(t) for t in prompt_ids]}, sp)
-            except (ValueError, TypeError, self._client_error) as exc:  # bad request parameters
-                self._queues.pop(rid, None)
-                raise EngineRequestError(str(exc)) from None
+            for i, ((rid, q), (prompt_ids, sp)) in enumerate(zip(subs, requests, strict=True)):
+                self._queues[rid] = q
+                try:
+                    self.engine.add_request(rid, {"prompt_token_ids": [int(t) for t in prompt_ids]}, sp)
+                except (ValueError, TypeError, self._client_error) as exc:  # bad request parameters
+                    added = [r for r, _ in subs[:i]]
+                    for r in [*added, rid]:
+                        self._queues.pop(r, None)
+                    if added:  # all or nothing: the ones already in would only compute for nobody
+                        self.engine.abort_request(added)
+                    raise EngineRequestError(str(exc)) from None
             self._wake.notify()
-        return rid, q
+        return subs
 
     def _abort(self, rid: str) -> None:
         with self._wake:
@@ -226,7 +236,7 @@ class VLLMEngine:
 
     def generate_raw(self, prompts: Sequence[Sequence[int]], sampling_params: Any) -> list[list[int]]:
         """Generate with vLLM `SamplingParams` as given (e.g. `extra_args` as vLLM's server passes them)."""
-        subs = [self._submit(p, sampling_params) for p in prompts]
+        subs = self._submit_all([(p, sampling_params) for p in prompts])
         outs: list[list[int]] = []
         for _rid, q in subs:
             ids: list[int] = []
@@ -244,12 +254,15 @@ class VLLMEngine:
         token_ids = [int(t) for t in token_ids]
         chunks = [token_ids[i:i + _MAX_SCORED_IDS] for i in range(0, len(token_ids), _MAX_SCORED_IDS)]
         out = np.full((len(continuations), len(token_ids)), -np.inf)
-        subs = []
+        where: list[tuple[int, int, list[int]]] = []
+        requests: list[tuple[list[int], Any]] = []
         for b, cont in enumerate(continuations):
             prompt = [*prefix_ids, *cont]
             for c, chunk in enumerate(chunks):
                 sp = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=chunk, detokenize=False)
-                subs.append((b, c * _MAX_SCORED_IDS, chunk, self._submit(prompt, sp)[1]))
+                where.append((b, c * _MAX_SCORED_IDS, chunk))
+                requests.append((prompt, sp))
+        subs = [(*w, q) for w, (_rid, q) in zip(where, self._submit_all(requests), strict=True)]
         for b, offset, chunk, q in subs:
             lps = None
             while (item := q.get()) is not _DONE:

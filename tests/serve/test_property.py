@@ -137,3 +137,33 @@ def test_span_logits_processor_plugs_into_hf_generate(recommender: Recommender) 
     for row in out[:, len(prompt):].tolist():
         check = check_spans(rec.core, row, start_in_span=True, allowed=allowed)
         assert check.invalid == 0 and len(check.items) == 1
+
+
+def test_vllm_beam_level_runs_as_one_batched_step(recommender: Recommender) -> None:
+    """A beam level's scoring requests are added under one hold of the engine lock, so the step
+    thread schedules all of them in its first step (not split over the steps that would start while
+    the rest were still being added), and each gets its own scores."""
+    if recommender.engine.name != "vllm":
+        pytest.skip("vLLM engine only")
+    rec = recommender
+    engine = rec.engine
+    core_engine = engine.engine
+    seen: list[int] = []
+    step = core_engine.step
+
+    def counting_step():  # type: ignore[no-untyped-def]
+        seen.append(core_engine.get_num_unfinished_requests())
+        return step()
+
+    prompt = rec.retrieval_prompt([("m1", "like"), ("m2", "like")])
+    conts = [[int(t)] for t in rec.core.trie.allowed_next([])[:12]]
+    ids = sorted({int(t) for c in conts for t in rec.core.trie.allowed_next(c)})
+    core_engine.step = counting_step
+    try:
+        scores = engine.next_token_logprobs(prompt, conts, ids)
+    finally:
+        core_engine.step = step
+    assert seen and seen[0] == len(conts)
+    assert scores.shape == (len(conts), len(ids)) and np.isfinite(scores).all()
+    for i in (0, len(conts) - 1):  # each beam's row is its own: as when it is scored alone
+        assert np.allclose(scores[i], engine.next_token_logprobs(prompt, [conts[i]], ids)[0], atol=1e-4)
