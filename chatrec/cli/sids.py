@@ -33,7 +33,8 @@ def fit_cmd(
     codebook_size: int = typer.Option(0, "--codebook-size", help=_help("codebook_size")),
     collaborative_weight: float = typer.Option(8.0, "--collaborative-weight", help=_help("collaborative_weight")),
     disambiguation: str = typer.Option("popularity", "--disambiguation", help=_help("disambiguation")),
-    cold_items: str = typer.Option("impute", "--cold-items", help=_help("cold_items")),
+    codebooks_from: str = typer.Option("all", "--codebooks-from", help=_help("codebooks_from")),
+    impute_cold: bool = typer.Option(True, "--impute-cold/--no-impute-cold", help=_help("impute_cold")),
     seed: int = typer.Option(0, "--seed", help=_help("seed")),
     epochs: int = typer.Option(100, "--epochs", help=_help("rqvae_epochs")),
     embedding_model: str = typer.Option(None, "--embedding-model", help="Text encoder: a sentence-transformers "
@@ -48,7 +49,8 @@ def fit_cmd(
     embedding = EmbeddingConfig(model=embedding_model) if embedding_model else EmbeddingConfig()
     config = SidConfig(method=method, levels=levels, codebook_size=codebook_size, seed=seed,
                        collaborative_weight=collaborative_weight, disambiguation=disambiguation,
-                       cold_items=cold_items, rqvae_epochs=epochs, embedding=embedding)
+                       codebooks_from=codebooks_from, impute_cold=impute_cold,
+                       rqvae_epochs=epochs, embedding=embedding)
     b = Bundle(bundle or default_bundle())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

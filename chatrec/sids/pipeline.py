@@ -109,13 +109,14 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
 
     `popularity` `[N]` (e.g. training interaction counts) orders items that share learned codes on
     the disambiguation level, most popular first; without it they keep catalog order. `text_dim`:
-    the vectors are text then collaborative dimensions; with residual k-means and `cold_items`
-    "impute" the codebooks are learned on the items that have a collaborative part, and the others
-    get one imputed (`impute_collaborative`), as new items do in `assign_bundle`.
+    the vectors are text then collaborative dimensions; with residual k-means the codebooks are
+    learned on every item or only on those with a collaborative part (`codebooks_from`), and the
+    others are encoded with one imputed (`impute_cold`, `impute_collaborative`), as new items are
+    in `assign_bundle`.
     """
     config = config or SidConfig()
     t0 = time.perf_counter()
-    x = x_in = _as_vectors(texts_or_embeddings, config)
+    x = _as_vectors(texts_or_embeddings, config)
     n = len(x)
     if n == 0:
         raise DataError("no items to fit semantic IDs on")
@@ -128,7 +129,7 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
         warnings.warn(f"codebook_size {wanted} exceeds the {n} items; using {k} codes per "
                       "level (pass --codebook-size to choose)", UserWarning, stacklevel=2)
     state: dict[str, np.ndarray] = {}
-    cold = None if text_dim is None or config.cold_items == "zero" else cold_mask(x, text_dim)
+    cold = None if text_dim is None else cold_mask(x, text_dim)
     if config.method == "rqvae":
         from chatrec.sids.rqvae import fit_rqvae
 
@@ -137,12 +138,12 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
     else:
         from chatrec.sids.rqkmeans import fit_rqkmeans
 
-        warm = np.ones(n, dtype=bool) if cold is None else ~cold
+        warm = np.ones(n, dtype=bool) if cold is None or config.codebooks_from == "all" else ~cold
         if warm.sum() < k:  # too few items with interactions to learn the codebooks from
             warm[:] = True
         codebooks = fit_rqkmeans(x[warm], config.levels, k, seed=config.seed, iters=config.kmeans_iters,
                                  progress=config.progress)
-        if cold is not None and text_dim is not None:
+        if text_dim is not None and config.impute_cold:
             x = impute_collaborative(x, text_dim, codebooks)
     t_fit = time.perf_counter()
     learned, recon = _encode(x, config, codebooks, state)
@@ -157,8 +158,8 @@ def fit_sids(texts_or_embeddings: Sequence[str] | np.ndarray, config: SidConfig 
                           requested_codebook_size=wanted,
                           seconds={"embed": t_embed - t0, "fit": t_fit - t_embed,
                                    "encode": t_end - t_fit, "total": t_end - t0})
-    if text_dim is not None:
-        report["cold_items"] = int(cold_mask(x_in, text_dim).sum())
+    if cold is not None:
+        report["cold_items"] = int(cold.sum())
     return SidResult(codes=codes, codebooks=codebooks, config=config, report=report, model_state=state,
                      item_ids=[str(i) for i in item_ids] if item_ids is not None else None)
 
@@ -372,7 +373,7 @@ def assign_bundle(bundle: BundleLike, new_items: pd.DataFrame, *, update_catalog
     if config.collaborative_weight > 0 and x.shape[1] < dim:  # no interactions yet: impute the collaborative part
         text_dim = x.shape[1]
         x = np.concatenate([_unit(x), np.zeros((len(x), dim - text_dim), dtype=np.float32)], axis=1)
-        if config.method == "rqkmeans" and config.cold_items == "impute":
+        if config.method == "rqkmeans" and config.impute_cold:
             x = impute_collaborative(x, text_dim, codebooks)
     if x.shape[1] != dim:
         raise DataError(f"new items embed to {x.shape[1]} dimensions but the SIDs were fitted on {dim}")

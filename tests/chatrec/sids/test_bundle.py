@@ -163,8 +163,8 @@ def test_cli_bad_input_gives_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "`levels` must be >= 1, got 0" in one_line_error(result)
     result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--method", "pq"])
     assert "`method`" in one_line_error(result)
-    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--cold-items", "drop"])
-    assert "`cold_items` must be one of impute, zero" in one_line_error(result)
+    result = runner.invoke(app, ["sids", "fit", "--bundle", str(bundle.root), "--codebooks-from", "drop"])
+    assert "`codebooks_from` must be one of all, warm" in one_line_error(result)
     for cmd in ("fit", "assign"):
         result = runner.invoke(app, ["sids", cmd, "--help"])
         assert result.exit_code == 0 and "--bundle" in result.output
@@ -252,7 +252,7 @@ def test_cold_items_take_the_collaborative_part_of_the_code_nearest_their_text(t
     assert np.array_equal(codes_matrix(rows)[:, 0], nearest_by_text(vectors(rows["item_id"].tolist())))
 
 
-def test_cold_items_zero_fits_the_codebooks_on_every_item_as_it_is() -> None:
+def test_codebooks_from_all_items_keep_every_trained_code_and_impute_only_the_cold_ones() -> None:
     from chatrec.sids import fit_sids
 
     ids = [f"m{i}" for i in range(40)]
@@ -260,14 +260,26 @@ def test_cold_items_zero_fits_the_codebooks_on_every_item_as_it_is() -> None:
     collab[30:] = 0.0                                               # ten items nobody interacted with
     x = np.concatenate([vectors(ids), collab], axis=1)
     cfg = SidConfig(levels=2, codebook_size=4, seed=0, progress=False)
-    zero = fit_sids(x, dataclasses.replace(cfg, cold_items="zero"), text_dim=DIM)
-    impute = fit_sids(x, cfg, text_dim=DIM)
     as_is = fit_sids(x, cfg)                                        # no text/collaborative split: nothing is cold
+    zero = fit_sids(x, dataclasses.replace(cfg, impute_cold=False), text_dim=DIM)
     assert np.array_equal(zero.codebooks, as_is.codebooks) and np.array_equal(zero.codes, as_is.codes)
-    assert not np.array_equal(impute.codebooks, as_is.codebooks)   # learned on the 30 warm items only
-    assert zero.report["cold_items"] == impute.report["cold_items"] == 10
-    with pytest.raises(ConfigError, match="cold_items"):
-        SidConfig(cold_items="drop")
+    default = fit_sids(x, cfg, text_dim=DIM)                        # codebooks from all, cold items imputed
+    assert np.array_equal(default.codebooks, as_is.codebooks)
+    assert np.array_equal(default.codes[:30], as_is.codes[:30])     # no item with interactions moves
+    assert np.array_equal(default.codes[30:, 0], impute_collaborative_nearest(x[30:], default.codebooks))
+    warm = fit_sids(x, dataclasses.replace(cfg, codebooks_from="warm"), text_dim=DIM)
+    assert not np.array_equal(warm.codebooks, as_is.codebooks)     # learned on the 30 warm items only
+    assert zero.report["cold_items"] == default.report["cold_items"] == warm.report["cold_items"] == 10
+    with pytest.raises(ConfigError, match="codebooks_from"):
+        SidConfig(codebooks_from="drop")
+
+
+def impute_collaborative_nearest(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """Level-0 code of each row once its collaborative part is that of the codeword nearest its text."""
+    words = codebooks[0]
+    near = np.argmin(((x[:, None, :DIM] - words[None, :, :DIM]) ** 2).sum(-1), axis=1)
+    filled = np.concatenate([x[:, :DIM], words[near, DIM:]], axis=1)
+    return np.argmin(((filled[:, None, :] - words[None]) ** 2).sum(-1), axis=1)
 
 
 def test_collisions_are_ordered_by_training_popularity(tmp_path: Path) -> None:
