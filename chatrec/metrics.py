@@ -36,19 +36,17 @@ def hit_rate(ranks: Iterable[int | None], k: int) -> float:
     return sum(1 for r in rs if r is not None and r < k) / len(rs)
 
 
-def ndcg(ranks: Iterable[int | None], k: int) -> float:
-    """NDCG@K with one relevant item per user: 1 / log2(rank + 2) when rank < k, else 0."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    rs = _ranks(ranks)
-    return sum(1.0 / math.log2(r + 2) for r in rs if r is not None and r < k) / len(rs)
-
-
 def ndcg_gains(ranks: Iterable[int | None], k: int) -> np.ndarray:
-    """Each user's NDCG@K gain (`ndcg` is their mean), for paired comparisons between systems."""
+    """Each user's NDCG@K gain with one relevant item: 1 / log2(rank + 2) when rank < k, else 0
+    (per user, for paired comparisons between systems; `ndcg` is their mean)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     return np.array([1.0 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in _ranks(ranks)])
+
+
+def ndcg(ranks: Iterable[int | None], k: int) -> float:
+    """NDCG@K with one relevant item per user: the mean of `ndcg_gains`."""
+    return float(ndcg_gains(ranks, k).mean())
 
 
 def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, resamples: int = 2000,
