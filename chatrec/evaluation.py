@@ -25,6 +25,7 @@ from chatrec import metrics
 from chatrec.baselines import BASELINES, ItemKNNConfig, SASRecConfig
 from chatrec.bundle import Bundle, atomic_path, atomic_write_json, atomic_write_text
 from chatrec.errors import ConfigError, DataError
+from chatrec.retrieval import LAST_LEVELS, SERVED_LAST_LEVEL
 
 DEFAULT_SYSTEMS = ("random", "popularity", "itemknn", "sasrec")
 CORE_METRICS = ("mrr", "coverage", "invalid_rate", "seen_rate", "latency_ms_per_user")
@@ -247,9 +248,10 @@ class LLMSystem:
     """The bundle's finetuned LLM through `chatrec.recommender.Recommender` (constrained top-K)."""
 
     def __init__(self, name: str, bundle: Bundle, engine: str = "transformers", history_len: int | None = None,
-                 model_dir: str | None = None):
+                 model_dir: str | None = None, last_level: str = SERVED_LAST_LEVEL):
         self.name = name
         self.model_dir = model_dir
+        self.last_level = last_level
         self.bundle = bundle
         self.engine = engine
         self.history_len = history_len
@@ -259,8 +261,10 @@ class LLMSystem:
         from chatrec.recommender import Recommender  # lands with the serving stage
 
         self.rec = Recommender.from_bundle(self.bundle.root, engine=self.engine, model_dir=self.model_dir)
+        self.rec.last_level = self.last_level
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
-        info = {"engine": self.engine, "bundle": str(self.bundle.root), "history_len": self.history_len,
+        info = {"engine": self.engine, "last_level": self.last_level, "bundle": str(self.bundle.root),
+                "history_len": self.history_len,
                 "model_dir": str(self.rec.model_dir)}
         for key in ("recipe", "train_minutes", "layers", "steps", "epochs_seen", "averaged_steps"):
             if key in trained:
@@ -333,6 +337,8 @@ class EvalConfig:
         "help": "Most recent input events given to the LLM; every input item is still excluded from its answer. "
                 "None = the whole input (the recommender then keeps what its prompts were trained on: one "
                 "sequence window, or `history_len` events in chat prompts)."})
+    last_level: str = field(default=SERVED_LAST_LEVEL, metadata={
+        "help": "LLM retrieval on the SID's last (disambiguation) level: prior (no model call, as served) or model."})
     llm_model_dir: str | None = field(default=None, metadata={
         "help": "Model folder for llm systems (default: BUNDLE/export, else BUNDLE/model), e.g. a training snapshot."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -356,6 +362,8 @@ class EvalConfig:
             raise ConfigError(f"`llm_history_len` must be >= 1 or None, got {self.llm_history_len}")
         if self.engine not in ("transformers", "vllm"):
             raise ConfigError(f"`engine` must be 'transformers' or 'vllm', got {self.engine!r}")
+        if self.last_level not in LAST_LEVELS:
+            raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
 
 
 def sample_cases(cases: Sequence[Case], max_users: int | None, seed: int) -> list[Case]:
@@ -423,7 +431,7 @@ def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
         if bundle is None:
             raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
         return LLMSystem(name, bundle, engine=config.engine, history_len=config.llm_history_len,
-                         model_dir=config.llm_model_dir)
+                         model_dir=config.llm_model_dir, last_level=config.last_level)
     return BaselineSystem(name, seed=config.seed, progress=config.progress, itemknn=config.itemknn,
                           sasrec=config.sasrec)
 

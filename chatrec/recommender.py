@@ -31,7 +31,7 @@ from chatrec.prompts import (
     tokens_per_event,
     year_from,
 )
-from chatrec.retrieval import RankedItem, RetrievalConfig, ValueFunction, rank, top_k
+from chatrec.retrieval import SERVED_LAST_LEVEL, RankedItem, RetrievalConfig, ValueFunction, rank, top_k
 from chatrec.tokens import escape_special_tokens, sid_string
 
 ENGINES = ("transformers", "vllm", "remote")  # remote: a gateway over a vLLM OpenAI server (`serve --upstream`)
@@ -116,6 +116,8 @@ class Recommender:
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
+        self.last_level = SERVED_LAST_LEVEL  # "prior" or "model" (chatrec.retrieval.RetrievalConfig.last_level)
+        self.prior_exponent = 0.5  # RetrievalConfig.prior_exponent
         # left-pad sequence prompts to whole KV blocks (`block_padding`); chatrec serve turns it on
         # for the vLLM and gateway engines, whose prefix cache holds whole blocks only
         self.align_history = False
@@ -246,7 +248,8 @@ class Recommender:
         self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")
         self.limits.check(f"{width} beams x {len(prompt) + self.core.trie.depth} tokens",
                           width * (len(prompt) + self.core.trie.depth), "max_beam_tokens")
-        config = RetrievalConfig(k=k, beam_width=width, search=self.search)
+        config = RetrievalConfig(k=k, beam_width=width, search=self.search, last_level=self.last_level,
+                                 prior_exponent=self.prior_exponent)
         # renormalised search needs each beam's children up to a constant: an engine that can
         # compute the output head over those rows only (transformers) skips the full vocabulary
         scores = getattr(self.engine, "next_token_scores", None) if config.renormalize else None

@@ -17,6 +17,12 @@ import numpy as np
 from chatrec.errors import ConfigError
 from chatrec.trie import ItemTrie
 
+# what `Recommender` (and so `chatrec serve` and `chatrec eval`) uses: on ML-100k, 941 users, the prior
+# scored like the model (validation NDCG@10 0.1128 vs 0.1125, test 0.1076 vs 0.1059) and saves the
+# last level's model call (BENCHMARKS.md, "The last SID level without the model")
+SERVED_LAST_LEVEL = "prior"
+LAST_LEVELS = ("model", "prior")
+
 LogprobsFn = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int]], np.ndarray]
 
 
@@ -37,10 +43,24 @@ class RetrievalConfig:
                                           "prefix first (exact top-k of the renormalised scores, see `best_first`)."})
     max_expansions: int = field(
         default=2000, metadata={"help": "best_first: most prefixes expanded before answering with what it has."})
+    last_level: str = field(
+        default="model", metadata={"help": "Scores on the trie's last (disambiguation) level: model (asked like "
+                                           "every level) or prior (no model call: the items sharing all earlier "
+                                           "codes get (index + 1) ** -prior_exponent, renormalised; the index "
+                                           "orders them by training popularity)."})
+    prior_exponent: float = field(
+        default=0.5, metadata={"help": "Exponent of the last-level prior: 0 = uniform, larger = more weight on the "
+                                       "most popular item of a cell (0.5 was chosen on ML-100k validation users)."})
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ConfigError(f"`k` must be >= 1, got {self.k}")
+        if self.last_level not in LAST_LEVELS:
+            raise ConfigError(f"`last_level` must be 'model' or 'prior', got {self.last_level!r}")
+        if not self.prior_exponent >= 0:
+            raise ConfigError(f"`prior_exponent` must be >= 0, got {self.prior_exponent}")
+        if self.last_level == "prior" and not self.renormalize:
+            raise ConfigError("`last_level` prior needs renormalize=True (the prior is a distribution over children)")
         if self.search not in ("beam", "best_first"):
             raise ConfigError(f"`search` must be 'beam' or 'best_first', got {self.search!r}")
         if self.beam_width is not None and self.beam_width < self.k:
@@ -78,6 +98,7 @@ def top_k(
     if cfg.search == "best_first":
         return best_first(logprobs_fn, prompt_ids, trie, cfg, allowed)
     node_allowed = None if allowed is None else trie.node_allowed(allowed)
+    prior = _last_level_prior(trie, cfg)
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     kept_per_level: list[list[tuple[tuple[int, ...], float]]] = []
     for _level in range(trie.depth):
@@ -85,7 +106,7 @@ def top_k(
         union = np.unique(np.concatenate(children)) if children else np.empty(0, np.int64)
         if not len(union):
             break
-        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in beams], children, cfg.renormalize)
+        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in beams], children, cfg.renormalize, prior)
         cand: list[tuple[tuple[int, ...], float]] = []
         for b, (prefix, score) in enumerate(beams):
             for t, value in zip(children[b], rows[b], strict=True):
@@ -109,16 +130,34 @@ def top_k(
     return results[: cfg.k]
 
 
+def _last_level_prior(trie: ItemTrie, cfg: RetrievalConfig) -> tuple[int, int, float] | None:
+    """(depth of the last level's parents, token id of disambiguation index 0, exponent) when the
+    last level is scored by the prior, else None."""
+    if cfg.last_level != "prior" or trie.depth < 2 or not len(trie.sequences):
+        return None
+    return trie.depth - 1, int(trie.sequences[:, -1].min()), cfg.prior_exponent
+
+
 def _level_scores(logprobs_fn: LogprobsFn, prompt_ids: Sequence[int], prefixes: Sequence[tuple[int, ...]],
-                  children: Sequence[np.ndarray], renormalize: bool) -> list[np.ndarray]:
+                  children: Sequence[np.ndarray], renormalize: bool,
+                  prior: tuple[int, int, float] | None = None) -> list[np.ndarray]:
     """Each prefix's score per allowed child, from one batched call for the prefixes that need one.
 
     Renormalised over a prefix's allowed children, a single child scores log(1) = 0 whatever the
     model says, so such prefixes are not sent to the model: with SIDs whose last (disambiguation)
-    level is almost always a single code, that saves the last level's whole model call.
+    level is almost always a single code, that saves the last level's whole model call. With
+    `prior` = (depth, base, exponent), prefixes of that depth score their children
+    (index + 1) ** -exponent (index = token - base), renormalised, without the model.
     """
     rows: list[np.ndarray] = [np.zeros(len(c)) for c in children]
-    ask = [b for b, c in enumerate(children) if len(c) > 1 or (len(c) == 1 and not renormalize)]
+    if prior is not None:
+        depth, base, exponent = prior
+        for b, c in enumerate(children):
+            if len(prefixes[b]) == depth and len(c) > 1:
+                w = -exponent * np.log(np.asarray(c, dtype=np.float64) - base + 1)
+                rows[b] = w - np.logaddexp.reduce(w)
+    ask = [b for b, c in enumerate(children) if (len(c) > 1 or (len(c) == 1 and not renormalize))
+           and (prior is None or len(prefixes[b]) != prior[0])]
     if not ask:
         return rows
     union = np.unique(np.concatenate([children[b] for b in ask]))
@@ -152,6 +191,7 @@ def best_first(
     if not config.renormalize:
         raise ConfigError("best_first needs renormalize=True (its bound holds for per-level log-probs)")
     node_allowed = None if allowed is None else trie.node_allowed(allowed)
+    prior = _last_level_prior(trie, config)
     heap: list[tuple[float, tuple[int, ...]]] = [(-0.0, ())]
     results: list[ScoredItem] = []
     seen: set[int] = set()
@@ -179,7 +219,7 @@ def best_first(
         children = [trie.allowed_next(list(p), node_allowed=node_allowed) for p, _ in group]
         if not sum(len(c) for c in children):
             continue
-        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in group], children, True)
+        rows = _level_scores(logprobs_fn, prompt_ids, [p for p, _ in group], children, True, prior)
         for b, (prefix, score) in enumerate(group):
             expansions += 1
             expanded.append((prefix, score))

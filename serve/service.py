@@ -23,6 +23,7 @@ from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
 from chatrec.prompts import history_text, plural
 from chatrec.recommender import ENGINES, CostLimits, LimitError, Recommender, UnknownItemError
+from chatrec.retrieval import LAST_LEVELS, SERVED_LAST_LEVEL
 from chatrec.tokens import escape_special_tokens, sid_string
 from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, LogFullError, interaction_row
 from serve.protocol import (
@@ -91,6 +92,10 @@ class ServeConfig:
                                           "codes (every event kept). auto: on for the vllm and remote engines; on; off."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
+    last_level: str = field(
+        default=SERVED_LAST_LEVEL, metadata={"help": "Retrieval scores on the SID's last (disambiguation) level: "
+                                                     "prior (no model call; scored like the model on ML-100k) or "
+                                                     "model."})
 
     def __post_init__(self) -> None:
         if self.upstream:
@@ -120,6 +125,8 @@ class ServeConfig:
                               "(or set CHATREC_API_KEY), or --insecure if this network is trusted")
         if self.search not in ("beam", "best_first"):
             raise ConfigError(f"`search` must be 'beam' or 'best_first', got {self.search!r}")
+        if self.last_level not in LAST_LEVELS:
+            raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
         if self.align_history not in ("auto", "on", "off"):
             raise ConfigError(f"`align_history` must be auto, on or off, got {self.align_history!r}")
         if self.admin_key and self.admin_key == self.api_key:
@@ -195,6 +202,7 @@ class ChatService:
         self.rec = recommender
         recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
         recommender.search = config.search
+        recommender.last_level = config.last_level
         # auto: on over vLLM, whose prefix cache keeps whole 32-token blocks only (in process, and
         # the upstream as the README starts it, --block-size 32); the transformers engine shares
         # the whole prompt by tree attention, so it keeps every event

@@ -25,6 +25,8 @@ def eval_command(
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
     engine: str = typer.Option("transformers", "--engine", help="Engine for llm systems: transformers or vllm."),
+    last_level: str = typer.Option(None, "--last-level", help="LLM retrieval on the SID's last (disambiguation) "
+                                   "level: prior (no model call, as served; the default) or model."),
     sasrec_epochs: int = typer.Option(50, "--sasrec-epochs", help="Maximum SASRec epochs (early-stopped on validation)."),
     llm_model_dir: Path = typer.Option(None, "--llm-model-dir", help="Model folder for llm systems (default: "
                                        "BUNDLE/export), e.g. a training snapshot BUNDLE/checkpoints/seq-015.0min."),
@@ -33,6 +35,7 @@ def eval_command(
     from chatrec.baselines import SASRecConfig
     from chatrec.errors import ConfigError
     from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
+    from chatrec.retrieval import SERVED_LAST_LEVEL
 
     try:
         ks = tuple(int(x) for x in _csv(k))
@@ -40,7 +43,7 @@ def eval_command(
         raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
                         target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine,
-                        sasrec=SASRecConfig(epochs=sasrec_epochs),
+                        last_level=last_level or SERVED_LAST_LEVEL, sasrec=SASRecConfig(epochs=sasrec_epochs),
                         llm_model_dir=str(llm_model_dir) if llm_model_dir else None)
     results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(markdown_table(results, config.ks))

@@ -44,6 +44,7 @@ def serve(
                                                                   "loopback and --host (DNS-rebinding guard)."),
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
     search: str = typer.Option("beam", "--search", help=_help("search")),
+    last_level: str = typer.Option(None, "--last-level", help=_help("last_level") + " Default: prior."),
     align_history: str = typer.Option("auto", "--align-history", help=_help("align_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
@@ -52,6 +53,7 @@ def serve(
     from chatrec.bundle import Bundle
     from chatrec.deps import require
     from chatrec.errors import ConfigError
+    from chatrec.retrieval import SERVED_LAST_LEVEL
     from serve.service import ServeConfig
 
     require("fastapi", "the server")
@@ -72,7 +74,7 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure, search=search, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout)
+                         insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout)
     from serve.server import run
 
     run(config)

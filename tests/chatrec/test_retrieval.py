@@ -166,3 +166,44 @@ def test_a_level_of_single_children_costs_no_model_call() -> None:
     calls.clear()
     got = top_k(fake_logprobs(calls), [1, 40], trie, RetrievalConfig(k=5, search="best_first"))
     assert [g.item_id for g in got] == [w[0] for w in want]
+
+
+@pytest.mark.parametrize("search", ["beam", "best_first"])
+def test_last_level_prior_asks_the_model_one_level_less_and_scores_by_index(search: str) -> None:
+    trie = random_trie(40, seed=3)  # last level: tokens 30..33 = disambiguation index 0..3
+    allowed = np.ones(trie.n_items, dtype=bool)
+    allowed[::5] = False
+    prompt = [1, 2, 40]
+    calls: list = []
+    got = top_k(fake_logprobs(calls), prompt, trie,
+                RetrievalConfig(k=8, beam_width=64, search=search, last_level="prior", prior_exponent=0.7), allowed)
+    model = fake_logprobs([])
+    want = []
+    for idx in np.flatnonzero(allowed):  # exhaustive: model scores on the first levels, the prior on the last
+        seq = trie.sequences[idx].tolist()
+        s = 0.0
+        for d in range(trie.depth):
+            children = trie.allowed_next(seq[:d], allowed).tolist()
+            if d == trie.depth - 1:
+                lp = -0.7 * np.log(np.array(children, dtype=float) - 30 + 1)
+            else:
+                lp = model(prompt, [seq[:d]], children)[0]
+            s += float(lp[children.index(seq[d])] - np.logaddexp.reduce(lp))
+        want.append((str(trie.item_ids[idx]), s))
+    want.sort(key=lambda w: -w[1])
+    assert [g.item_id for g in got] == [w[0] for w in want[:8]]
+    np.testing.assert_allclose([g.score for g in got], [w[1] for w in want[:8]], rtol=1e-9)
+    plain: list = []
+    top_k(fake_logprobs(plain), prompt, trie, RetrievalConfig(k=8, beam_width=64, search=search), allowed)
+    assert sum(n for _, n in calls) < sum(n for _, n in plain)  # the last level's prefixes were not asked
+    if search == "beam":
+        assert (len(calls), len(plain)) == (trie.depth - 1, trie.depth)
+
+
+def test_last_level_prior_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match="last_level"):
+        RetrievalConfig(last_level="popular")
+    with pytest.raises(ConfigError, match="prior_exponent"):
+        RetrievalConfig(last_level="prior", prior_exponent=-1)
+    with pytest.raises(ConfigError, match="renormalize"):
+        RetrievalConfig(last_level="prior", renormalize=False)

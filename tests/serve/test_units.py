@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from chatrec.constrained import ConstraintCore, SpanTokens
 from chatrec.engine import TokenStep
+from chatrec.errors import ConfigError
 from chatrec.trie import ItemTrie
 from serve.feedback import JsonlLog, interaction_row
 from serve.protocol import ChatCompletionRequest, FeedbackRequest
@@ -239,5 +240,37 @@ def test_chat_on_a_shop_catalog_speaks_of_its_own_items(tmp_path: Path) -> None:
         assert extra["items"] and all("Eyepieces" in list(cats[i["item_id"]]) for i in extra["items"])
         r = svc.chat(ChatCompletionRequest(model="chatrec", messages=[{"role": "user", "content": "thanks"}]))
         assert "product you loved" in r["choices"][0]["message"]["content"]
+    finally:
+        svc.close()
+
+
+def test_last_level_setting_reaches_retrieval_and_both_settings_return_real_items(tmp_path: Path) -> None:
+    """`--last-level`: prior (the default) scores the disambiguation level without the model, model asks it."""
+    from chatrec.testing import make_tiny_bundle
+    from serve.service import ChatService, ServeConfig
+
+    with pytest.raises(ConfigError, match="`last_level` must be one of model, prior"):
+        ServeConfig(bundle=str(tmp_path), engine="transformers", last_level="popular")
+    bundle = make_tiny_bundle(tmp_path / "b", n_items=36)
+    svc = ChatService.build(ServeConfig(bundle=str(bundle.root), engine="transformers"))
+    try:
+        assert svc.rec.last_level == "prior"
+        history = [("m1", "like"), ("m2", "like")]
+        asked: dict[str, int] = {}
+        score = svc.rec.engine.next_token_scores
+
+        def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+            asked[svc.rec.last_level] = asked.get(svc.rec.last_level, 0) + 1
+            return score(*args, **kwargs)
+
+        svc.rec.engine.next_token_scores = counting
+        got = {}
+        for level in ("prior", "model"):
+            svc.rec.last_level = level
+            got[level] = [r.item_id for r in svc.rec.recommend(history, k=5)]
+        catalog = set(svc.rec.catalog["item_id"])
+        assert all(len(ids) == 5 and set(ids) <= catalog - {"m1", "m2"} for ids in got.values())
+        assert asked.get("prior", 0) <= svc.rec.core.trie.depth - 1  # at most one model call per earlier level
+        assert asked["model"] >= asked.get("prior", 0)
     finally:
         svc.close()
