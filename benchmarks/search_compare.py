@@ -4,7 +4,8 @@ scored by the model or by a prior: HR@10, NDCG@10, latency.
 Scores the bundle's final model (export/) on every ML-100k test user with the same split, cases
 and constrained retrieval as `chatrec eval`, once per variant, in one process:
 
-    .venv/bin/python benchmarks/search_compare.py --bundle BUNDLE [--variants beam,prior]
+    .venv/bin/python benchmarks/search_compare.py --bundle BUNDLE [--variants beam,prior] [--split valid]
+        [--prior-exponents 0,0.5,1] [--sequence-events N] [--beam-width W]
 
 Writes benchmarks/results/search_compare.json and prints a table.
 """
@@ -37,7 +38,10 @@ def main() -> None:
     ap.add_argument("--engine", default="transformers")
     ap.add_argument("--split", choices=("test", "valid"), default="test",
                     help="Score the test targets, or the validation targets (to choose settings without the test set).")
-    ap.add_argument("--prior-exponents", default="1",
+    ap.add_argument("--sequence-events", type=int, default=None,
+                    help="History events in the prompt (default: one training window's worth).")
+    ap.add_argument("--beam-width", type=int, default=None, help="Beams kept per level (default: 2k = 20).")
+    ap.add_argument("--prior-exponents", default="0.5",
                     help="prior variant: comma-separated exponents of the index prior (index d weighs (d+1)^-a).")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_compare.json"))
     args = ap.parse_args()
@@ -59,6 +63,11 @@ def main() -> None:
     cases = sample_cases(split.test if args.split == "test" else split.valid, config.max_users, config.seed)
     system = make_system("llm", bundle, config)
     system.fit(split, catalog)
+    if args.sequence_events:
+        system.rec.sequence_events = args.sequence_events
+    if args.beam_width:
+        recommend = system.rec.recommend
+        system.rec.recommend = lambda history, k, **kw: recommend(history, k, beam_width=args.beam_width, **kw)
     rows = []
     first = None  # the first variant's per-user NDCG@10
     runs = [(key, float(a)) for key in wanted
@@ -80,7 +89,8 @@ def main() -> None:
         if rows:  # the paired difference to the first variant, with its 95% interval over users
             vs = metrics.paired_bootstrap(gains, first)
             out["vs_first"] = {key: round(vs[key], 4) for key in ("diff", "diff_low", "diff_high")}
-        rows.append({"variant": name, "engine": args.engine, "split": args.split, "hr@10": round(out["hr@10"], 4), "ndcg@10": round(out["ndcg@10"], 4),
+        rows.append({"variant": name, "engine": args.engine, "split": args.split,
+                     "sequence_events": system.rec.sequence_events, "beam_width": args.beam_width or 20, "hr@10": round(out["hr@10"], 4), "ndcg@10": round(out["ndcg@10"], 4),
                      "ms_per_user": round(ms, 1), "users": len(cases),
                      **({"ndcg@10_vs_first": out["vs_first"]} if "vs_first" in out else {})})
         print(rows[-1], flush=True)
