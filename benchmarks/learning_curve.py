@@ -49,6 +49,7 @@ def main() -> None:
         markdown_table,
         sample_cases,
         score_lists,
+        target_ranks,
     )
     from finetune.sequence import LAST
 
@@ -70,8 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         recs = system.recommend(cases, max(config.ks))
         out = score_lists(recs, cases, catalog, config.ks)
-        ranks = [metrics.target_rank(r[:10], c.target) for r, c in zip(recs, cases, strict=True)]
-        gains[name] = metrics.ndcg_gains(ranks, 10)
+        gains[name] = metrics.ndcg_gains(target_ranks(recs, cases, 10), 10)
         out.update(latency_ms_per_user=(time.perf_counter() - t0) * 1000 / len(cases), fit_s=fit_s, users=len(cases))
         if "train_minutes" in fit_info[name]:
             out["train_minutes"] = fit_info[name]["train_minutes"]

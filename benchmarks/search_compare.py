@@ -49,7 +49,15 @@ def main() -> None:
 
     from chatrec import metrics
     from chatrec.bundle import Bundle
-    from chatrec.evaluation import Catalog, EvalConfig, leave_last_out, make_system, sample_cases, score_lists
+    from chatrec.evaluation import (
+        Catalog,
+        EvalConfig,
+        leave_last_out,
+        make_system,
+        sample_cases,
+        score_lists,
+        target_ranks,
+    )
 
     bundle = Bundle(args.bundle)
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -84,9 +92,10 @@ def main() -> None:
         recs = system.recommend(cases, 10)
         ms = (time.perf_counter() - t0) * 1000 / len(cases)
         out = score_lists(recs, cases, catalog, (10,))
-        gains = metrics.ndcg_gains([metrics.target_rank(r[:10], c.target) for r, c in zip(recs, cases, strict=True)], 10)
-        first = first if first is not None else gains
-        if rows:  # the paired difference to the first variant, with its 95% interval over users
+        gains = metrics.ndcg_gains(target_ranks(recs, cases, 10), 10)
+        if first is None:
+            first = gains
+        else:  # the paired difference to the first variant, with its 95% interval over users
             vs = metrics.paired_bootstrap(gains, first)
             out["vs_first"] = {key: round(vs[key], 4) for key in ("diff", "diff_low", "diff_high")}
         rows.append({"variant": name, "engine": args.engine, "split": args.split,

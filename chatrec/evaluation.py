@@ -374,11 +374,16 @@ def sample_cases(cases: Sequence[Case], max_users: int | None, seed: int) -> lis
     return [cases[i] for i in keep]
 
 
+def target_ranks(recs: Sequence[Sequence[str]], cases: Sequence[Case], k: int) -> list[int | None]:
+    """Each case's target rank (0-based) in its top-`k` list, or None when it is not there."""
+    return [metrics.target_rank(r[:k], c.target) for r, c in zip(recs, cases, strict=True)]
+
+
 def score_lists(recs: Sequence[Sequence[str]], cases: Sequence[Case], catalog: Catalog, ks: Sequence[int]
                 ) -> dict[str, float]:
     """HR@K, NDCG@K, MRR (truncated at max K), coverage, invalid and seen-item rates of top-K lists."""
     kmax = max(ks)
-    ranks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(recs, cases, strict=True)]
+    ranks = target_ranks(recs, cases, kmax)
     out: dict[str, float] = {}
     for k in ks:
         out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
@@ -413,13 +418,13 @@ def _conversational(system: Any, cases: Sequence[Case], plain: Sequence[Sequence
 
     preds = [meets(con) for con in cons]
     out: dict[str, float] = {}
-    ranks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(answered, sub_cases, strict=True)]
+    ranks = target_ranks(answered, sub_cases, kmax)
     for k in ks:
         out[f"conv_sat@{k}"] = metrics.satisfaction_rate(answered, preds, k)
         out[f"conv_hr@{k}"] = metrics.hit_rate(ranks, k)
     out["conv_ndcg@10"] = metrics.ndcg(ranks, 10)
     if filtered is not None:
-        franks = [metrics.target_rank(r[:kmax], c.target) for r, c in zip(filtered, sub_cases, strict=True)]
+        franks = target_ranks(filtered, sub_cases, kmax)
         for k in ks:
             out[f"conv_filter_hr@{k}"] = metrics.hit_rate(franks, k)
         out["conv_filter_ndcg@10"] = metrics.ndcg(franks, 10)
