@@ -31,7 +31,15 @@ from chatrec.prompts import (
     tokens_per_event,
     year_from,
 )
-from chatrec.retrieval import SERVED_LAST_LEVEL, RankedItem, RetrievalConfig, ValueFunction, rank, top_k
+from chatrec.retrieval import (
+    PRIOR_EXPONENT,
+    SERVED_LAST_LEVEL,
+    RankedItem,
+    RetrievalConfig,
+    ValueFunction,
+    rank,
+    top_k,
+)
 from chatrec.tokens import escape_special_tokens, sid_string
 
 ENGINES = ("transformers", "vllm", "remote")  # remote: a gateway over a vLLM OpenAI server (`serve --upstream`)
@@ -117,7 +125,7 @@ class Recommender:
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
         self.last_level = SERVED_LAST_LEVEL  # "prior" or "model" (chatrec.retrieval.RetrievalConfig.last_level)
-        self.prior_exponent = 0.5  # RetrievalConfig.prior_exponent
+        self.prior_exponent = PRIOR_EXPONENT  # RetrievalConfig.prior_exponent
         # left-pad sequence prompts to whole KV blocks (`block_padding`); chatrec serve turns it on
         # for the vLLM and gateway engines, whose prefix cache holds whole blocks only
         self.align_history = False

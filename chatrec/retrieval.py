@@ -23,6 +23,7 @@ from chatrec.trie import ItemTrie
 # at about one prefill", "the last SID level without the model")
 SERVED_LAST_LEVEL = "prior"
 LAST_LEVELS = ("model", "prior")
+PRIOR_EXPONENT = 0.5  # chosen on ML-100k validation users (0 / 0.5 / 1 / 2: 0.1081 / 0.1128 / 0.1102 / 0.1066)
 
 LogprobsFn = Callable[[Sequence[int], Sequence[Sequence[int]], Sequence[int]], np.ndarray]
 
@@ -50,7 +51,7 @@ class RetrievalConfig:
                                            "codes get (index + 1) ** -prior_exponent, renormalised; the index "
                                            "orders them by training popularity)."})
     prior_exponent: float = field(
-        default=0.5, metadata={"help": "Exponent of the last-level prior: 0 = uniform, larger = more weight on the "
+        default=PRIOR_EXPONENT, metadata={"help": "Exponent of the last-level prior: 0 = uniform, larger = more weight on the "
                                        "most popular item of a cell (0.5 was chosen on ML-100k validation users)."})
 
     def __post_init__(self) -> None:
@@ -134,9 +135,9 @@ def top_k(
 def _last_level_prior(trie: ItemTrie, cfg: RetrievalConfig) -> tuple[int, int, float] | None:
     """(depth of the last level's parents, token id of disambiguation index 0, exponent) when the
     last level is scored by the prior, else None."""
-    if cfg.last_level != "prior" or trie.depth < 2 or not len(trie.sequences):
+    if cfg.last_level != "prior" or trie.depth < 2 or not trie.n_items:
         return None
-    return trie.depth - 1, int(trie.sequences[:, -1].min()), cfg.prior_exponent
+    return trie.depth - 1, trie.first_token(trie.depth - 1), cfg.prior_exponent
 
 
 def _level_scores(logprobs_fn: LogprobsFn, prompt_ids: Sequence[int], prefixes: Sequence[tuple[int, ...]],

@@ -71,6 +71,7 @@ class ItemTrie:
         parents = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
         self._edge_keys = parents * self._stride + child_tokens.astype(np.int64)
         self._id_index: dict[str, int] | None = None
+        self._first_tokens: dict[int, int] = {}
 
     # construction --------------------------------------------------------------------------
     @classmethod
@@ -198,6 +199,13 @@ class ItemTrie:
         """The item id whose full token sequence is `seq`, or None."""
         idx = self.item_index(seq)
         return None if idx is None else str(self.item_ids[idx])
+
+    def first_token(self, level: int) -> int:
+        """The smallest token id on `level` (0-based) over all items (kept after its first use):
+        on the disambiguation level, the token of index 0."""
+        if level not in self._first_tokens:
+            self._first_tokens[level] = int(self.sequences[:, level].min())
+        return self._first_tokens[level]
 
     def index_of_id(self, item_id: str) -> int | None:
         """Item index of `item_id`, or None (builds an id index on first use)."""
