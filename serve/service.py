@@ -86,6 +86,9 @@ class ServeConfig:
         default=None, metadata={"help": "URL of a vLLM OpenAI server serving this bundle's export with the chatrec "
                                         "logits processor: chatrec then runs as a gateway over it (engine `remote`)."})
     upstream_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for the upstream (then 504)."})
+    kv_cache_gib: float = field(
+        default=1.0, metadata={"help": "vLLM engine on CPU: memory for the KV cache every request shares, in GiB "
+                                       "(VLLM_CPU_KVCACHE_SPACE, when set, wins; on a GPU vLLM sizes it itself)."})
     align_history: str = field(
         default="auto", metadata={"help": "Left-pad retrieval prompts with the pad token to whole 32-token KV blocks, so "
                                           "vLLM's prefix cache holds the whole prompt and each beam computes only its own "
@@ -106,6 +109,8 @@ class ServeConfig:
             raise ConfigError("engine `remote` needs --upstream URL (a vLLM OpenAI server)")
         if self.upstream_timeout <= 0:
             raise ConfigError(f"`upstream_timeout` must be > 0, got {self.upstream_timeout}")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"`kv_cache_gib` must be > 0, got {self.kv_cache_gib}")
         if self.engine == "auto":
             from chatrec.deps import is_vllm_available
 
@@ -225,7 +230,7 @@ class ChatService:
     def build(cls, config: ServeConfig, bundle: str | None = None) -> ChatService:
         kwargs: dict[str, Any] = {}
         if config.engine == "vllm":
-            kwargs["max_model_len"] = config.max_model_len
+            kwargs.update(max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib)
         if config.engine == "remote":
             kwargs.update(url=config.upstream, timeout=config.upstream_timeout)
         rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, **kwargs)

@@ -48,6 +48,7 @@ def serve(
     align_history: str = typer.Option("auto", "--align-history", help=_help("align_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
+    kv_cache_gib: float = typer.Option(1.0, "--kv-cache-gib", help=_help("kv_cache_gib")),
 ) -> None:
     """Serve a bundle behind an OpenAI-compatible endpoint with SID-constrained decoding."""
     from chatrec.bundle import Bundle
@@ -74,7 +75,8 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout)
+                         insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout,
+                         kv_cache_gib=kv_cache_gib)
     from serve.server import run
 
     run(config)

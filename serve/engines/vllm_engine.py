@@ -40,10 +40,9 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model_dir: str | Path, core: ConstraintCore | None = None, *,
-                 max_model_len: int = 2048, kv_cache_gib: int = 1, dtype: str | None = None,
+                 max_model_len: int = 2048, kv_cache_gib: float = 1.0, dtype: str | None = None,
                  max_num_seqs: int = 64, gpu_memory_utilization: float = 0.5):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         import torch
         from vllm import LLM
@@ -57,6 +56,8 @@ class VLLMEngine:
             register_core(self.core_key, core)
         on_gpu = torch.cuda.is_available()
         llm_dtype: Any = dtype or ("bfloat16" if on_gpu else "float32")
+        # on CPU the KV cache is a fixed size (vLLM's own VLLM_CPU_KVCACHE_SPACE, whole GiB, wins when set)
+        kv_bytes = None if on_gpu or os.environ.get("VLLM_CPU_KVCACHE_SPACE") else int(kv_cache_gib * 2**30)
         self.llm = LLM(
             model=str(self.model_dir), dtype=llm_dtype,
             max_model_len=max_model_len, enforce_eager=not on_gpu, enable_prefix_caching=True,
@@ -73,7 +74,7 @@ class VLLMEngine:
             # for this engine by default; chatrec.recommender.block_padding): each beam then
             # computes only its own codes over a fully cached prompt.
             block_size=PROMPT_BLOCK,
-            gpu_memory_utilization=gpu_memory_utilization, seed=0,
+            gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes, seed=0,
         )
         self.engine = self.llm.llm_engine
         # vLLM's CPU worker binds its OpenMP threads in this thread and then replaces

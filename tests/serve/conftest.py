@@ -42,8 +42,9 @@ class RemoteServer:
                "--port", str(self.port), *args]
         if api_key:
             cmd += ["--api-key", api_key]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {**{k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"},  # --kv-cache-gib sizes it
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         self.log_path = log or bundle / "server.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -274,3 +274,13 @@ def test_last_level_setting_reaches_retrieval_and_both_settings_return_real_item
         assert asked["model"] >= asked.get("prior", 0)
     finally:
         svc.close()
+
+
+def test_kv_cache_size_is_checked(tmp_path: Path) -> None:
+    """`--kv-cache-gib` sizes the vLLM engine's CPU KV cache (its effect on RSS: tests/serve/test_abuse.py)."""
+    from serve.service import ServeConfig
+
+    for bad in (0, -1.0):
+        with pytest.raises(ConfigError, match="`kv_cache_gib` must be > 0"):
+            ServeConfig(bundle=str(tmp_path), engine="transformers", kv_cache_gib=bad)
+    assert ServeConfig(bundle=str(tmp_path), engine="transformers", kv_cache_gib=0.25).kv_cache_gib == 0.25
