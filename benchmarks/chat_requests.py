@@ -54,8 +54,7 @@ def start(bundle: Path, engine: str, port: int) -> Any:
     """`chatrec serve` as a subprocess (ui.local_server.LocalServer), healthy when this returns."""
     from ui.local_server import LocalServer
 
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env).start()
+    return LocalServer(bundle, engine=engine, port=port, start_timeout=600).start()
 
 
 def main() -> None:

@@ -53,8 +53,7 @@ def serve(bundle: Path, engine: str, port: int, args: list[str]) -> Any:
     """`chatrec serve` as a subprocess (ui.local_server.LocalServer), healthy when this returns."""
     from ui.local_server import LocalServer
 
-    env = {"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, env=env, extra_args=args).start()
+    return LocalServer(bundle, engine=engine, port=port, start_timeout=600, extra_args=args).start()
 
 
 def pct(xs: list[float], q: float) -> float:
