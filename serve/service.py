@@ -748,4 +748,6 @@ def error_for(exc: BaseException) -> APIError:
         return APIError(400, str(exc))
     if isinstance(exc, ChatrecError):
         return APIError(500, str(exc), type="server_error")
+    # a bug, not bad input: the client sees the class name, the server log the traceback
+    logging.getLogger("chatrec.serve").error("internal error", exc_info=exc)
     return APIError(500, f"internal error: {exc.__class__.__name__}", type="server_error")

@@ -201,33 +201,41 @@ class TransformersEngine:
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
         """One prompt (a chat turn), decoded on its cached prompt: a chat's next turn, whose prompt
         extends the last one, computes only its new tokens (`_prefix`); the cache is cropped back to
-        the prompt afterwards, also when the caller stops reading."""
+        the prompt afterwards, also when the caller stops reading.
+
+        A server resumes this generator on whichever thread is free, and inference mode is per
+        thread, so each step enters it anew and no yield happens inside it.
+        """
         import torch
 
         with self._lock:
             processor, gen, stops = self._decoding(params)
-            n, cache, last = self._prefix(prompt_ids)
+            with torch.inference_mode():
+                n, cache, last = self._prefix(prompt_ids)
             seqs = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
             head = self.model.get_output_embeddings()
             hidden = last[None]  # [1, H]
             try:
-                with torch.inference_mode():
-                    for i in range(params.max_tokens):
+                for i in range(params.max_tokens):
+                    with torch.inference_mode():
                         logits = head(hidden).float()  # [1, V]
                         raw = torch.log_softmax(logits, dim=-1)
                         if processor is not None:
                             logits = processor(seqs, logits)
                         nxt = _sample(logits, params, gen)  # [1]
                         tok = int(nxt[0])
-                        yield TokenStep(tok, float(raw[0, tok]))
-                        if tok in stops or i + 1 == params.max_tokens:
-                            return
+                        step = TokenStep(tok, float(raw[0, tok]))
+                    yield step
+                    if tok in stops or i + 1 == params.max_tokens:
+                        return
+                    with torch.inference_mode():
                         seqs = torch.cat([seqs, nxt[:, None]], dim=1)
                         out = self._base()(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
                                            position_ids=torch.as_tensor([[n + i]], device=self.device))
                         hidden = out.last_hidden_state[:, -1]
             finally:
-                cache.crop(n)  # back to the prompt alone, as the LRU keeps it
+                with torch.inference_mode():
+                    cache.crop(n)  # back to the prompt alone, as the LRU keeps it
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
         outs: list[list[int]] = [[] for _ in prompts]

@@ -115,3 +115,25 @@ def test_chat_generation_reuses_the_cached_prompt_and_leaves_it_intact(engine: T
     stream.close()  # the client went away after one token
     n, cache, _ = engine._prefix(turn2)
     assert n == len(turn2) and cache.get_seq_length() == len(turn2)
+
+
+def test_a_stream_may_resume_on_another_thread(engine: TransformersEngine) -> None:
+    """The server pulls each streamed token on whichever threadpool thread is free. Grad and
+    inference mode are per thread, so a generator that entered `inference_mode` on one thread and
+    resumes on another must not depend on it (CI saw "internal error: RuntimeError" mid-stream)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from chatrec.engine import GenerationParams
+
+    prompt = [1, 17, 300, 42, 9, 8]
+    params = GenerationParams(max_tokens=12, temperature=0.0, constrained=False, ignore_eos=True)
+    want = [s.token_id for s in engine.generate(prompt, params)]
+    stream = engine.generate(prompt, params)
+    got = []
+    for _ in range(len(want)):  # each step on a fresh thread, none of them in inference mode
+        with ThreadPoolExecutor(1) as pool:
+            got.append(pool.submit(next, stream).result().token_id)
+    assert got == want
+    stream.close()
+    (cache, _), = engine._prefixes.values()
+    assert cache.get_seq_length() == len(prompt)  # cropped back to the prompt
