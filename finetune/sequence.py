@@ -91,6 +91,10 @@ class SequenceConfig:
                                  "every step that ends above this many MiB, so peak RSS stays near it; 0 = only every "
                                  "50 steps (the default: at 2,560 a 100-minute run peaked 0.5 GiB lower but trained "
                                  "17% fewer tokens per second, BENCHMARKS.md)."})
+    head_rows_multiple: int = field(default=256, metadata={"help": "Pad the supervised positions to a multiple of "
+                                    "this many rows before the output head (64 at most for chat steps, whose head is "
+                                    "the whole vocabulary), so its matmul sees few shapes; 0 = no padding (resident "
+                                    "memory then crept 0.6 GiB in 6 minutes, BENCHMARKS.md)."})
     seed: int = field(default=0, metadata={"help": "Seed for data order and chat-step choice."})
     init_model: str | None = field(default=None, metadata={"help": "Start from this trained model folder (continual runs)."})
 
@@ -127,6 +131,8 @@ class SequenceConfig:
             problems.append(f"`epochs` must be > 0, got {self.epochs}")
         if self.bf16 not in ("auto", "on", "off"):
             problems.append(f"`bf16` must be auto, on or off, got {self.bf16!r}")
+        if self.head_rows_multiple < 0:
+            problems.append(f"`head_rows_multiple` must be >= 0, got {self.head_rows_multiple}")
         if self.trim_above_mb < 0:
             problems.append(f"`trim_above_mb` must be >= 0, got {self.trim_above_mb}")
         if self.num_threads is not None and self.num_threads < 1:
@@ -288,21 +294,36 @@ def right_padded(rows: Sequence[Sequence[int]], pad: int, device: str) -> tuple[
     return values.to(device), attn.to(device)
 
 
-def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[Any, int]:
+def padded_targets(pred: Any, target: Any, multiple: int = 256) -> tuple[Any, Any]:
+    """Supervised positions [P, H] and targets [P] padded to a multiple of `multiple` rows (zero
+    states, targets ignored by the loss, so the mean loss and its gradient are unchanged). P differs
+    every step; with a new row count per step the head's matmul took a new shape each time and
+    resident memory crept up 0.6 GiB in 6 minutes (flat with padding; BENCHMARKS.md, Memory)."""
+    import torch.nn.functional as F
+
+    extra = padded_width(int(pred.shape[0]), multiple) - int(pred.shape[0]) if multiple else 0
+    if not extra:
+        return pred, target
+    return F.pad(pred, (0, 0, 0, extra)), F.pad(target, (0, extra), value=-100)
+
+
+def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str,
+                  head_rows_multiple: int = 256) -> tuple[Any, int]:
     """Mean cross-entropy of every next token of every window, over the added-token rows; (loss, targets)."""
     import torch.nn.functional as F
 
     ids, attn = right_padded(windows, pad_id, device)
     h = rm.hidden(ids, attn)  # [B, T, H]
     keep = attn[:, 1:].bool()  # position t predicts t + 1
-    pred = h[:, :-1][keep]  # [P, H]
     target = ids[:, 1:][keep] - rm.first  # [P] index into the new rows
-    logits = rm.logits(pred, full=False).float()  # [P, N]
-    return F.cross_entropy(logits, target), int(target.numel())
+    pred, padded = padded_targets(h[:, :-1][keep], target, head_rows_multiple)  # [P', H], P' >= P
+    logits = rm.logits(pred, full=False).float()  # [P', N]
+    return F.cross_entropy(logits, padded), int(target.numel())
 
 
 def sequence_backward(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str,
-                      micro_batch_size: int | None = None, autocast: Any = None) -> tuple[Any, int]:
+                      micro_batch_size: int | None = None, autocast: Any = None,
+                      head_rows_multiple: int = 256) -> tuple[Any, int]:
     """`sequence_loss` of `windows`, back-propagated in micro-batches of `micro_batch_size` windows:
     each part weighted by its share of the targets, so the gradient is the whole batch's (less
     activation memory at once). Returns (the batch's mean loss, detached; targets)."""
@@ -315,13 +336,14 @@ def sequence_backward(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: i
     total = torch.zeros(())
     for i in range(0, len(windows), size):
         with autocast if autocast is not None else contextlib.nullcontext():
-            part_loss, part_targets = sequence_loss(rm, windows[i:i + size], pad_id, device)
+            part_loss, part_targets = sequence_loss(rm, windows[i:i + size], pad_id, device, head_rows_multiple)
         (part_loss * (part_targets / n_targets)).backward()
         total = total + part_loss.detach().float().cpu() * (part_targets / n_targets)
     return total, n_targets
 
 
-def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str) -> tuple[Any, int]:
+def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str,
+              head_rows_multiple: int = 64) -> tuple[Any, int]:
     """Cross-entropy over the full vocabulary at the assistant tokens of rendered conversations."""
     import torch.nn.functional as F
 
@@ -330,10 +352,10 @@ def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str) -> t
     mask = mask.bool()
     h = rm.hidden(ids, attn)
     keep = mask[:, 1:]
-    pred = h[:, :-1][keep]
     target = ids[:, 1:][keep]
+    pred, padded = padded_targets(h[:, :-1][keep], target, head_rows_multiple)
     logits = rm.logits(pred, full=True).float()
-    return F.cross_entropy(logits, target), int(target.numel())
+    return F.cross_entropy(logits, padded), int(target.numel())
 
 
 class JsonlIndex:
@@ -482,12 +504,13 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
             if kind == "chat":
                 batch = [chat_row(rng) for _ in range(cfg.chat_batch_size)]
                 with autocast:
-                    loss, n_targets = chat_loss(rm, batch, pad_id, device)
+                    loss, n_targets = chat_loss(rm, batch, pad_id, device, min(cfg.head_rows_multiple, 64))
                 loss.backward()
                 n_tokens = sum(len(r) for r in batch)
             else:
                 batch_w = [windows[next(order)] for _ in range(cfg.batch_size)]
-                loss, n_targets = sequence_backward(rm, batch_w, pad_id, device, cfg.micro_batch_size, autocast)
+                loss, n_targets = sequence_backward(rm, batch_w, pad_id, device, cfg.micro_batch_size, autocast,
+                                                    cfg.head_rows_multiple)
                 n_tokens = sum(len(w) for w in batch_w)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -116,6 +116,8 @@ def finetune_cmd(
     weight_decay: float = typer.Option(None, "--weight-decay", help="sequence: " + _help(SequenceConfig, "weight_decay")),
     average_from: float = typer.Option(None, "--average-from", help="sequence: " + _help(SequenceConfig, "average_from")),
     trim_above_mb: float = typer.Option(None, "--trim-above-mb", help="sequence: " + _help(SequenceConfig, "trim_above_mb")),
+    head_rows_multiple: int = typer.Option(None, "--head-rows-multiple",
+                                           help="sequence: " + _help(SequenceConfig, "head_rows_multiple")),
     resume: bool = typer.Option(False, "--resume", help="lora: continue from the latest checkpoint in BUNDLE/checkpoints."),
     max_steps: int = typer.Option(None, "--max-steps", help=_help(FinetuneConfig, "max_steps")),
     epochs: float = typer.Option(None, "--epochs", help=_help(FinetuneConfig, "epochs")),
@@ -166,6 +168,7 @@ def finetune_cmd(
                "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "max_steps": max_steps, "epochs": epochs,
                "dropout": dropout, "attention_dropout": attention_dropout, "weight_decay": weight_decay,
                "average_from": average_from, "trim_above_mb": trim_above_mb, "micro_batch_size": micro_batch_size,
+               "head_rows_multiple": head_rows_multiple,
                "batch_size": batch_size, "learning_rate": lr, "warmup_steps": warmup_steps,
                "eval_users": eval_users, "seed": seed, "num_threads": threads,
                "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None}

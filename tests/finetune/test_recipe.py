@@ -185,6 +185,45 @@ def test_micro_batches_give_the_whole_batch_gradient() -> None:
         assert abs(value - losses[0]) < 1e-5
 
 
+def test_supervised_rows_are_padded_to_few_shapes_without_changing_loss_or_gradient() -> None:
+    """The head sees a multiple of 256 rows (a new row count per step made resident memory creep),
+    and the padded rows add nothing: loss and gradients equal the unpadded cross-entropy's."""
+    import torch
+    import torch.nn.functional as F
+
+    import finetune.sequence as seq
+    from chatrec.testing import smollm2_tokenizer, tiny_llama
+
+    tok = smollm2_tokenizer()
+    first = len(tok) - 8
+    rng = torch.Generator().manual_seed(1)
+    windows = [torch.randint(first, len(tok), (n,), generator=rng).tolist() for n in (9, 4, 12)]
+    rows_seen: list[int] = []
+    orig = seq.RowsModel.logits
+
+    def spy(self, h, full):
+        rows_seen.append(int(h.shape[0]))
+        return orig(self, h, full)
+
+    results = []
+    for multiple in (256, 0):  # the default, and no padding
+        torch.manual_seed(0)
+        rm = seq.RowsModel(tiny_llama(tok, layers=2), first)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(seq.RowsModel, "logits", spy)
+            loss, n = seq.sequence_loss(rm, windows, pad_id=0, device="cpu", head_rows_multiple=multiple)
+        loss.backward()
+        results.append((float(loss), rm.new_rows.grad.clone()))
+    assert rows_seen == [256, n] and n == sum(len(w) - 1 for w in windows)
+    assert abs(results[0][0] - results[1][0]) < 1e-6
+    torch.testing.assert_close(results[0][1], results[1][1])
+    pred, target = seq.padded_targets(torch.ones(300, 4), torch.arange(300), 256)
+    assert pred.shape == (512, 4) and int((target == -100).sum()) == 212 and float(pred[300:].abs().sum()) == 0
+    assert F.cross_entropy(torch.zeros(512, 300), target).isfinite()
+    with pytest.raises(ConfigError, match="head_rows_multiple"):
+        seq.SequenceConfig(head_rows_multiple=-1)
+
+
 @pytest.mark.parametrize(("budget_mb", "trims"), [(1.0, 3), (0.0, 0)])
 def test_freed_memory_is_returned_whenever_resident_memory_passes_the_budget(
         tmp_path, monkeypatch: pytest.MonkeyPatch, budget_mb: float, trims: int) -> None:
