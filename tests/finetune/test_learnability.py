@@ -59,7 +59,7 @@ def test_planted_rule_is_learned(tmp_path: Path) -> None:
     assert train_and_score(tmp_path / "b") >= BAR
 
 
-def _shifted_loss(rm, windows, pad_id, device):  # type: ignore[no-untyped-def]
+def _shifted_loss(rm, windows, pad_id, device, head_rows_multiple=256):  # type: ignore[no-untyped-def]
     """The loss mask off by one: each position is trained on its own token, not the next one."""
     import torch.nn.functional as F
 
