@@ -26,10 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
 
 
-def run(bundle: Path, args: list[str]) -> None:
+def run(bundle: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    """`chatrec finetune --bundle BUNDLE ARGS` as a user types it, in its own process (`env` added)."""
     cmd = [sys.executable, "-m", "chatrec", "finetune", "--bundle", str(bundle), "--quiet", *args]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
+
+
+def untrained_copy(bundle: Path, prefix: str) -> tuple[Path, Path]:
+    """(scratch folder, copy of `bundle` in it without training outputs); remove the folder when done."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    copy = work / "bundle"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoints", "trained", "adapter", "export", "eval*"))
+    return work, copy
 
 
 def lora_item_targets(bundle: Path, log: list[dict[str, Any]]) -> int:
@@ -43,9 +52,7 @@ def lora_item_targets(bundle: Path, log: list[dict[str, Any]]) -> int:
 
 
 def measure(bundle: Path, recipe: str, steps: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"chatrec-bench-{recipe}-"))
-    copy = work / "bundle"
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoints", "trained", "adapter", "export", "eval*"))
+    work, copy = untrained_copy(bundle, f"chatrec-bench-{recipe}-")
     try:
         if recipe == "lora":
             # the first 2,000 rows: the recipe renders every row before its first step, and the step cost

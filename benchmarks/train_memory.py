@@ -18,28 +18,22 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
+from benchmarks.sequence_recipe import run, untrained_copy  # noqa: E402
+
 WINDOW = 50  # steps per RSS row (the recipe trims freed heap every 50 steps)
 
 
 def measure(bundle: Path, minutes: float, multiple: int, preload: str | None) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"chatrec-mem-{multiple}-"))
-    copy = work / "bundle"
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoints", "trained", "adapter", "export", "eval*"))
-    cmd = [sys.executable, "-m", "chatrec", "finetune", "--bundle", str(copy), "--quiet", "--keep-layers", "4",
-           "--max-minutes", str(minutes), "--dropout", "0.1", "--eval-users", "0",
-           "--head-rows-multiple", str(multiple)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **({"LD_PRELOAD": preload} if preload else {})}
-    print("+", " ".join(cmd), flush=True)
+    work, copy = untrained_copy(bundle, f"chatrec-mem-{multiple}-")
     try:
-        subprocess.run(cmd, check=True, cwd=REPO, env=env)
+        run(copy, ["--keep-layers", "4", "--max-minutes", str(minutes), "--dropout", "0.1", "--eval-users", "0",
+                   "--head-rows-multiple", str(multiple)], env={"LD_PRELOAD": preload} if preload else None)
         counts = json.loads((copy / "manifest.json").read_text())["stages"]["finetune"]["counts"]
         log = [json.loads(x) for x in (copy / "checkpoints" / "train_log.jsonl").read_text().splitlines() if x]
     finally:
