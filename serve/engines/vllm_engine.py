@@ -11,6 +11,7 @@ caching, so a beam level costs one decode step per beam over a cached prompt.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -112,13 +113,19 @@ class VLLMEngine:
                 try:
                     outputs = self.engine.step()
                 except BaseException as exc:  # surface engine failures to every waiting caller
-                    self._error = exc
+                    logging.getLogger("chatrec.serve").error("the vLLM engine loop stopped", exc_info=exc)
+                    self._error = exc  # from now on `healthy` is False: /health answers 503
                     for q in self._queues.values():
                         q.put(exc)
                     self._queues.clear()
                     return
             for out in outputs:
                 self._dispatch(out)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the step loop has stopped: every request would fail until a reload."""
+        return self._error is None and (self._closed or self._thread.is_alive())
 
     def _dispatch(self, out: Any) -> None:
         q = self._queues.get(out.request_id)
