@@ -86,6 +86,12 @@ class ServeConfig:
         default=None, metadata={"help": "URL of a vLLM OpenAI server serving this bundle's export with the chatrec "
                                         "logits processor: chatrec then runs as a gateway over it (engine `remote`)."})
     upstream_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for the upstream (then 504)."})
+    upstream_api_key: str | None = field(
+        default=None, metadata={"help": "Key the gateway sends to the upstream (its `--api-key`; also "
+                                        "CHATREC_UPSTREAM_API_KEY)."})
+    stream_stall_seconds: float = field(
+        default=30.0, metadata={"help": "A streaming client that reads nothing for this long is cut off (its "
+                                        "generation stops and frees the engine)."})
     kv_cache_gib: float = field(
         default=1.0, metadata={"help": "vLLM engine on CPU: memory for the KV cache every request shares, in GiB "
                                        "(VLLM_CPU_KVCACHE_SPACE, when set, wins; on a GPU vLLM sizes it itself)."})
@@ -109,6 +115,8 @@ class ServeConfig:
             raise ConfigError("engine `remote` needs --upstream URL (a vLLM OpenAI server)")
         if self.upstream_timeout <= 0:
             raise ConfigError(f"`upstream_timeout` must be > 0, got {self.upstream_timeout}")
+        if self.stream_stall_seconds <= 0:
+            raise ConfigError(f"`stream_stall_seconds` must be > 0, got {self.stream_stall_seconds}")
         if self.kv_cache_gib <= 0:
             raise ConfigError(f"`kv_cache_gib` must be > 0, got {self.kv_cache_gib}")
         if self.engine == "auto":
@@ -225,6 +233,10 @@ class ChatService:
         self.domain = recommender.bundle.domain
         self.sids = {item_id: sid_string(codes) for item_id, codes in recommender.codes.items()}
         self.eos_ids = tuple(getattr(recommender.engine, "eos_ids", ()))
+        # no token spells more characters than the vocabulary's longest entry, so a text longer than
+        # max_prompt_tokens x this cannot fit: refused before escaping and tokenizing it (up to 256 KB)
+        vocab = recommender.engine.tokenizer.get_vocab()
+        self.max_token_chars = max(map(len, vocab), default=1)
 
     @classmethod
     def build(cls, config: ServeConfig, bundle: str | None = None) -> ChatService:
@@ -232,7 +244,7 @@ class ChatService:
         if config.engine == "vllm":
             kwargs.update(max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib)
         if config.engine == "remote":
-            kwargs.update(url=config.upstream, timeout=config.upstream_timeout)
+            kwargs.update(url=config.upstream, timeout=config.upstream_timeout, api_key=config.upstream_api_key)
         rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, **kwargs)
         return cls(config, rec)
 
@@ -266,6 +278,10 @@ class ChatService:
         if max_tokens > cfg.max_tokens_limit:
             raise APIError(400, f"max_tokens must be <= {cfg.max_tokens_limit}, got {max_tokens}",
                            param="max_tokens", code="max_tokens_too_large")
+        chars = sum(len(m.text()) for m in req.messages)
+        if chars > cfg.max_prompt_tokens * self.max_token_chars:
+            raise over_limit(f"message characters (more than {cfg.max_prompt_tokens} prompt tokens)", chars,
+                             "max_prompt_tokens", cfg.max_prompt_tokens * self.max_token_chars, "messages")
         opts = req.options()
         try:
             events = self.rec.events([(h.item_id, h.action) for h in opts.history])
