@@ -63,7 +63,7 @@ GENRE_WORDS = {
 }
 POSITIVE = r"(?:loved|love|liked|enjoyed|adored|like|similar to|such as|fan of|big fan of|more like)"
 NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|could not stand)"
-EXCLUDE = r"(?:not|except|other than|no more|besides|apart from)"
+EXCLUDE = r"(?:not|except|other than|no more|besides|apart from|already seen|already watched|seen|watched)"
 NAMED = r"(?:called|titled|named|what is|what's|tell me about|who directed|who made|when was|have you seen)"
 MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.,;!?\n]+)", re.I)
 _NEXT_TRIGGER = re.compile(rf"\s*\b(?:but|and|or)?\s*\b(?:{NEGATIVE}|{EXCLUDE}|{POSITIVE})\b", re.I)
@@ -157,12 +157,14 @@ class CatalogIndex:
         self._by_stem.update({_stem(c.split()[-1]): c for c in names if " " in c})
         self.positive_action, self.negative_action = positive_action, negative_action
         self.threshold = threshold
+        # English words for the MovieLens genres: a fallback for servers without the text encoder
+        self.common_words = True
 
     # categories and years --------------------------------------------------------------------
     def find_categories(self, text: str) -> list[str]:
         found: list[str] = []
         low = text.lower()
-        for phrase, cat in GENRE_WORDS.items():
+        for phrase, cat in GENRE_WORDS.items() if self.common_words else ():
             if cat in self.category_names and re.search(rf"\b{re.escape(phrase)}\b", low):
                 found.append(cat)
         for cat in self.category_names:  # multi-word and hyphenated names as written

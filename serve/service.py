@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import re
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from typing import Any
 from chatrec.constrained import FilterError
 from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
-from chatrec.prompts import history_text, plural
+from chatrec.prompts import history_text
 from chatrec.recommender import ENGINES, CostLimits, LimitError, Recommender, UnknownItemError
 from chatrec.retrieval import LAST_LEVELS, SERVED_LAST_LEVEL
 from chatrec.tokens import escape_special_tokens, sid_string
@@ -160,28 +159,6 @@ LIMITS = ("max_messages", "max_request_bytes", "max_tokens_limit", "default_max_
           "max_log_bytes")
 
 
-def _join(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _years_phrase(years: tuple[int, int] | None) -> str:
-    if not years:
-        return ""
-    lo, hi = years
-    if hi - lo == 9 and lo % 10 == 0:
-        return f" from the {lo}s"
-    if lo == hi:
-        return f" from {lo}"
-    if lo <= 0:
-        return f" from before {hi + 1}"
-    return f" from {lo} on" if hi >= 9999 else f" from {lo} to {hi}"
-
-
-def u_text(req: ChatCompletionRequest) -> str:
-    """The last user message's text."""
-    return next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
-
-
 def is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -226,10 +203,9 @@ class ChatService:
         self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)
         self.chat_log = JsonlLog(logs / CHATS_FILE, config.max_log_bytes) if config.log_chats else None
         self.actions = frozenset(recommender.token_map.actions)
-        from chatrec.chat import CatalogIndex
+        from chatrec.dialogue import Conversation
 
-        self.index = CatalogIndex(recommender.catalog, positive_action=recommender.positive_actions[0],
-                                  negative_action=recommender.negative_actions[0])
+        self.conversation = Conversation.for_recommender(recommender)  # the text encoder loads once, here
         self.domain = recommender.bundle.domain
         self.sids = {item_id: sid_string(codes) for item_id, codes in recommender.codes.items()}
         self.eos_ids = tuple(getattr(recommender.engine, "eos_ids", ()))
@@ -467,116 +443,33 @@ class ChatService:
 
     def _served_turn(self, req: ChatCompletionRequest, opts: Any
                      ) -> tuple[str, list[dict[str, Any]], dict[str, Any], int] | None:
-        """(text, items, chatrec extras, prompt tokens) of a turn the server answers by retrieval or
-        from the catalog, or None for a turn the model writes (see `chatrec.chat`)."""
-        from chatrec.chat import SMALL_TALK, understand
-
+        """(text, items, chatrec extras, prompt tokens) of a turn the server answers (every turn in
+        mode `auto`; the rules are `chatrec.dialogue`'s), or None for a turn the model writes."""
         if opts.mode != "auto" or not opts.constrained or opts.start_with_item:
             return None
-        users = [m.text() for m in req.messages if m.role == "user"]
-        if not users:
+        messages = [(m.role, m.text()) for m in req.messages if m.role in ("user", "assistant")]
+        if not any(role == "user" for role, _ in messages):
             return None
-        last = understand(users[-1], self.index)
-        earlier = [understand(u, self.index) for u in users[:-1][-8:]]  # titles liked in earlier turns
-        linked = {x.item_id: x for u in [*earlier, last] for x in u.linked}
-        extra: dict[str, Any] = {"linked": [x.to_json() for x in last.linked], "unmatched": last.unmatched}
-        notes = [f'No catalog match for "{p}".' for p in last.unmatched]
-        if last.recommend:
-            return self._recommend_turn(req, opts, last, list(linked.values()), notes, extra)
-        if any(x.action == "mention" for x in last.linked):
-            lines = [self._about(x.item_id) for x in last.linked if x.action == "mention"]
-            extra["turn"] = "about"
-            return "\n".join([*notes, *lines]), [], extra, 0
-        if last.unmatched:
-            extra["turn"] = "about"
-            return " ".join(notes) + f" Name another {self.domain}, or ask me for recommendations.", [], extra, 0
-        if SMALL_TALK.match(users[-1]):
-            extra["turn"] = "small_talk"
-            thanks = re.match(r"\s*(thank|thx|cheers)", users[-1], re.I)
-            text = ("You're welcome! " if thanks else "Hi! ") + (
-                f"Tell me a {self.domain} you loved, or what you are in the mood for, and I will suggest a few.")
-            return text, [], extra, 0
-        return None
+        turn = self.conversation.answer(
+            messages, self._retrieve, k=opts.k, categories=opts.categories, exclude_item_ids=opts.exclude_item_ids,
+            history=[(h.item_id, h.action) for h in opts.history], exclude_history=opts.exclude_history)
+        ids = self.conversation.index.ids
+        items = [{"item_id": ids[i], "title": self.rec.titles[ids[i]], "sid": self.sids.get(ids[i], ""),
+                  "score": round(score, 4)} for i, score in turn.items]
+        n_prompt = len(self.rec.retrieval_prompt(turn.history, turn.request)) if turn.kind == "recommendation" else 0
+        return turn.text, items, turn.extra, n_prompt
 
-    def _recommend_turn(self, req: ChatCompletionRequest, opts: Any, u: Any, linked: list[Any], notes: list[str],
-                        extra: dict[str, Any]) -> tuple[str, list[dict[str, Any]], dict[str, Any], int]:
-        from chatrec.chat import display_title, explain, shown
-
-        index = self.index
-        pos, neg = self.rec.positive_actions[0], self.rec.negative_actions[0]
-        history = [(h.item_id, h.action) for h in opts.history]
-        history += [(x.item_id, x.action) for x in linked if x.action in (pos, neg)]
-        exclude = [*opts.exclude_item_ids, *(x.item_id for x in linked if x.action == "exclude")]
-        categories = list(opts.categories) if opts.categories is not None else (u.categories or None)
-        years = u.years
-        k = opts.k or u.k or 3
-        request = None if history else escape_special_tokens(u_text(req), self.rec.engine.tokenizer)
-        relaxed: list[str] = []
-        while True:
-            include = index.item_ids_in_years(years) if years else None
-            try:
-                recs = self.rec.recommend(history, k=k, request=request, exclude_item_ids=exclude,
-                                          categories=categories, exclude_history=opts.exclude_history,
-                                          include_item_ids=include)
-                break
-            except LimitError as exc:
-                raise APIError(400, str(exc), param="messages", code="limit_exceeded") from None
-            except UnknownItemError as exc:
-                raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
-            except FilterError:
-                if years:  # nothing passes every filter: drop the year first, then the categories
-                    years, relaxed = None, [*relaxed, "the years"]
-                elif categories and opts.categories is None:
-                    categories, relaxed = None, [*relaxed, "the categories"]
-                else:
-                    raise APIError(400, f"no catalog {self.domain} passes the filters", param="chatrec",
-                                   code="invalid_filter") from None
-        filters: dict[str, Any] = {"k": k}
-        if categories:
-            filters["categories"] = categories
-        if years:
-            filters["years"] = list(years)
-        if exclude:
-            filters["exclude_item_ids"] = exclude
-        extra.update(turn="recommendation", filters=filters)
-        many = plural(self.domain)
-        liked = [x for x in linked if x.action == pos]
-        disliked = [x for x in linked if x.action == neg]
-        lines = list(notes)
-        if liked or disliked:
-            said = []
-            if liked:
-                said.append("you liked " + _join([display_title(x.title)[0] for x in liked]))
-            if disliked:
-                said.append("you disliked " + _join([display_title(x.title)[0] for x in disliked]))
-            lines.append("Noted: " + " and ".join(said) + ".")
-        if relaxed:
-            lines.append(f"Nothing in the catalog passes every filter, so I left out {_join(relaxed)}.")
-        what = (" or ".join(categories) + " " if categories else "") + (many if len(recs) != 1 else self.domain)
-        when = _years_phrase(years)
-        lines.append(f"Here {'is' if len(recs) == 1 else 'are'} {len(recs)} {what}{when} for you:")
-        positions = index.position
-        liked_idx = [positions[i] for i, a in history if a == pos and i in positions]
-        items = []
-        for n, r in enumerate(recs, 1):
-            why = explain(positions[r.item_id], index, u, liked_idx) if r.item_id in positions else ""
-            lines.append(f"{n}. {shown(r.title)}" + (f": {why}" if why else ""))
-            items.append({"item_id": r.item_id, "title": r.title, "sid": r.sid, "score": r.score})
-        n_prompt = len(self.rec.retrieval_prompt(history, request))
-        return "\n".join(lines), items, extra, n_prompt
-
-    def _about(self, item_id: str) -> str:
-        """A few facts about one catalog item, from its row."""
-        from chatrec.chat import display_title, shown
-
-        i = self.index.position[item_id]
-        name, _ = display_title(self.index.titles[i])
-        cats = [c for c in self.index.categories[i] if c.lower() != "unknown"]
-        line = f"{shown(self.index.titles[i])}: " + (f"{', '.join(cats)}." if cats else f"a {self.domain} in the catalog.")
-        text = str(self.rec.catalog.iloc[i].get("text") or "")
-        if text and not text.startswith(self.index.titles[i]) and not text.startswith(name):
-            line += " " + text[:400]
-        return line + f" Ask for more {plural(self.domain)} like it, and I will find some."
+    def _retrieve(self, history: list[tuple[str, str]], k: int, request: str | None,
+                  include: list[str] | None) -> list[str]:
+        """The model's constrained retrieval for a chat turn (item ids, best first; none when no item passes)."""
+        try:
+            return [r.item_id for r in self.rec.recommend(history, k=k, request=request, include_item_ids=include)]
+        except LimitError as exc:
+            raise APIError(400, str(exc), param="messages", code="limit_exceeded") from None
+        except UnknownItemError as exc:
+            raise APIError(400, str(exc), param="chatrec", code="invalid_filter") from None
+        except FilterError:
+            return []
 
     def _log_chat(self, meta: dict[str, Any], answer: str, items: list[dict[str, Any]]) -> None:
         """With `--log-chats`: one interaction row per recommended item (action `recommended`),
