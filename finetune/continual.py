@@ -67,14 +67,15 @@ def read_new_logs(logs: str | Path | Sequence[str | Path], out: Bundle) -> pd.Da
     from chatrec.data.readers import read_table
     from chatrec.data.validate import validate_interactions, write_quarantine
 
-    frames = []
-    for path in log_files(logs):
-        result = validate_interactions(read_table(path, "interactions"))
-        if result.rejected:
-            write_quarantine([result], out.path("quarantine"))
+    results = [(path, validate_interactions(read_table(path, "interactions"))) for path in log_files(logs)]
+    # one call for every file: two logs of the same name (e.g. each replica's feedback.jsonl) get
+    # two quarantine files, not one overwriting the other
+    write_quarantine([r for _, r in results if r.rejected], out.path("quarantine"))
+    for path, result in results:
         if result.frame.empty:
-            raise DataError(f"{path}: no valid interaction rows ({len(result.rejected)} rejected)")
-        frames.append(result.frame)
+            raise DataError(f"{path}: no valid interaction rows ({len(result.rejected)} rejected; see "
+                            f"{out.path('quarantine')})")
+    frames = [r.frame for _, r in results]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -109,10 +110,22 @@ def read_new_items(items: str | Path) -> pd.DataFrame:
     return result.frame
 
 
+INCOMPLETE = ".continual-incomplete"  # in --out while a run writes it; a rerun may replace such a folder
+
+
 def copy_parent(parent: Bundle, out: Bundle) -> None:
-    if out.root.exists() and any(out.root.iterdir()):
-        raise DataError(f"{out.root} is not empty; choose a new --out folder for the continual bundle")
+    """Copy the parent's files into `out`, which must be new, empty, or left by a failed run (which
+    wrote only `quarantine/`, or still holds the `INCOMPLETE` marker): those are replaced."""
+    if out.root.exists():
+        entries = {p.name for p in out.root.iterdir()}
+        if INCOMPLETE in entries or entries <= {"quarantine"}:
+            for name in entries - {"quarantine"}:
+                target = out.root / name
+                shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        else:
+            raise DataError(f"{out.root} is not empty; choose a new --out folder for the continual bundle")
     out.ensure()
+    (out.root / INCOMPLETE).write_text("a continual run is writing this bundle; it is not usable yet\n")
     for name in COPIED:
         src = parent.path(name)
         if src.is_dir():
@@ -144,6 +157,10 @@ def continual_finetune(
     for name in ("catalog.parquet", "interactions.parquet", "sids.parquet", "model"):
         parent.require(name)
 
+    # the new logs are checked before anything but their quarantine is written into --out
+    new_logs = read_new_logs(logs, out)
+    shown = ", ".join(str(p) for p in log_files(logs))
+    check_after_cut(new_logs, load_interactions(parent), shown)
     copy_parent(parent, out)
     if sequence:  # the trained (shallow) model is where training continues
         shutil.rmtree(out.model_dir)
@@ -200,6 +217,7 @@ def continual_finetune(
     record.update({"before": before, "after": after, "finetune": ft_counts})
     out.record_stage("continual", config=cfg, inputs={f"logs{i}": p for i, p in enumerate(log_files(logs))},
                      extra=record)
+    (out.root / INCOMPLETE).unlink()
     return record
 
 
