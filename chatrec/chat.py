@@ -176,6 +176,19 @@ class CatalogIndex:
                 found.append(hit)
         return list(dict.fromkeys(found))
 
+    def misspelled_categories(self, text: str, cutoff: float = 85.0) -> list[str]:
+        """Categories whose name (or a word of it) a word of `text` nearly spells ("comdy", "thriler"):
+        words of 5+ letters, rapidfuzz ratio >= `cutoff` against the catalog's own category stems."""
+        from rapidfuzz import fuzz, process
+
+        stems = list(self._by_stem)
+        found = []
+        for word in re.findall(r"[a-z][a-z'’-]{4,}", text.lower()):
+            best = process.extractOne(_stem(word), stems, scorer=fuzz.ratio, score_cutoff=cutoff)
+            if best is not None:
+                found.append(self._by_stem[best[0]])
+        return list(dict.fromkeys(found))
+
     def item_ids_in_years(self, years: tuple[int, int]) -> list[str]:
         lo, hi = years
         return [i for i, y in zip(self.ids, self.years, strict=True) if y is not None and lo <= y <= hi]

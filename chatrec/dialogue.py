@@ -58,6 +58,7 @@ NEG_BEFORE = re.compile(r"(?:not|didn't|did not|don't|hated?|disliked?|no)\b[^.!
 SEEN_BEFORE = re.compile(r"(?:seen|watched|saw|read)\b[^.!?]*$", re.I)
 YEARS = re.compile(r"\b(?:(?:19|20)?\d0'?s|(?:1[89]|20)\d\d|twenties|thirties|forties|fifties|sixties|seventies|"
                    r"eighties|nineties)\b", re.I)
+LIKE_IT = re.compile(r"\b(?:more like|similar to|something like)\s+(?:it|that|this)(?:\s+one)?\b", re.I)
 WHY = re.compile(r"^\s*(?:why|how come|how did you (?:choose|pick)|what makes you)\b", re.I)
 LISTED = re.compile(r"^\s*(\d{1,2})\.\s+(.+?)(?::\s|$)")
 Retrieve = Callable[[list[tuple[str, str]], int, str | None, list[str] | None], list[str]]
@@ -76,6 +77,7 @@ class DialogueState:
     avoid: list[str] = field(default_factory=list)            # never shown
     years: tuple[int, int] | None = None
     unseen_only: bool = False
+    mentioned: int | None = None                              # the last item asked about
     words: np.ndarray | None = None                           # [d] the last request's vector
     request: str = ""
 
@@ -191,19 +193,28 @@ class Conversation:
                 state.disliked.append(i)
             elif x.action == "exclude":
                 state.excluded.append(i)
+        mentions = [index.position[x.item_id] for x in u.linked if x.action == "mention"]
+        if LIKE_IT.search(text):
+            target = state.mentioned if state.mentioned is not None else (last[0] if last else None)
+            if target is not None:
+                state.liked.append(target)
+                found["follow_up"].append("more like it")
+        if mentions:
+            state.mentioned = mentions[-1]
         for m in ORDINAL.finditer(text):
             word = (m.group("word") or "").lower()
             n = len(last) if word == "last" else ORDINAL_WORDS.get(word) or int(m.group("hash") or m.group("num"))
             if not last or not 1 <= n <= len(last):
                 continue
             before = text[max(0, m.start() - 40): m.start()]
-            target = state.disliked if NEG_BEFORE.search(before) else (
+            bucket = state.disliked if NEG_BEFORE.search(before) else (
                 state.excluded if SEEN_BEFORE.search(before) else state.liked)
-            target.append(last[n - 1])
+            bucket.append(last[n - 1])
             found["follow_up"].append(f"the {word or f'#{n}'} one")
         reading = None
         if self.space is not None:
-            skip = [x.phrase for x in u.linked] + [m.group(0) for rx in (DIFFERENT, OLDER, NEWER, UNSEEN, ORDINAL, YEARS)
+            skip = [x.phrase for x in u.linked] + [m.group(0) for rx in (DIFFERENT, OLDER, NEWER, UNSEEN, ORDINAL, YEARS,
+                                                                         LIKE_IT)
                                                    for m in rx.finditer(text)]
             reading = self.space.read(text, skip=sorted(skip, key=len, reverse=True))
             found["intent"], found["intent_score"] = reading.intent, reading.intent_score
@@ -215,6 +226,8 @@ class Conversation:
         avoid = list(dict.fromkeys([*negated_named, *(c for c, _ in (reading.avoid if reading else []))]))
         named = [c for c in u.categories if c not in avoid]
         implied = [c for c, _ in reading.categories] if reading is not None and not named else []
+        if not named:  # a misspelled category name ("comdy") comes first
+            implied = list(dict.fromkeys([*index.misspelled_categories(text), *implied]))[:3]
         implied = [c for c in implied if c not in avoid]
         if avoid:
             state.avoid = list(dict.fromkeys([*state.avoid, *avoid]))
@@ -281,23 +294,29 @@ class Conversation:
             if i is not None:
                 (state.disliked if action == index.negative_action else state.liked).insert(0, i)
         extra["state"] = state.to_json(index)
+        if SMALL_TALK.match(text):
+            thanks = re.match(r"\s*(thank|thx|cheers)", text, re.I)
+            extra["turn"] = "small_talk"
+            return Turn("small_talk", ("You're welcome! " if thanks else "Hi! ") + self._invite(), extra=extra)
         if WHY.match(text) or (found.get("intent") == "why" and not u.recommend and not found.get("implied")
                                and not found.get("follow_up") and not u.linked):
             return self._why(state, notes, extra)
         mentions = [x for x in u.linked if x.action == "mention"]
         acts = bool(found.get("follow_up") or found.get("named") or found.get("avoid") or u.years)
         if mentions and not u.recommend and not acts:
+            extra["turn"] = "about"
             return Turn("about", "\n".join([*notes, *(self.about(index.position[x.item_id]) for x in mentions)]),
                         extra=extra)
-        if u.unmatched and not u.recommend and not acts:
+        off_topic = found.get("intent") == "off_topic"
+        if u.unmatched and not u.recommend and not acts and not (
+                off_topic and not any(index._is_title_like(p) for p in u.unmatched)):
+            extra["turn"] = "about"
             return Turn("about", " ".join(notes) + f" Name another {self.domain}, or ask me for recommendations.",
                         extra=extra)
-        if SMALL_TALK.match(text):
-            thanks = re.match(r"\s*(thank|thx|cheers)", text, re.I)
-            return Turn("small_talk", ("You're welcome! " if thanks else "Hi! ") + self._invite(), extra=extra)
-        wants = u.recommend or acts or bool(u.linked)
-        if not wants and found.get("intent") == "off_topic" and (not found.get("implied")
+        wants = u.recommend or acts or bool([x for x in u.linked if x.action != "mention"])
+        if not wants and off_topic and (not found.get("implied")
                                                                  or found.get("intent_score", 0.0) >= 0.6):
+            extra.update(turn="off_topic", unmatched=[])
             return Turn("off_topic", f"I can only help with {self.many} from this catalog. " + self._invite(),
                         extra=extra)
         return self._recommend(state, u, text, notes, extra, retrieve, k=k, categories=categories,

@@ -128,10 +128,11 @@ class Picker:
         if words is not None:
             score += c.words * np.clip(_z(words.astype(np.float32), mask), -3.0, 2.5)
         wanted = frozenset(categories)
-        if wanted:
-            cols = [self.column[x] for x in wanted if x in self.column]
-            share = self.member[:, cols].sum(axis=1) / max(len(wanted), 1)  # [N]
-            score += c.categories * (0.75 * (share > 0) + 0.25 * share)
+        cols = [self.column[x] for x in categories if x in self.column]
+        if cols:  # the first category counts fully, later ones (less sure) 0.6
+            weight = np.array([1.0] + [0.6] * (len(cols) - 1), np.float32)
+            carried = self.member[:, cols] * weight  # [N, K]
+            score += c.categories * (0.75 * carried.max(axis=1) + 0.25 * carried.sum(axis=1) / weight.sum())
         co_best = np.full(len(mask), -1, np.int64)
         co_users = np.zeros(len(mask), np.float32)
         if liked or disliked:

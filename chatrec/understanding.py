@@ -36,7 +36,7 @@ CACHE_SIZE = 4096     # readings kept by text
 Encode = Callable[[Sequence[str]], np.ndarray]  # texts -> [N, d] L2-normalised
 
 NEGATION = re.compile(
-    r"\b(?:not|no|without|less|fewer|avoid|skip|anything but|nothing|none of|don't want|do not want|"
+    r"\b(?:not|no|without|less|fewer|avoid|skip|anything but|except|other than|apart from|besides|nothing|none of|don't want|do not want|"
     r"don't like|do not like|hate|tired of|sick of|too much)\s+(?:a |an |any |the |more |so |too |of )?"
     r"(?P<phrase>[^.,;!?]+?)(?=\s+\b(?:but|please|instead|though)\b|[.,;!?]|$)", re.I)
 REFERENCE = re.compile(r"^(?:those|these|them|that|this|it|ones?|that one|this one|the same|same|again|"
@@ -188,6 +188,10 @@ class TextSpace:
         return self.intent_labels[best], float(sims[best])
 
     # one message -------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Drop the cached readings (to time a cold read)."""
+        self._cache.clear()
+
     def has_content(self, text: str) -> bool:
         """Whether `text` holds a word that is not a function word, the domain word or a number."""
         return any(w not in self.stop for w in WORD.findall(text.lower()))
