@@ -32,7 +32,7 @@ def code_nll(model, rows: list[tuple[list[int], int]], first_new: int, batch: in
     and the mean per code level (the last level is the disambiguation level)."""
     import torch
 
-    from finetune.sequence import right_padded
+    from finetune.rows_model import right_padded
 
     levels = max(n for _, n in rows)
     total, count = torch.zeros(levels, dtype=torch.float64), torch.zeros(levels, dtype=torch.float64)

@@ -45,7 +45,7 @@ PRODUCED_BY = {
     "sids.parquet": "chatrec sids fit",
     "model": "chatrec tokenizer extend",
     "train": "chatrec data build",
-    "adapter": "chatrec finetune --recipe lora",
+    "adapter": "chatrec finetune --lora",
     "trained": "chatrec finetune",
     "export": "chatrec export",
 }

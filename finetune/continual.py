@@ -10,10 +10,10 @@
    the new period plus a `replay_fraction` of older ones; valid/test are the new period's held-out
    events per user.
 4. Before: the parent is scored on the new period's test users. Training continues from the
-   parent: a LoRA parent's adapter (its LoRA weights and trained token rows), or a sequence-recipe
-   parent's trained model (copied in as the new bundle's `model/`, so re-extension and the trie
-   apply to it). After: the new model is scored on the same users. Both go into the `continual`
-   stage record.
+   parent's trained model (LoRA already merged into it; copied in as the new bundle's `model/`, so
+   re-extension and the trie apply to it) with the parent's finetune config (a `--lora` parent gets
+   fresh adapters on top of its merged weights). After: the new model is scored on the same users.
+   Both go into the `continual` stage record.
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any
 import pandas as pd
 
 from chatrec.bundle import Bundle
-from chatrec.errors import ConfigError, DataError
+from chatrec.errors import BundleError, ConfigError, DataError
 from finetune.data import BuildConfig, build_bundle
-from finetune.recipe import FinetuneConfig, evaluate, finetune, validation_rows
 
 COPIED = ("catalog.parquet", "interactions.parquet", "sids.parquet", "sids", "model", "manifest.json")
 
@@ -152,8 +151,10 @@ def continual_finetune(
     parent = parent if isinstance(parent, Bundle) else Bundle(parent)
     out = out if isinstance(out, Bundle) else Bundle(out)
     cfg = config or ContinualConfig()
-    sequence = ((parent.stage("finetune") or {}).get("counts") or {}).get("recipe") == "sequence"
-    parent_adapter = parent.require("trained" if sequence else "adapter")
+    if ((parent.stage("finetune") or {}).get("counts") or {}).get("recipe") != "sequence":
+        raise BundleError(f"{parent.root} was finetuned by the retired conversation-only LoRA recipe; finetune it "
+                          f"again with `chatrec finetune --bundle {parent.root} [--lora]` before a continual run")
+    parent_trained = parent.require("trained")
     for name in ("catalog.parquet", "interactions.parquet", "sids.parquet", "model"):
         parent.require(name)
 
@@ -162,9 +163,8 @@ def continual_finetune(
     shown = ", ".join(str(p) for p in log_files(logs))
     check_after_cut(new_logs, load_interactions(parent), shown)
     copy_parent(parent, out)
-    if sequence:  # the trained (shallow) model is where training continues
-        shutil.rmtree(out.model_dir)
-        shutil.copytree(parent_adapter, out.model_dir)
+    shutil.rmtree(out.model_dir)  # the trained (shallow) model is where training continues
+    shutil.copytree(parent_trained, out.model_dir)
     new_logs = read_new_logs(logs, out)
     shown = ", ".join(str(p) for p in log_files(logs))
     check_after_cut(new_logs, load_interactions(parent), shown)
@@ -199,21 +199,13 @@ def continual_finetune(
     out.record_stage("continual", config=cfg, inputs={f"logs{i}": p for i, p in enumerate(log_files(logs))},
                      extra=record)
 
-    if sequence:
-        from finetune.sequence import SequenceConfig, train_sequences
+    from finetune.sequence import SequenceConfig, train_sequences
 
-        before = _score_sequence(out, out.model_dir, cfg) if cfg.eval_users else {}
-        seq_cfg = _config_from(parent.stage("finetune"), SequenceConfig, **(finetune_overrides or {}))
-        seq_cfg.keep_layers, seq_cfg.rows_steps = None, 0  # already shallow; the rows are trained
-        ft_counts = train_sequences(out, seq_cfg, quiet=quiet)
-        after = _score_sequence(out, out.path("trained"), cfg) if cfg.eval_users else {}
-    else:
-        rows = validation_rows(out, "test", cfg.eval_users) if cfg.eval_users else []
-        before = _score(out, parent_adapter, rows, cfg.eval_k) if rows else {}
-        ft_cfg = _config_from(parent.stage("finetune"), FinetuneConfig, init_adapter=str(parent_adapter),
-                              **(finetune_overrides or {}))
-        ft_counts = finetune(out, ft_cfg, quiet=quiet)
-        after = _score(out, out.adapter_dir, rows, cfg.eval_k) if rows else {}
+    before = _score_sequence(out, out.model_dir, cfg) if cfg.eval_users else {}
+    seq_cfg = _config_from(parent.stage("finetune"), SequenceConfig, **(finetune_overrides or {}))
+    seq_cfg.keep_layers, seq_cfg.rows_steps = None, 0  # already shallow; the rows are trained
+    ft_counts = train_sequences(out, seq_cfg, quiet=quiet)
+    after = _score_sequence(out, out.path("trained"), cfg) if cfg.eval_users else {}
     record.update({"before": before, "after": after, "finetune": ft_counts})
     out.record_stage("continual", config=cfg, inputs={f"logs{i}": p for i, p in enumerate(log_files(logs))},
                      extra=record)
@@ -229,15 +221,4 @@ def _score_sequence(bundle: Bundle, model_dir: Path, cfg: ContinualConfig) -> di
     model, tokenizer, _ = load_extended(model_dir)
     model.eval()
     return evaluate_sequences(model, tokenizer, bundle, model_dir, cfg.eval_users, cfg.eval_k, split="test")
-
-
-def _score(bundle: Bundle, adapter_dir: Path, rows: list[dict[str, Any]], k: int) -> dict[str, float]:
-    """HR@K / NDCG@K of `adapter_dir` on `bundle`'s (re-extended) model over `rows`."""
-    from peft import PeftModel
-
-    from tokenizer_ext import load_extended
-
-    model, tokenizer, token_map = load_extended(bundle.model_dir)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    return evaluate(model, tokenizer, token_map, bundle, rows, k)
 

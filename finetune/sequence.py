@@ -19,17 +19,26 @@ What makes it fast on a CPU (measured in BENCHMARKS.md, "Sequence recipe"):
   the optimizer holds no state for the 49k frozen rows.
 
 Stages: the first `rows_steps` steps train the new rows alone at `rows_learning_rate` over the frozen
-trunk, then the kept layers are trained too (full finetuning of a shallow model costs about what
-LoRA on it costs, and learns faster per minute). The learning rate follows a cosine over the planned
-run (`max_minutes` or `epochs`); with `average_from` > 0, a running mean of the trained weights over
-the run's tail is the model served (the last step's weights stay in `checkpoints/seq-last/`).
-Snapshots at `save_minutes` are serveable model folders under
-`checkpoints/seq-XXXmin/` (for learning curves); the final model goes to `BUNDLE/trained/`, which
-`chatrec export` turns into `BUNDLE/export/`.
+trunk, then the kept layers are trained too: the layers themselves (the default: full finetuning of a
+shallow model), or with `lora` peft LoRA adapters on their attention and MLP projections (any depth,
+the full model included; the adapter goes to `BUNDLE/adapter/`, the merged model to `trained/`). The
+learning rate follows a cosine over the planned run (`max_minutes` or `epochs`); with
+`average_from` > 0, a running mean of the trained weights over the run's tail is the model served (the
+last step's weights stay in `checkpoints/seq-last/`). Snapshots at `save_minutes` are serveable model
+folders under `checkpoints/seq-XXXmin/` (for learning curves); the final model goes to
+`BUNDLE/trained/`, which `chatrec export` turns into `BUNDLE/export/`.
+
+Scale-out: `accelerate launch -m chatrec finetune --bundle B` runs the same loop on N processes
+(DDP through Accelerate; gloo on CPU, NCCL on GPUs). `batch_size` is the global batch: every process
+draws the same global batch from the same seeded order and trains on its share, each share's loss is
+weighted by its share of the batch's targets, and DDP's gradient all-reduce then gives exactly the
+one-process gradient. The main process logs, snapshots and saves; every `checkpoint_every` steps it
+writes `checkpoints/state/`, from which `--resume` continues (`finetune.train_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,22 +52,37 @@ from typing import Any
 
 import numpy as np
 
-from chatrec.bundle import Bundle
+from chatrec.bundle import Bundle, atomic_path
 from chatrec.errors import BundleError, ConfigError, DataError
 from finetune.data import read_jsonl
+from finetune.train_state import Progress, TailAverage, load_state, save_state, truncate_log
 
 TRAINED = "trained"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 LAST = "seq-last"  # snapshot of the last step's weights when the served model is a tail average
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LEARNING_RATE = 5e-4  # peak learning rate of the kept layers (full finetune)
+LORA_LEARNING_RATE = 2e-3  # peak learning rate of the LoRA matrices
 
 
 @dataclass
 class SequenceConfig:
-    """The sequence recipe: full finetuning of a shallow copy of the model on user sequences."""
+    """The sequence recipe: finetuning of a (shallow) copy of the model on user sequences, the kept
+    layers themselves or, with `lora`, peft LoRA adapters on them."""
 
     keep_layers: int | None = field(default=8, metadata={"help": "Decoder layers kept from the bottom (None = all)."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate of the kept layers."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate of the kept layers "
+                                        f"(None = {LEARNING_RATE:g}, or {LORA_LEARNING_RATE:g} for the LoRA matrices "
+                                        "with `lora`)."})
+    lora: bool = field(default=False, metadata={"help": "Train peft LoRA adapters on the kept layers' attention and "
+                       "MLP projections (the layers stay frozen) instead of the layers; the added-token rows are "
+                       "trained either way. `chatrec export` merges them and also writes base + adapter."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with `lora`)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_targets: tuple[str, ...] = field(default=LORA_TARGETS, metadata={"help": "Linear layers (module names) "
+                                          "that get LoRA adapters."})
     rows_learning_rate: float = field(default=5e-3, metadata={"help": "Peak learning rate of the added-token rows."})
     rows_steps: int = field(default=30, metadata={"help": "First steps that train the added rows alone (trunk frozen)."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
@@ -68,12 +92,13 @@ class SequenceConfig:
     attention_dropout: float = field(default=0.0, metadata={"help": "Dropout on the attention weights while training, "
                                                                     "in [0, 1) (on CPU it leaves the fused attention "
                                                                     "kernel: about 20% fewer tokens/s in one run)."})
-    batch_size: int = field(default=16, metadata={"help": "Sequence windows per step."})
+    batch_size: int = field(default=16, metadata={"help": "Sequence windows per step, over all processes (each of "
+                            "N processes takes its share, so the run is the same on any N)."})
     micro_batch_size: int | None = field(default=None, metadata={"help": "Windows per forward/backward pass "
                                          "(gradients accumulate over the batch; smaller needs less activation memory, "
                                          "same update). None = the whole batch."})
     chat_share: float = field(default=0.1, metadata={"help": "Share of steps that train on chat conversations (train.jsonl), in [0, 1)."})
-    chat_batch_size: int = field(default=4, metadata={"help": "Conversations per chat step."})
+    chat_batch_size: int = field(default=4, metadata={"help": "Conversations per chat step, over all processes."})
     chat_max_tokens: int = field(default=384, metadata={"help": "Chat conversations are cut to this many tokens."})
     epochs: float = field(default=1.0, metadata={"help": "Passes over the sequence windows (ignored when max_steps or max_minutes is set)."})
     max_steps: int | None = field(default=None, metadata={"help": "Steps to run (overrides epochs)."})
@@ -95,12 +120,25 @@ class SequenceConfig:
                                     "this many rows before the output head (64 at most for chat steps, whose head is "
                                     "the whole vocabulary), so its matmul sees few shapes; 0 = no padding (resident "
                                     "memory then crept 0.6 GiB in 6 minutes, BENCHMARKS.md)."})
+    checkpoint_every: int = field(default=500, metadata={"help": "Save the resumable state (trained tensors, "
+                                  "optimizer, data position) every N steps into checkpoints/state/ for `--resume`; "
+                                  "0 = never."})
     seed: int = field(default=0, metadata={"help": "Seed for data order and chat-step choice."})
     init_model: str | None = field(default=None, metadata={"help": "Start from this trained model folder (continual runs)."})
 
     def __post_init__(self) -> None:
         self.save_minutes = tuple(float(m) for m in self.save_minutes)
+        self.lora_targets = tuple(self.lora_targets)
+        if self.learning_rate is None:
+            self.learning_rate = LORA_LEARNING_RATE if self.lora else LEARNING_RATE
         problems = []
+        for name in ("lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout}")
+        if self.lora and not self.lora_targets:
+            problems.append("`lora_targets` must name at least one module with `lora`")
         if self.keep_layers is not None and self.keep_layers < 1:
             problems.append(f"`keep_layers` must be >= 1 or None, got {self.keep_layers}")
         for name in ("learning_rate", "rows_learning_rate"):
@@ -111,7 +149,7 @@ class SequenceConfig:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             problems.append(f"`micro_batch_size` must be >= 1 or None, got {self.micro_batch_size}")
-        for name in ("rows_steps", "warmup_steps", "eval_users"):
+        for name in ("rows_steps", "warmup_steps", "eval_users", "checkpoint_every"):
             if getattr(self, name) < 0:
                 problems.append(f"`{name}` must be >= 0, got {getattr(self, name)}")
         for name in ("dropout", "attention_dropout"):
@@ -190,67 +228,6 @@ def truncate_layers(model: Any, keep: int | None) -> int:
     return keep
 
 
-class RowsModel:
-    """A causal LM whose added-token rows are one trainable parameter beside the frozen base rows.
-
-    Inputs are embedded from `[base rows; new rows]`; `hidden()` returns the final-norm hidden
-    states; `logits(h, full)` projects them on the new rows only or on the whole (tied) vocabulary.
-    Requires the added tokens to be the last ids of the vocabulary (as `tokenizer extend` makes them).
-    """
-
-    def __init__(self, model: Any, first_new_id: int, dropout: float = 0.0, attention_dropout: float = 0.0):
-        import torch
-
-        self.model = model
-        self.first = first_new_id
-        self.dropout = dropout  # SASRec-style regularisation of the embeddings and the output states
-        for layer in getattr(model.model, "layers", ()):
-            if hasattr(layer.self_attn, "attention_dropout"):  # Llama-family attention reads it when training
-                layer.self_attn.attention_dropout = attention_dropout
-        emb = model.get_input_embeddings().weight  # [V, H]
-        self.base_rows = emb[:first_new_id].detach()
-        self.new_rows = torch.nn.Parameter(emb[first_new_id:].detach().clone())  # [N, H]
-        self.base_rows.requires_grad_(False)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.trunk = [p for n, p in model.named_parameters() if "embed_tokens" not in n and "lm_head" not in n]
-        self.tied = model.get_output_embeddings() is None or (
-            model.get_output_embeddings().weight.data_ptr() == emb.data_ptr())
-        if not self.tied:
-            raise ConfigError("the sequence recipe needs a model with tied input/output embeddings (as SmolLM2); "
-                              "use `--recipe lora` for this model")
-
-    def embed(self, ids: Any) -> Any:
-        import torch
-
-        is_new = ids >= self.first
-        base = torch.nn.functional.embedding(torch.where(is_new, 0, ids), self.base_rows)
-        new = torch.nn.functional.embedding(torch.where(is_new, ids - self.first, 0), self.new_rows)
-        return torch.where(is_new.unsqueeze(-1), new, base)  # [B, T, H]
-
-    def hidden(self, ids: Any, attention_mask: Any) -> Any:
-        import torch.nn.functional as F
-
-        training = self.model.training and self.dropout > 0
-        x = F.dropout(self.embed(ids), self.dropout, training)
-        out = self.model.model(inputs_embeds=x, attention_mask=attention_mask)
-        return F.dropout(out.last_hidden_state, self.dropout, training)  # [B, T, H]
-
-    def logits(self, h: Any, full: bool) -> Any:
-        import torch
-
-        if not full:
-            return h @ self.new_rows.T  # [P, N]
-        return torch.cat([h @ self.base_rows.T, h @ self.new_rows.T], dim=-1)  # [P, V]
-
-    def write_back(self) -> Any:
-        """The model with the trained rows written into its (tied) embedding."""
-        import torch
-
-        with torch.no_grad():
-            self.model.get_input_embeddings().weight[self.first:] = self.new_rows.detach()
-        return self.model
-
 
 TRIM_EVERY = 50  # steps between returns of freed heap memory to the OS (and whenever RSS passes `trim_above_mb`)
 
@@ -273,89 +250,6 @@ def resident_mb() -> float:
             return round(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except (OSError, ValueError, IndexError):
         return float("nan")
-
-
-def padded_width(n: int, multiple: int = 64) -> int:
-    """Batch width rounded up, so a run sees a few distinct shapes (CPU kernel caches and the allocator
-    grow with every new shape: a 50-minute run without it crept from 2.7 to 4.9 GiB resident)."""
-    return -(-n // multiple) * multiple
-
-
-def right_padded(rows: Sequence[Sequence[int]], pad: int, device: str) -> tuple[Any, Any]:
-    """Rows right-padded to `padded_width` with `pad`: (values [B, T], attention mask [B, T])."""
-    import torch
-
-    width = padded_width(max(len(r) for r in rows))
-    values = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        values[b, :len(r)] = torch.tensor(list(r), dtype=torch.long)
-        attn[b, :len(r)] = 1
-    return values.to(device), attn.to(device)
-
-
-def padded_targets(pred: Any, target: Any, multiple: int = 256) -> tuple[Any, Any]:
-    """Supervised positions [P, H] and targets [P] padded to a multiple of `multiple` rows (zero
-    states, targets ignored by the loss, so the mean loss and its gradient are unchanged). P differs
-    every step; with a new row count per step the head's matmul took a new shape each time and
-    resident memory crept up 0.6 GiB in 6 minutes (flat with padding; BENCHMARKS.md, Memory)."""
-    import torch.nn.functional as F
-
-    extra = padded_width(int(pred.shape[0]), multiple) - int(pred.shape[0]) if multiple else 0
-    if not extra:
-        return pred, target
-    return F.pad(pred, (0, 0, 0, extra)), F.pad(target, (0, extra), value=-100)
-
-
-def sequence_loss(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str,
-                  head_rows_multiple: int = 256) -> tuple[Any, int]:
-    """Mean cross-entropy of every next token of every window, over the added-token rows; (loss, targets)."""
-    import torch.nn.functional as F
-
-    ids, attn = right_padded(windows, pad_id, device)
-    h = rm.hidden(ids, attn)  # [B, T, H]
-    keep = attn[:, 1:].bool()  # position t predicts t + 1
-    target = ids[:, 1:][keep] - rm.first  # [P] index into the new rows
-    pred, padded = padded_targets(h[:, :-1][keep], target, head_rows_multiple)  # [P', H], P' >= P
-    logits = rm.logits(pred, full=False).float()  # [P', N]
-    return F.cross_entropy(logits, padded), int(target.numel())
-
-
-def sequence_backward(rm: RowsModel, windows: Sequence[Sequence[int]], pad_id: int, device: str,
-                      micro_batch_size: int | None = None, autocast: Any = None,
-                      head_rows_multiple: int = 256) -> tuple[Any, int]:
-    """`sequence_loss` of `windows`, back-propagated in micro-batches of `micro_batch_size` windows:
-    each part weighted by its share of the targets, so the gradient is the whole batch's (less
-    activation memory at once). Returns (the batch's mean loss, detached; targets)."""
-    import contextlib
-
-    import torch
-
-    n_targets = sum(len(w) - 1 for w in windows)
-    size = micro_batch_size or len(windows)
-    total = torch.zeros(())
-    for i in range(0, len(windows), size):
-        with autocast if autocast is not None else contextlib.nullcontext():
-            part_loss, part_targets = sequence_loss(rm, windows[i:i + size], pad_id, device, head_rows_multiple)
-        (part_loss * (part_targets / n_targets)).backward()
-        total = total + part_loss.detach().float().cpu() * (part_targets / n_targets)
-    return total, n_targets
-
-
-def chat_loss(rm: RowsModel, rows: Sequence[Any], pad_id: int, device: str,
-              head_rows_multiple: int = 64) -> tuple[Any, int]:
-    """Cross-entropy over the full vocabulary at the assistant tokens of rendered conversations."""
-    import torch.nn.functional as F
-
-    ids, attn = right_padded([r.input_ids for r in rows], pad_id, device)
-    mask, _ = right_padded([r.loss_mask for r in rows], 0, device)
-    mask = mask.bool()
-    h = rm.hidden(ids, attn)
-    keep = mask[:, 1:]
-    target = ids[:, 1:][keep]
-    pred, padded = padded_targets(h[:, :-1][keep], target, head_rows_multiple)
-    logits = rm.logits(pred, full=True).float()
-    return F.cross_entropy(logits, padded), int(target.numel())
 
 
 class JsonlIndex:
@@ -404,9 +298,37 @@ def save_model_folder(model: Any, tokenizer: Any, source_dir: Path, target: Path
     return target
 
 
+def shard(items: Sequence[Any], rank: int, world: int) -> list[Any]:
+    """Process `rank`'s contiguous share of a global batch (sizes differ by at most one)."""
+    n = len(items)
+    return list(items[rank * n // world:(rank + 1) * n // world])
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak CUDA allocation when on GPU, in MiB."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return float(torch.cuda.max_memory_allocated() / 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_adapter(peft_model: Any, bundle: Bundle, base: Path) -> Path:
+    """The LoRA adapter (no embedding rows; vLLM refuses those) into `BUNDLE/adapter/`, atomically."""
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)
+    with atomic_path(bundle.adapter_dir) as tmp:
+        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)
+    return bundle.adapter_dir
+
+
 def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None = None, *,
-                    quiet: bool = False) -> dict[str, Any]:
-    """Train `BUNDLE/model` on the bundle's sequences (+ chat share) into `BUNDLE/trained/`; returns counts."""
+                    quiet: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train `BUNDLE/model` on the bundle's sequences (+ chat share) into `BUNDLE/trained/` (and, with
+    `lora`, the adapter into `BUNDLE/adapter/`); returns counts. Runs in one process, or in several
+    under `accelerate launch` (DDP: each process takes its share of every global batch, gradients
+    are all-reduced, the main process saves). `resume` continues from `BUNDLE/checkpoints/state/`."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     cfg = config or SequenceConfig()
     model_dir = bundle.require("model")
@@ -417,16 +339,26 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     source = Path(cfg.init_model) if cfg.init_model else model_dir
 
     import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, broadcast
     from tqdm.auto import tqdm
 
     from chatrec.conversation import ConversationError, render_conversation
+    from finetune import rows_model as rmod
     from tokenizer_ext import load_extended
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    # cpu=True where there is no GPU: Accelerate then runs several launched processes as MULTI_CPU (gloo)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.batch_size < world or (cfg.chat_share and cfg.chat_batch_size < world):
+        raise ConfigError(f"`batch_size` ({cfg.batch_size}) and `chat_batch_size` ({cfg.chat_batch_size}) are "
+                          f"global batches shared by the {world} processes; each must be >= {world}")
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(accelerator.device)
     model, tokenizer, token_map = load_extended(source, num_layers=cfg.keep_layers)
     new_ids = token_map.all_ids()
     first = min(new_ids)
@@ -434,9 +366,13 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
         raise BundleError(f"{source}: the added tokens are not the last ids of the vocabulary; "
                           "re-run `chatrec tokenizer extend`")
     layers = truncate_layers(model, cfg.keep_layers)
+    peft_model = rmod.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) if cfg.lora \
+        else None
     model.to(device)
-    rm = RowsModel(model, first, cfg.dropout, cfg.attention_dropout)
-    rm.new_rows.data = rm.new_rows.data.to(device)
+    rm = rmod.RowsModel(model, first, cfg.dropout, cfg.attention_dropout)
+    params = [rm.new_rows, *rm.trunk]
+    for p in params:  # fixed for the whole run (DDP registers them once); the rows stage drops trunk grads
+        p.requires_grad_(True)
     windows = tokenize_windows(read_jsonl(seq_path), tokenizer, set(new_ids), str(seq_path))
     if not windows:
         raise DataError(f"{seq_path}: no window holds two tokens; users need at least two events")
@@ -464,152 +400,171 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
 
     seq_steps = math.ceil(cfg.epochs * len(windows) / cfg.batch_size)
     planned = cfg.max_steps or (None if cfg.max_minutes else math.ceil(seq_steps / (1 - cfg.chat_share)))
-    for p in rm.trunk:
-        p.requires_grad_(cfg.rows_steps == 0)
-    optimizer = torch.optim.AdamW([
+    groups: list[dict[str, Any]] = [
         {"params": [rm.new_rows], "lr": cfg.rows_learning_rate, "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
         {"params": rm.trunk, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate},
-    ])
+    ]
+    optimizer = torch.optim.AdamW(groups)
     ckpt_root = bundle.path(CHECKPOINTS)
-    shutil.rmtree(ckpt_root, ignore_errors=True)
-    ckpt_root.mkdir(parents=True)
     log_path = ckpt_root / TRAIN_LOG
-    order = window_order(len(windows), cfg.seed)
+    average = TailAverage(params)
     rng = random.Random(cfg.seed)
-    pending_saves = sorted(cfg.save_minutes)
-    snapshots: dict[str, str] = {}
+    progress = Progress()
+    if resume:
+        progress = load_state(ckpt_root, params, optimizer, average, rng)
+        if main:
+            truncate_log(log_path, progress.step)
+    elif main:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        ckpt_root.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    net = accelerator.prepare(rm)  # DistributedDataParallel over several processes; `rm` itself in one
+    no_sync = (lambda: accelerator.no_sync(net)) if world > 1 else None
+    order = window_order(len(windows), cfg.seed)
+    for _ in range(progress.windows_taken):  # the data order is a pure function of the windows taken
+        next(order)
+    pending_saves = [m for m in sorted(cfg.save_minutes) if m * 60 > progress.elapsed_s]
     bar = tqdm(total=planned or int(cfg.max_minutes * 60 if cfg.max_minutes else 0), desc="finetune (sequence)",
-               disable=quiet, unit="step" if planned else "s")
+               disable=quiet or not main, unit="step" if planned else "s", initial=progress.step if planned else 0)
     model.train()
-    t_start = time.perf_counter()
-    step, targets_seen, tokens_seen, first_loss, last_loss = 0, 0, 0, float("nan"), float("nan")
-    ema = float("nan")
-    average = TailAverage([rm.new_rows, *rm.trunk])
-    with log_path.open("w") as log:
+    start_step = step = progress.step
+    t_start = time.perf_counter() - progress.elapsed_s
+
+    def clock() -> float:
+        """Seconds since the run began, the main process's reading on every process (one schedule, one stop)."""
+        elapsed = time.perf_counter() - t_start
+        if world > 1:
+            elapsed = float(broadcast(torch.tensor([elapsed], device=device), from_process=0)[0])
+        return elapsed
+
+    with log_path.open("a" if resume else "w") if main else contextlib.nullcontext() as log:
         while True:
-            elapsed = time.perf_counter() - t_start
+            elapsed = clock()
             if planned is not None and step >= planned:
                 break
             if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
                 break
-            if step == cfg.rows_steps and cfg.rows_steps:
-                for p in rm.trunk:
-                    p.requires_grad_(True)
-            progress = step / planned if planned else elapsed / (cfg.max_minutes * 60)  # type: ignore[operator]
-            factor = lr_factor(progress, step, cfg.warmup_steps)
+            done = step / planned if planned else elapsed / (cfg.max_minutes * 60)  # type: ignore[operator]
+            factor = lr_factor(done, step, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * factor
             kind = "chat" if chat_rows is not None and rng.random() < cfg.chat_share else "sequence"
             autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
             if kind == "chat":
-                batch = [chat_row(rng) for _ in range(cfg.chat_batch_size)]
+                batch = [chat_row(rng) for _ in range(cfg.chat_batch_size)]  # the global batch, on every process
+                local = shard(batch, rank, world)
+                n_targets = rmod.chat_targets(batch)
                 with autocast:
-                    loss, n_targets = chat_loss(rm, batch, pad_id, device, min(cfg.head_rows_multiple, 64))
-                loss.backward()
+                    loss, n_local = rmod.chat_loss(net, local, pad_id, device, min(cfg.head_rows_multiple, 64))
+                (loss * (world * n_local / n_targets)).backward()  # DDP averages: the global batch's gradient
+                part = loss.detach().float().cpu() * (n_local / n_targets)
                 n_tokens = sum(len(r) for r in batch)
             else:
                 batch_w = [windows[next(order)] for _ in range(cfg.batch_size)]
-                loss, n_targets = sequence_backward(rm, batch_w, pad_id, device, cfg.micro_batch_size, autocast,
-                                                    cfg.head_rows_multiple)
+                progress.windows_taken += cfg.batch_size
+                local = shard(batch_w, rank, world)
+                n_targets = sum(len(w) - 1 for w in batch_w)
+                n_local = sum(len(w) - 1 for w in local)
+                part, _ = rmod.sequence_backward(net, local, pad_id, device, cfg.micro_batch_size, autocast,
+                                                 cfg.head_rows_multiple, weight=world * n_local / n_targets,
+                                                 no_sync=no_sync)
+                part = part * (n_local / n_targets)
                 n_tokens = sum(len(w) for w in batch_w)
+            if step < cfg.rows_steps:  # first stage: the added rows alone
+                for p in rm.trunk:
+                    p.grad = None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if cfg.average_from and progress >= cfg.average_from and step > cfg.rows_steps:
+            if cfg.average_from and done >= cfg.average_from and step > cfg.rows_steps:
                 average.update()
-            value = float(loss.detach())
+            value = float(accelerator.reduce(part.to(device), "sum")) if world > 1 else float(part)
             if kind == "sequence":
-                targets_seen += n_targets
-                first_loss = value if math.isnan(first_loss) else first_loss
-                last_loss = value
-                ema = value if math.isnan(ema) else 0.95 * ema + 0.05 * value
-            tokens_seen += n_tokens
+                progress.targets_seen += n_targets
+                progress.first_loss = value if math.isnan(progress.first_loss) else progress.first_loss
+                progress.last_loss = value
+                progress.ema = value if math.isnan(progress.ema) else 0.95 * progress.ema + 0.05 * value
+            progress.tokens_seen += n_tokens
             elapsed = time.perf_counter() - t_start
             rss = resident_mb()
             if step % TRIM_EVERY == 0 or (cfg.trim_above_mb and rss > cfg.trim_above_mb):
                 release_free_memory()
-            log.write(json.dumps({"step": step, "kind": kind, "loss": value, "lr": optimizer.param_groups[1]["lr"],
-                                  "tokens": n_tokens, "targets": n_targets, "elapsed_s": round(elapsed, 2),
-                                  "rss_mb": rss}) + "\n")
-            log.flush()
-            if planned:
-                bar.update(1)
-            else:
-                bar.update(int(elapsed) - bar.n)
-            bar.set_postfix(loss=f"{ema:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
-            while pending_saves and elapsed >= pending_saves[0] * 60:
+            if log is not None:
+                log.write(json.dumps({"step": step, "kind": kind, "loss": value, "lr": optimizer.param_groups[1]["lr"],
+                                      "tokens": n_tokens, "targets": n_targets, "elapsed_s": round(elapsed, 2),
+                                      "rss_mb": rss}) + "\n")
+                log.flush()
+            bar.update(1 if planned else int(elapsed) - bar.n)
+            bar.set_postfix(loss=f"{progress.ema:.3f}", tok_s=f"{progress.tokens_seen / max(elapsed, 1e-9):.0f}")
+            while main and pending_saves and elapsed >= pending_saves[0] * 60:
                 minutes = pending_saves.pop(0)
                 name = f"seq-{minutes:05.1f}min"
-                save_model_folder(_snapshot(rm), tokenizer, model_dir, ckpt_root / name)
-                snapshots[name] = json.dumps({"minutes": minutes, "step": step})
+                save_model_folder(_snapshot(rm, peft_model), tokenizer, model_dir, ckpt_root / name)
+                progress.snapshots[name] = {"minutes": minutes, "step": step}
+            if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                progress.step, progress.elapsed_s = step, elapsed
+                save_state(ckpt_root, progress, params, optimizer, average, rng)
     bar.close()
     elapsed = time.perf_counter() - t_start
     model.eval()
-    if average.count:  # keep the last step's weights for comparison, then serve the mean
-        save_model_folder(_snapshot(rm), tokenizer, model_dir, ckpt_root / LAST)
-        snapshots[LAST] = json.dumps({"minutes": round(elapsed / 60, 2), "step": step})
-        average.copy_to_params()
-    trained = save_model_folder(rm.write_back(), tokenizer, model_dir, bundle.path(TRAINED))
-    metrics: dict[str, float] = {}
-    if cfg.eval_users:
-        metrics = evaluate_sequences(rm.model, tokenizer, bundle, trained, cfg.eval_users, cfg.eval_k)
-    from finetune.recipe import peak_memory_mb
-
     counts: dict[str, Any] = {
-        "recipe": "sequence", "windows": len(windows), "chat_rows": len(chat_rows or ()), "steps": step,
+        "recipe": "sequence", "lora": cfg.lora, "processes": world, "resumed_from": start_step,
+        "windows": len(windows), "chat_rows": len(chat_rows or ()), "steps": step,
         "layers": layers, "bf16": bf16, "train_minutes": round(elapsed / 60, 2),
-        "first_loss": first_loss, "final_loss": last_loss, "tokens": tokens_seen,
-        "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else 0.0,
-        "targets": targets_seen, "targets_per_s": targets_seen / elapsed if elapsed > 0 else 0.0,
-        "epochs_seen": targets_seen / max(1, sum(len(w) - 1 for w in windows)),
+        "trained_params": sum(p.numel() for p in params),
+        "first_loss": progress.first_loss, "final_loss": progress.last_loss, "tokens": progress.tokens_seen,
+        "tokens_per_s": (progress.tokens_seen / elapsed if elapsed > 0 else 0.0),
+        "targets": progress.targets_seen,
+        "targets_per_s": progress.targets_seen / elapsed if elapsed > 0 else 0.0,
+        "epochs_seen": progress.targets_seen / max(1, sum(len(w) - 1 for w in windows)),
         "averaged_steps": average.count,
-        "peak_rss_mb": peak_memory_mb(), **{f"valid_{k}": v for k, v in metrics.items()},
     }
-    bundle.record_stage("finetune", config=cfg, inputs={"sequences.jsonl": seq_path, "model": source},
-                        outputs={"trained": trained, "log": log_path}, counts=counts,
-                        extra={"snapshots": {k: json.loads(v) for k, v in sorted(snapshots.items())}})
+    if main:
+        counts.update(_save_and_score(bundle, cfg, rm, peft_model, average, tokenizer, model_dir, source, progress,
+                                      step, elapsed))
+        counts["peak_rss_mb"] = peak_memory_mb()
+        bundle.record_stage("finetune", config=cfg, inputs={"sequences.jsonl": seq_path, "model": source},
+                            outputs={"trained": bundle.path(TRAINED), "log": log_path}, counts=counts,
+                            extra={"snapshots": dict(sorted(progress.snapshots.items()))})
+    accelerator.wait_for_everyone()
     return counts
 
 
-class TailAverage:
-    """The running mean of some parameters over the steps it is updated on (tail weight averaging:
-    the mean of the late iterates of one run generalises better than the last one, Izmailov et al.
-    2018, SWA; Kaddour 2022, LAWA). Hand-written: torch's AveragedModel copies the whole model
-    (the frozen 49k-row embedding included), this keeps only the trained tensors."""
+def _save_and_score(bundle: Bundle, cfg: SequenceConfig, rm: Any, peft_model: Any, average: TailAverage,
+                    tokenizer: Any, model_dir: Path, source: Path, progress: Progress, step: int,
+                    elapsed: float) -> dict[str, Any]:
+    """Main process: `trained/` (LoRA merged), `adapter/` (with LoRA), the last step's snapshot when the
+    served weights are a tail average, and the validation metrics."""
+    ckpt_root = bundle.path(CHECKPOINTS)
+    if average.count:  # keep the last step's weights for comparison, then serve the mean
+        save_model_folder(_snapshot(rm, peft_model), tokenizer, model_dir, ckpt_root / LAST)
+        progress.snapshots[LAST] = {"minutes": round(elapsed / 60, 2), "step": step}
+        average.copy_to_params()
+    final = rm.write_back()
+    if peft_model is not None:
+        save_adapter(peft_model, bundle, source)
+        final = peft_model.merge_and_unload()
+    else:
+        shutil.rmtree(bundle.adapter_dir, ignore_errors=True)  # an earlier LoRA run's adapter is not this model's
+    trained = save_model_folder(final, tokenizer, model_dir, bundle.path(TRAINED))
+    metrics: dict[str, float] = {}
+    if cfg.eval_users:
+        metrics = evaluate_sequences(final, tokenizer, bundle, trained, cfg.eval_users, cfg.eval_k)
+    return {f"valid_{k}": v for k, v in metrics.items()}
 
-    def __init__(self, params: Sequence[Any]):
-        self.params = list(params)
-        self.mean: list[Any] = []
-        self.count = 0
+def _snapshot(rm: Any, peft_model: Any = None) -> Any:
+    """A serveable model with the current rows written in (and LoRA merged into a copy); training
+    continues on the same tensors."""
+    from finetune.rows_model import merged_copy
 
-    def update(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            if not self.count:
-                self.mean = [p.detach().clone() for p in self.params]
-            else:
-                for m, p in zip(self.mean, self.params, strict=True):
-                    m.lerp_(p.detach(), 1.0 / (self.count + 1))
-        self.count += 1
-
-    def copy_to_params(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            for m, p in zip(self.mean, self.params, strict=True):
-                p.copy_(m)
-
-
-def _snapshot(rm: RowsModel) -> Any:
-    """The model with the current rows written in (training continues on the same tensors)."""
     was_training = rm.model.training
     rm.model.eval()
     model = rm.write_back()
+    if peft_model is not None:
+        model = merged_copy(peft_model)
     if was_training:
-        model.train()
+        rm.model.train()
     return model
-
 
 def evaluate_sequences(model: Any, tokenizer: Any, bundle: Bundle, model_dir: Path, n_users: int, k: int,
                        split: str = "valid") -> dict[str, float]:

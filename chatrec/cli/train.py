@@ -13,7 +13,6 @@ from chatrec.errors import ConfigError
 from finetune.continual import ContinualConfig
 from finetune.data import BuildConfig
 from finetune.export import ExportConfig
-from finetune.recipe import FinetuneConfig
 from finetune.sequence import SequenceConfig
 from finetune.teacher import TeacherConfig
 
@@ -89,6 +88,10 @@ def build_cmd(
                f"next: `chatrec finetune --bundle {b.root}`")
 
 
+def _seq(name: str) -> str:
+    return _help(SequenceConfig, name)
+
+
 @app.command("finetune")
 def finetune_cmd(
     bundle: Path = typer.Option(None, "--bundle", help=_BUNDLE),
@@ -98,55 +101,57 @@ def finetune_cmd(
     out: Path = typer.Option(None, "--out", help="Continual run: the new bundle to write."),
     items: Path = typer.Option(None, "--items", help="Continual run: catalog rows of items new in the logs."),
     replay_fraction: float = typer.Option(0.5, "--replay-fraction", help=_help(ContinualConfig, "replay_fraction")),
-    recipe: str = typer.Option("sequence", "--recipe", help="sequence: full finetuning of a shallow model on whole "
-                               "user sequences + a chat share (fast on CPU, the default); lora: LoRA on the chat "
-                               "conversations of train.jsonl (the whole model, resumable)."),
-    keep_layers: int = typer.Option(None, "--keep-layers", help="sequence: " + _help(SequenceConfig, "keep_layers")),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="sequence: " + _help(SequenceConfig, "max_minutes")),
-    save_minutes: str = typer.Option(None, "--save-minutes", help="sequence: " + _help(SequenceConfig, "save_minutes")
-                                     + " Comma-separated, e.g. 15,30,60."),
-    chat_share: float = typer.Option(None, "--chat-share", help="sequence: " + _help(SequenceConfig, "chat_share")),
-    rows_lr: float = typer.Option(None, "--rows-lr", help="sequence: " + _help(SequenceConfig, "rows_learning_rate")),
-    rows_steps: int = typer.Option(None, "--rows-steps", help="sequence: " + _help(SequenceConfig, "rows_steps")),
-    micro_batch_size: int = typer.Option(None, "--micro-batch-size",
-                                         help="sequence: " + _help(SequenceConfig, "micro_batch_size")),
-    dropout: float = typer.Option(None, "--dropout", help="sequence: " + _help(SequenceConfig, "dropout")),
-    attention_dropout: float = typer.Option(None, "--attention-dropout",
-                                            help="sequence: " + _help(SequenceConfig, "attention_dropout")),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="sequence: " + _help(SequenceConfig, "weight_decay")),
-    average_from: float = typer.Option(None, "--average-from", help="sequence: " + _help(SequenceConfig, "average_from")),
-    trim_above_mb: float = typer.Option(None, "--trim-above-mb", help="sequence: " + _help(SequenceConfig, "trim_above_mb")),
-    head_rows_multiple: int = typer.Option(None, "--head-rows-multiple",
-                                           help="sequence: " + _help(SequenceConfig, "head_rows_multiple")),
-    resume: bool = typer.Option(False, "--resume", help="lora: continue from the latest checkpoint in BUNDLE/checkpoints."),
-    max_steps: int = typer.Option(None, "--max-steps", help=_help(FinetuneConfig, "max_steps")),
-    epochs: float = typer.Option(None, "--epochs", help=_help(FinetuneConfig, "epochs")),
-    batch_size: int = typer.Option(None, "--batch-size", help=_help(FinetuneConfig, "batch_size")),
-    grad_accum: int = typer.Option(None, "--grad-accum", help=_help(FinetuneConfig, "grad_accum")),
-    lr: float = typer.Option(None, "--lr", help=_help(FinetuneConfig, "learning_rate")),
-    lora_r: int = typer.Option(None, "--lora-r", help=_help(FinetuneConfig, "lora_r")),
-    lora_alpha: int = typer.Option(None, "--lora-alpha", help=_help(FinetuneConfig, "lora_alpha")),
-    lora_dropout: float = typer.Option(None, "--lora-dropout", help=_help(FinetuneConfig, "lora_dropout")),
-    max_tokens: int = typer.Option(None, "--max-tokens", help=_help(FinetuneConfig, "max_tokens")),
-    tasks: str = typer.Option(None, "--tasks", help=_help(FinetuneConfig, "tasks") + " Comma-separated."),
-    max_train_samples: int = typer.Option(None, "--max-train-samples", help=_help(FinetuneConfig, "max_train_samples")),
-    warmup_steps: int = typer.Option(None, "--warmup-steps", help=_help(FinetuneConfig, "warmup_steps")),
-    eval_every: int = typer.Option(None, "--eval-every", help=_help(FinetuneConfig, "eval_every")),
-    eval_users: int = typer.Option(None, "--eval-users", help=_help(FinetuneConfig, "eval_users")),
-    save_every: int = typer.Option(None, "--save-every", help=_help(FinetuneConfig, "save_every")),
-    seed: int = typer.Option(None, "--seed", help=_help(FinetuneConfig, "seed")),
-    threads: int = typer.Option(None, "--threads", help=_help(FinetuneConfig, "num_threads")),
+    keep_layers: int = typer.Option(None, "--keep-layers", help=_seq("keep_layers")),
+    full_depth: bool = typer.Option(False, "--full-depth", help="Keep every decoder layer (--keep-layers all)."),
+    lora: bool = typer.Option(False, "--lora", help=_seq("lora")),
+    lora_r: int = typer.Option(None, "--lora-r", help=_seq("lora_r")),
+    lora_alpha: int = typer.Option(None, "--lora-alpha", help=_seq("lora_alpha")),
+    lora_dropout: float = typer.Option(None, "--lora-dropout", help=_seq("lora_dropout")),
+    max_minutes: float = typer.Option(None, "--max-minutes", help=_seq("max_minutes")),
+    max_steps: int = typer.Option(None, "--max-steps", help=_seq("max_steps")),
+    epochs: float = typer.Option(None, "--epochs", help=_seq("epochs")),
+    save_minutes: str = typer.Option(None, "--save-minutes", help=_seq("save_minutes") + " Comma-separated, e.g. 15,30,60."),
+    batch_size: int = typer.Option(None, "--batch-size", help=_seq("batch_size")),
+    micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=_seq("micro_batch_size")),
+    lr: float = typer.Option(None, "--lr", help=_seq("learning_rate")),
+    warmup_steps: int = typer.Option(None, "--warmup-steps", help=_seq("warmup_steps")),
+    chat_share: float = typer.Option(None, "--chat-share", help=_seq("chat_share")),
+    chat_batch_size: int = typer.Option(None, "--chat-batch-size", help=_seq("chat_batch_size")),
+    rows_lr: float = typer.Option(None, "--rows-lr", help=_seq("rows_learning_rate")),
+    rows_steps: int = typer.Option(None, "--rows-steps", help=_seq("rows_steps")),
+    dropout: float = typer.Option(None, "--dropout", help=_seq("dropout")),
+    attention_dropout: float = typer.Option(None, "--attention-dropout", help=_seq("attention_dropout")),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=_seq("weight_decay")),
+    average_from: float = typer.Option(None, "--average-from", help=_seq("average_from")),
+    trim_above_mb: float = typer.Option(None, "--trim-above-mb", help=_seq("trim_above_mb")),
+    head_rows_multiple: int = typer.Option(None, "--head-rows-multiple", help=_seq("head_rows_multiple")),
+    bf16: str = typer.Option(None, "--bf16", help=_seq("bf16")),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help=_seq("checkpoint_every")),
+    resume: bool = typer.Option(False, "--resume", help="Continue from BUNDLE/checkpoints/state/ (same settings)."),
+    eval_users: int = typer.Option(None, "--eval-users", help=_seq("eval_users")),
+    seed: int = typer.Option(None, "--seed", help=_seq("seed")),
+    threads: int = typer.Option(None, "--threads", help=_seq("num_threads")),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Finetune a bundle (--bundle B; the sequence recipe, or --recipe lora), or continue one on new logs (--from B --logs L --out N)."""
+    """Finetune a bundle with the sequence recipe (--bundle B; --lora for LoRA adapters; several processes
+    under `accelerate launch -m chatrec finetune`), or continue one on new logs (--from B --logs L --out N)."""
+    if full_depth and keep_layers is not None:
+        raise ConfigError("use either --keep-layers N or --full-depth")
     overrides = {
-        "max_steps": max_steps, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-        "learning_rate": lr, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "max_tokens": max_tokens, "tasks": tuple(t.strip() for t in tasks.split(",")) if tasks else None,
-        "max_train_samples": max_train_samples, "warmup_steps": warmup_steps, "eval_every": eval_every,
-        "eval_users": eval_users, "save_every": save_every, "seed": seed, "num_threads": threads,
+        "keep_layers": keep_layers, "max_minutes": max_minutes, "max_steps": max_steps, "epochs": epochs,
+        "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+        "batch_size": batch_size, "micro_batch_size": micro_batch_size, "learning_rate": lr,
+        "warmup_steps": warmup_steps, "chat_share": chat_share, "chat_batch_size": chat_batch_size,
+        "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "dropout": dropout,
+        "attention_dropout": attention_dropout, "weight_decay": weight_decay, "average_from": average_from,
+        "trim_above_mb": trim_above_mb, "head_rows_multiple": head_rows_multiple, "bf16": bf16,
+        "checkpoint_every": checkpoint_every, "eval_users": eval_users, "seed": seed, "num_threads": threads,
+        "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None,
+        "lora": True if lora else None,
     }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    seq = {k: v for k, v in overrides.items() if v is not None}
+    if full_depth:
+        seq["keep_layers"] = None
     if parent is not None or logs or out is not None:
         if parent is None or not logs or out is None:
             raise ConfigError("a continual run needs all of --from BUNDLE, --logs NEW_LOGS and --out NEW_BUNDLE")
@@ -155,54 +160,35 @@ def finetune_cmd(
         from finetune.continual import continual_finetune
 
         rec = continual_finetune(parent, logs, out, items=items, config=ContinualConfig(replay_fraction=replay_fraction),
-                                 finetune_overrides=overrides, quiet=quiet)
+                                 finetune_overrides=seq, quiet=quiet)
         typer.echo(f"continual: {rec['new_interactions']} new interactions, {rec['new_items']} new items; "
                    f"new period before {json.dumps(rec['before'])} after {json.dumps(rec['after'])}")
         typer.echo(f"wrote {out}; next: `chatrec export --bundle {out}`")
         return
+    from finetune.sequence import train_sequences
+
     b = _bundle(bundle)
-    if recipe == "sequence":
-        from finetune.sequence import train_sequences
-
-        seq = {"keep_layers": keep_layers, "max_minutes": max_minutes, "chat_share": chat_share,
-               "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "max_steps": max_steps, "epochs": epochs,
-               "dropout": dropout, "attention_dropout": attention_dropout, "weight_decay": weight_decay,
-               "average_from": average_from, "trim_above_mb": trim_above_mb, "micro_batch_size": micro_batch_size,
-               "head_rows_multiple": head_rows_multiple,
-               "batch_size": batch_size, "learning_rate": lr, "warmup_steps": warmup_steps,
-               "eval_users": eval_users, "seed": seed, "num_threads": threads,
-               "save_minutes": tuple(float(m) for m in save_minutes.split(",")) if save_minutes else None}
-        lora_only = sorted(k for k in overrides if k not in seq)
-        if lora_only or resume:
-            raise ConfigError(f"--recipe sequence does not take {', '.join(lora_only) or 'resume'}; "
-                              "use --recipe lora for those")
-        counts = train_sequences(b, SequenceConfig(**{k: v for k, v in seq.items() if v is not None}), quiet=quiet)
-        metrics = {k: round(v, 4) for k, v in counts.items() if k.startswith("valid_") and isinstance(v, float)}
-        typer.echo(f"trained {counts['steps']} steps in {counts['train_minutes']:.1f} min ({counts['layers']} layers, "
-                   f"bf16 {counts['bf16']}): loss {counts['first_loss']:.3f} -> {counts['final_loss']:.3f}, "
-                   f"{counts['targets_per_s']:.0f} targets/s, peak {counts['peak_rss_mb']:.0f} MiB {metrics or ''}")
-        typer.echo(f"wrote {b.path('trained')}; next: `chatrec export --bundle {b.root}`")
+    counts = train_sequences(b, SequenceConfig(**seq), quiet=quiet, resume=resume)
+    if "peak_rss_mb" not in counts:  # another than the main process of a multi-process run: it saved nothing
         return
-    if recipe != "lora":
-        raise ConfigError(f"`--recipe` must be sequence or lora, got {recipe!r}")
-    from finetune.recipe import finetune
-
-    counts = finetune(b, FinetuneConfig(**overrides), resume=resume, quiet=quiet)
     metrics = {k: round(v, 4) for k, v in counts.items() if k.startswith("valid_") and isinstance(v, float)}
-    typer.echo(f"trained {counts['steps']} steps: loss {counts['first_loss']:.3f} -> {counts['final_loss']:.3f}, "
-               f"{counts['tokens_per_s']:.0f} tokens/s, peak {counts['peak_rss_mb']:.0f} MiB {metrics or ''}")
-    typer.echo(f"wrote {b.adapter_dir}; next: `chatrec export --bundle {b.root}`")
+    kind = f"LoRA on {counts['layers']} layers" if counts["lora"] else f"{counts['layers']} layers"
+    typer.echo(f"trained {counts['steps']} steps in {counts['train_minutes']:.1f} min ({kind}, "
+               f"{counts['processes']} process(es), bf16 {counts['bf16']}): loss {counts['first_loss']:.3f} -> "
+               f"{counts['final_loss']:.3f}, {counts['targets_per_s']:.0f} targets/s, "
+               f"peak {counts['peak_rss_mb']:.0f} MiB {metrics or ''}")
+    typer.echo(f"wrote {b.path('trained')}; next: `chatrec export --bundle {b.root}`")
 
 
 @app.command("export")
 def export_cmd(
     bundle: Path = typer.Option(None, "--bundle", help=_BUNDLE),
     no_merged: bool = typer.Option(False, "--no-merged", help="Skip the merged folder BUNDLE/export/."),
-    no_multi: bool = typer.Option(False, "--no-multi", help="Skip export/multi/ (base + LoRA-only adapter for vLLM --enable-lora)."),
+    no_multi: bool = typer.Option(False, "--no-multi", help="Skip export/multi/ (a --lora run's base + LoRA-only adapter for vLLM --enable-lora)."),
     adapter_name: str = typer.Option("chatrec", "--adapter-name", help=_help(ExportConfig, "adapter_name")),
     dtype: str = typer.Option("float32", "--dtype", help=_help(ExportConfig, "dtype")),
 ) -> None:
-    """Merge LoRA + trained token rows into BUNDLE/export/ (vLLM-loadable), and write the multi-adapter layout."""
+    """The trained model (LoRA merged) as BUNDLE/export/ (vLLM-loadable); for a --lora run also the multi-adapter layout."""
     from finetune.export import export_bundle
 
     b = _bundle(bundle)

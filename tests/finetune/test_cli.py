@@ -64,8 +64,8 @@ def test_sequence_recipe_errors_name_the_fix(tmp_path):
     (b.train_dir / "sequences.jsonl").unlink()  # a bundle built before sequences existed
     res = runner.invoke(app, ["finetune", "--bundle", str(b.root)])
     assert res.exit_code == 4 and "run `chatrec data build" in res.output and "again" in res.output
-    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--lora-r", "4"])
-    assert res.exit_code == 2 and "--recipe lora" in res.output
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--lora", "--lora-r", "0"])
+    assert res.exit_code == 2 and "`lora_r` must be >= 1, got 0" in res.output
     res = runner.invoke(app, ["export", "--bundle", str(b.root)])
     assert res.exit_code == 4 and "chatrec finetune" in res.output
 

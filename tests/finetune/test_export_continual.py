@@ -1,4 +1,4 @@
-"""Export layouts (merged, multi-adapter) and the continual finetune on new logs with new items."""
+"""The continual finetune on new logs with new items, and the export of a sequence-recipe bundle."""
 
 from __future__ import annotations
 
@@ -10,65 +10,13 @@ import pytest
 
 from chatrec.bundle import Bundle
 from finetune.data import BuildConfig, build_bundle
-from finetune.recipe import FinetuneConfig, finetune
-
-QUICK = dict(batch_size=4, learning_rate=2e-2, warmup_steps=1, lora_dropout=0.0, eval_users=0, save_every=0,
-             num_threads=1, max_tokens=256, tasks=("next_item", "action", "alignment"))
 
 
-@pytest.fixture
-def trained(tmp_path) -> Bundle:
-    from chatrec.testing import make_tiny_bundle
-
-    b = make_tiny_bundle(tmp_path / "b")
-    build_bundle(b, BuildConfig(history_len=3))
-    finetune(b, FinetuneConfig(max_steps=3, **QUICK), quiet=True)
-    return b
-
-
-def _logits(model, ids):
+def _logits(model, ids):  # type: ignore[no-untyped-def]
     import torch
 
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0].numpy()
-
-
-def test_export_merged_and_multi_adapter_match_the_trained_adapter(trained):
-    from peft import PeftModel
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
-
-    from finetune.export import ExportConfig, export_bundle
-    from tokenizer_ext import load_extended
-
-    out = export_bundle(trained, ExportConfig())
-    export = trained.export_dir
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "chatrec_tokens.json", "trie.npz"):
-        assert (export / name).exists(), name
-    assert (trained.adapter_dir / "adapter_model.safetensors").exists()  # adapter kept
-
-    base, tok, token_map = load_extended(trained.model_dir)
-    reference = PeftModel.from_pretrained(base, str(trained.adapter_dir)).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
-                                  return_dict=False) + [token_map.sid_begin, *token_map.level_token_ids(0)[:3]]
-    want = _logits(reference, ids)
-    # the trained rows really moved away from the extended model's rows
-    assert not np.allclose(want, _logits(load_extended(trained.model_dir)[0].eval(), ids), atol=1e-4)
-
-    merged = AutoModelForCausalLM.from_pretrained(str(export)).eval()
-    np.testing.assert_allclose(_logits(merged, ids), want, atol=1e-4)
-
-    adapter_dir = trained.export_dir / "multi" / "adapters" / "chatrec"
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    assert cfg["trainable_token_indices"] is None and cfg["modules_to_save"] is None
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as fh:
-        names = list(fh.keys())
-    assert names and all(".lora_" in k for k in names)
-    multi_base = AutoModelForCausalLM.from_pretrained(out["multi_base"])
-    multi = PeftModel.from_pretrained(multi_base, str(adapter_dir)).eval()
-    np.testing.assert_allclose(_logits(multi, ids), want, atol=1e-4)
-    assert trained.stage("export")["outputs"]["merged"] == "export"
-
 
 def _parent_and_new_logs(tmp_path, train):  # type: ignore[no-untyped-def]
     """A finetuned tiny parent (40 items) and new logs of its users, half on 6 new items."""
@@ -126,25 +74,26 @@ def _assert_new_items_retrievable(out, model, catalog, new_items, tokenizer, tok
     assert any(r["target_item_id"] in new_ids for r in train)
 
 
-def test_continual_finetune_adds_new_items_to_the_trie(tmp_path):
-    from peft import PeftModel
-
+def test_continual_finetune_of_a_lora_parent_adds_new_items_to_the_trie(tmp_path):
     from finetune.continual import ContinualConfig, continual_finetune
+    from finetune.sequence import SequenceConfig, train_sequences
     from tokenizer_ext import load_extended
 
+    seq = SequenceConfig(lora=True, keep_layers=None, max_steps=3, batch_size=4, rows_steps=1, warmup_steps=1,
+                         learning_rate=2e-2, eval_users=0, bf16="off", num_threads=1)
     parent, catalog, new_items, logs, items_file = _parent_and_new_logs(
-        tmp_path, lambda b: finetune(b, FinetuneConfig(max_steps=2, **QUICK), quiet=True))
+        tmp_path, lambda b: train_sequences(b, seq, quiet=True))
     out = Bundle(tmp_path / "child")
     rec = continual_finetune(parent, logs, out, items=items_file, config=ContinualConfig(eval_users=4),
                              finetune_overrides={"max_steps": 2}, quiet=True)
     assert rec["new_items"] == 6 and rec["new_interactions"] == 48
     assert set(rec["before"]) >= {"hr@10", "ndcg@10"} and set(rec["after"]) >= {"hr@10", "ndcg@10"}
     assert out.stage("continual")["parent"] == str(parent.root)
-    assert out.stage("finetune")["parent"] == str(parent.root)
-    assert out.stage("finetune")["config"]["init_adapter"] == str(parent.adapter_dir)
-    model, tokenizer, token_map = load_extended(out.model_dir)
-    model = PeftModel.from_pretrained(model, str(out.adapter_dir)).eval()
-    _assert_new_items_retrievable(out, model, catalog, new_items, tokenizer, token_map)
+    finetune_stage = out.stage("finetune")
+    assert finetune_stage["config"]["lora"] and finetune_stage["counts"]["steps"] == 2  # LoRA again, on the merge
+    assert (out.adapter_dir / "adapter_model.safetensors").exists()
+    model, tokenizer, token_map = load_extended(out.path("trained"))
+    _assert_new_items_retrievable(out, model.eval(), catalog, new_items, tokenizer, token_map)
 
 
 def test_continual_finetune_of_a_sequence_recipe_parent(tmp_path):

@@ -1,4 +1,5 @@
-"""The exported folders load in vLLM: merged, and base + LoRA-only adapter with --enable-lora."""
+"""The exported folders of a `--lora` sequence-recipe run load in vLLM: merged, and base + LoRA-only
+adapter with --enable-lora, and both generate what the trained model generates."""
 
 from __future__ import annotations
 
@@ -19,20 +20,23 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow,
 def test_vllm_loads_both_export_layouts_and_agrees_with_peft(tmp_path):
     import torch
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     from chatrec.testing import make_tiny_bundle
     from finetune.data import BuildConfig, build_bundle
     from finetune.export import export_bundle
-    from finetune.recipe import FinetuneConfig, finetune
+    from finetune.sequence import SequenceConfig, train_sequences
     from tokenizer_ext import load_extended
 
     b = make_tiny_bundle(tmp_path / "b", hidden=128)  # head_dim 32: vLLM CPU attention refuses 16
     build_bundle(b, BuildConfig(history_len=3))
-    finetune(b, FinetuneConfig(max_steps=3, batch_size=4, learning_rate=2e-2, lora_dropout=0.0, eval_users=0,
-                               save_every=0, num_threads=1, tasks=("next_item",)), quiet=True)
-    export_bundle(b)
-    base, tok, token_map = load_extended(b.model_dir)
-    ref = PeftModel.from_pretrained(base, str(b.adapter_dir)).eval()
+    train_sequences(b, SequenceConfig(lora=True, keep_layers=None, max_steps=4, batch_size=4, rows_steps=1,
+                                      warmup_steps=1, learning_rate=2e-2, eval_users=0, bf16="off", num_threads=1),
+                    quiet=True)
+    out = export_bundle(b)
+    base = AutoModelForCausalLM.from_pretrained(out["multi_base"])
+    _, tok, token_map = load_extended(b.path("trained"))
+    ref = PeftModel.from_pretrained(base, str(b.adapter_dir)).eval()  # the trained adapter on the exported base
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                      return_dict=False) + [token_map.sid_begin]
     ids = list(prompt)

@@ -63,7 +63,7 @@ def _shifted_loss(rm, windows, pad_id, device, head_rows_multiple=256):  # type:
     """The loss mask off by one: each position is trained on its own token, not the next one."""
     import torch.nn.functional as F
 
-    from finetune.sequence import right_padded
+    from finetune.rows_model import right_padded
 
     ids, attn = right_padded(windows, pad_id, device)
     h = rm.hidden(ids, attn)
@@ -82,10 +82,10 @@ def _shuffled_codes(catalog_frame: pd.DataFrame, sids: pd.DataFrame) -> pd.DataF
 def test_broken_pipeline_fails_the_bar(broken: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each break that the learnability bar exists to catch does fail it (seen here: below 0.6)."""
     import finetune.data
-    import finetune.sequence
+    import finetune.rows_model
 
     if broken == "loss_mask":
-        monkeypatch.setattr(finetune.sequence, "sequence_loss", _shifted_loss)
+        monkeypatch.setattr(finetune.rows_model, "sequence_loss", _shifted_loss)
     elif broken == "sequence_format":  # events written newest first: the order the rule lives in is lost
         original = finetune.data.ConversationBuilder.events_text
         monkeypatch.setattr(finetune.data.ConversationBuilder, "events_text",

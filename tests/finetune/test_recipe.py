@@ -1,21 +1,14 @@
-"""The LoRA recipe on a tiny random Llama with the real SmolLM2 tokenizer."""
+"""The sequence recipe's model, losses and loop on a tiny random Llama with the real SmolLM2 tokenizer."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from chatrec.bundle import Bundle
-from chatrec.errors import BundleError, ConfigError
+from chatrec.errors import ConfigError
 from finetune.data import BuildConfig, build_bundle, read_jsonl
-from finetune.recipe import FinetuneConfig, batch_indices, finetune, read_log
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,120 +22,13 @@ def bundle(tmp_path) -> Bundle:
     return b
 
 
-def _quick(**kw) -> FinetuneConfig:
-    base = dict(batch_size=4, learning_rate=5e-3, warmup_steps=2, lora_dropout=0.0, eval_users=0, save_every=0,
-                num_threads=1, max_tokens=256)
-    base.update(kw)
-    return FinetuneConfig(**base)
-
-
-def test_finetune_lowers_loss_and_writes_adapter(bundle):
-    # next-item and action answers are mostly new tokens, the part a random tiny model can learn fast
-    counts = finetune(bundle, _quick(max_steps=12, eval_users=4, learning_rate=1e-2,
-                                     tasks=("next_item", "action")), quiet=True)
-    losses = [r["loss"] for r in read_log(bundle) if "loss" in r]
-    assert len(losses) == 12
-    assert sum(losses[-3:]) / 3 < losses[0] - 1.0
-    assert (bundle.adapter_dir / "adapter_model.safetensors").exists()
-    cfg = json.loads((bundle.adapter_dir / "adapter_config.json").read_text())
-    assert cfg["trainable_token_indices"] and not cfg["modules_to_save"]
-    assert counts["tokens_per_s"] > 0 and counts["peak_rss_mb"] > 0
-    assert 0.0 <= counts["valid_hr@10"] <= 1.0 and counts["valid_n_users"] == 4
-    assert bundle.stage("finetune")["counts"]["steps"] == 12
-
-
-def test_data_order_is_a_pure_function_of_step():
-    cfg = FinetuneConfig(batch_size=3, grad_accum=2, seed=5)
-    a = [batch_indices(s, m, 10, cfg, world=1, rank=0) for s in range(4) for m in range(2)]
-    b = [batch_indices(s, m, 10, cfg, world=1, rank=0) for s in range(4) for m in range(2)]
-    assert a == b
-    flat = [i for batch in a for i in batch]
-    assert sorted(flat[:10]) == list(range(10))  # epoch 0 visits every row once
-    # two processes split each step's rows without overlap
-    r0 = batch_indices(1, 0, 10, cfg, world=2, rank=0)
-    r1 = batch_indices(1, 0, 10, cfg, world=2, rank=1)
-    assert not set(r0) & set(r1)
-
-
-def test_rerun_without_resume_is_refused(bundle):
-    finetune(bundle, _quick(max_steps=2), quiet=True)
-    with pytest.raises(BundleError, match="--resume"):
-        finetune(bundle, _quick(max_steps=2), quiet=True)
-
-
-def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="lora_r"):
-        FinetuneConfig(lora_r=0)
-    with pytest.raises(ConfigError, match="tasks"):
-        FinetuneConfig(tasks=("nope",))
-
-
-def _cli(bundle: Bundle, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "chatrec", "finetune", "--recipe", "lora", "--bundle", str(bundle.root), "--max-steps", "10",
-            "--batch-size", "4", "--lr", "5e-3", "--lora-dropout", "0.05", "--eval-users", "0",
-            "--save-every", "2", "--max-tokens", "256", "--threads", "1", "--quiet", *extra]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-
-
-def test_resume_after_kill_continues_with_same_steps_and_data_order(tmp_path, bundle):
-    import shutil
-
-    twin = Bundle(tmp_path / "twin")
-    shutil.copytree(bundle.root, twin.root)
-    # reference: one uninterrupted run
-    subprocess.run(_cli(twin), check=True, env=_env(), cwd=REPO, timeout=600)
-    ref = {r["step"]: r for r in read_log(twin) if "loss" in r}
-    # killed run: SIGKILL once the step-4 checkpoint is on disk, then --resume
-    proc = subprocess.Popen(_cli(bundle), env=_env(), cwd=REPO, start_new_session=True)
-    ckpt = bundle.path("checkpoints", "step-000004", "state.json")
-    deadline = time.monotonic() + 300
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists()
-    killed_at = max(r["step"] for r in read_log(bundle) if "loss" in r)
-    assert killed_at < 10, "the run finished before it could be killed"
-    subprocess.run(_cli(bundle, "--resume"), check=True, env=_env(), cwd=REPO, timeout=600)
-    got = {r["step"]: r for r in read_log(bundle) if "loss" in r}
-    assert sorted(got) == list(range(1, 11))
-    assert bundle.stage("finetune")["counts"]["resumed_from"] >= 4
-    for step in range(1, 11):
-        assert got[step]["samples"] == ref[step]["samples"], step
-        assert got[step]["loss"] == pytest.approx(ref[step]["loss"], rel=1e-4, abs=1e-4), step
-
-
-@pytest.mark.slow
-def test_overfits_twenty_examples(tmp_path):
-    """20 next-item examples, trained to >= 90% hit (HR@10 over constrained retrieval)."""
-    from peft import PeftModel
-
-    from chatrec.testing import make_tiny_bundle
-    from finetune.recipe import evaluate
-    from tokenizer_ext import load_extended
-
-    b = make_tiny_bundle(tmp_path / "b")
-    build_bundle(b, BuildConfig(history_len=3, task_weights={"next_item": 1.0}))
-    finetune(b, _quick(max_steps=200, batch_size=20, max_train_samples=20, learning_rate=5e-3, warmup_steps=10,
-                       tasks=("next_item",)), quiet=True)
-    losses = [r["loss"] for r in read_log(b) if "loss" in r]
-    assert losses[-1] < losses[0] - 5
-    model, tok, token_map = load_extended(b.model_dir)
-    model = PeftModel.from_pretrained(model, str(b.adapter_dir))
-    rows = read_jsonl(b.train_dir / "train.jsonl")[:20]
-    metrics = evaluate(model, tok, token_map, b, rows, k=10, exclude_history=False)
-    assert metrics["hr@10"] >= 0.9, metrics
-
-
 def test_dropout_is_active_while_training_only() -> None:
     import torch
 
     from chatrec.errors import ConfigError
     from chatrec.testing import smollm2_tokenizer, tiny_llama
-    from finetune.sequence import RowsModel, SequenceConfig
+    from finetune.rows_model import RowsModel
+    from finetune.sequence import SequenceConfig
 
     with pytest.raises(ConfigError, match="dropout"):
         SequenceConfig(dropout=1.0)
@@ -164,7 +50,7 @@ def test_micro_batches_give_the_whole_batch_gradient() -> None:
     import torch
 
     from chatrec.testing import smollm2_tokenizer, tiny_llama
-    from finetune.sequence import RowsModel, sequence_backward
+    from finetune.rows_model import RowsModel, sequence_backward
 
     tok = smollm2_tokenizer()
     first = len(tok) - 8
@@ -191,8 +77,9 @@ def test_supervised_rows_are_padded_to_few_shapes_without_changing_loss_or_gradi
     import torch
     import torch.nn.functional as F
 
-    import finetune.sequence as seq
+    import finetune.rows_model as seq
     from chatrec.testing import smollm2_tokenizer, tiny_llama
+    from finetune.sequence import SequenceConfig
 
     tok = smollm2_tokenizer()
     first = len(tok) - 8
@@ -221,7 +108,7 @@ def test_supervised_rows_are_padded_to_few_shapes_without_changing_loss_or_gradi
     assert pred.shape == (512, 4) and int((target == -100).sum()) == 212 and float(pred[300:].abs().sum()) == 0
     assert F.cross_entropy(torch.zeros(512, 300), target).isfinite()
     with pytest.raises(ConfigError, match="head_rows_multiple"):
-        seq.SequenceConfig(head_rows_multiple=-1)
+        SequenceConfig(head_rows_multiple=-1)
 
 
 @pytest.mark.parametrize(("budget_mb", "trims"), [(1.0, 3), (0.0, 0)])
