@@ -9,6 +9,7 @@ prefix is computed once.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -264,6 +265,10 @@ def _fallback(trie: ItemTrie, kept_per_level: list[list[tuple[tuple[int, ...], f
 
 
 # ranking ---------------------------------------------------------------------------------------
+_ACTION_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_TERM = re.compile(r"([+-]?)(?:((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)\*)?([a-z_][a-z0-9_]*)")  # [sign][number*]action
+
+
 @dataclass
 class ValueFunction:
     """A linear value over action probabilities, e.g. P(like) - 10 * P(dislike)."""
@@ -278,23 +283,34 @@ class ValueFunction:
 
     @classmethod
     def parse(cls, text: str) -> ValueFunction:
-        """Parse `"like - 10*dislike"` / `"like=1,dislike=-10"` into weights."""
-        weights: dict[str, float] = {}
+        """Parse `"like - 10*dislike"` / `"like=1,dislike=-10"` into weights.
+
+        The whole text must parse (no part is skipped) and every weight must be a finite number:
+        a request's value function is client input.
+        """
         src = text.replace(" ", "")
+        weights: dict[str, float] = {}
         if "=" in src:
             for part in src.split(","):
                 name, _, w = part.partition("=")
                 try:
-                    weights[name] = float(w)
+                    value = float(w)
                 except ValueError:
-                    raise ConfigError(f"cannot parse a value function from {text!r}: {part!r} needs a number "
-                                      "after '='; write e.g. 'like=1,dislike=-10'") from None
+                    value = math.nan
+                if not _ACTION_NAME.fullmatch(name) or not math.isfinite(value):
+                    raise ConfigError(f"cannot parse a value function from {text!r}: {part!r} is not ACTION=NUMBER "
+                                      "(a finite number); write e.g. 'like=1,dislike=-10'")
+                weights[name] = weights.get(name, 0.0) + value
         else:
-            import re
-
-            for sign, coef, name in re.findall(r"([+-]?)(?:([0-9.]+)\*)?([a-z0-9_]+)", src):
+            if not re.fullmatch(rf"(?:{_TERM.pattern})+", src):
+                raise ConfigError(f"cannot parse a value function from {text!r}; write e.g. 'like-10*dislike'")
+            for i, (sign, coef, name) in enumerate(_TERM.findall(src)):
+                if i and not sign:  # terms after the first need their sign: 'like dislike' is not a sum
+                    raise ConfigError(f"cannot parse a value function from {text!r}: '+' or '-' needed before {name!r}")
                 value = float(coef) if coef else 1.0
-                weights[name] = -value if sign == "-" else value
+                if not math.isfinite(value):
+                    raise ConfigError(f"cannot parse a value function from {text!r}: {coef!r} is not a finite number")
+                weights[name] = weights.get(name, 0.0) + (-value if sign == "-" else value)
         if not weights:
             raise ConfigError(f"cannot parse a value function from {text!r}; write e.g. 'like-10*dislike'")
         return cls(weights)

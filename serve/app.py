@@ -173,15 +173,18 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
         return _error_response(error_for(exc))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
         svc = holder.current
-        out = {"status": "ok", "engine": svc.config.engine, "model": svc.config.model_name,
-               "bundle": svc.rec.bundle.root.name, "items": int(svc.rec.core.trie.n_items),
-               "generation": holder.generation}
+        healthy = bool(getattr(svc.rec.engine, "healthy", True))  # the vLLM engine: is its step loop alive?
+        out: dict[str, Any] = {"status": "ok" if healthy else "unhealthy", "engine": svc.config.engine,
+                               "model": svc.config.model_name, "bundle": svc.rec.bundle.root.name,
+                               "items": int(svc.rec.core.trie.n_items), "generation": holder.generation}
+        if not healthy:
+            out["error"] = "the engine stopped; every request fails until a reload (SIGHUP or /v1/admin/reload)"
         check = getattr(svc.rec.engine, "health", None)  # the gateway: is its upstream answering?
         if check is not None:
-            out["upstream"] = "ok" if await run_in_threadpool(check) else "unreachable"
-        return out
+            out["upstream"] = await run_in_threadpool(check)
+        return JSONResponse(out, status_code=200 if healthy else 503)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -203,9 +206,10 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
             holder.release(svc)
             raise error_for(exc) from None
         release = _once(lambda: holder.release(svc))
-        return StreamingResponse(_sse(chunks, release), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                                 background=BackgroundTask(release))
+        return StallGuardedStream(_sse(chunks, release), stall_seconds=config.stream_stall_seconds,
+                                  media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                                  background=BackgroundTask(release))
 
     @app.post("/v1/recommendations")
     async def recommendations(req: RecommendationsRequest) -> dict[str, Any]:
@@ -225,8 +229,9 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
 
     @app.post("/v1/feedback")
     async def feedback(req: FeedbackRequest, request: Request) -> Any:
-        auth = request.headers.get("authorization", "")
-        key = auth if auth else f"addr:{request.client.host if request.client else '?'}"
+        # one bucket per client identity, not per header value: with an API key every request that
+        # got here carries that key (the middleware checked it); without one, the client's address
+        key = "api-key" if config.api_key else f"addr:{request.client.host if request.client else '?'}"
         n = len(req.events or []) + (req.item_id is not None or req.user_id is not None or req.action is not None)
         wait = limiter.take(key, max(1, n))
         if wait:
@@ -251,6 +256,38 @@ def create_app(holder: ServiceHolder, config: ServeConfig) -> FastAPI:
         return await _reload(config.reload_bundles[name])
 
     return app
+
+
+class _Stalled(Exception):
+    """The client read nothing of a stream for `stall_seconds`."""
+
+
+class StallGuardedStream(StreamingResponse):
+    """A stream whose client must keep reading: when one send waits longer than `stall_seconds`
+    (the client stopped reading and the socket buffers are full), the response ends there and the
+    generation behind it is closed, so a stalled reader holds no engine, upstream connection or
+    cache for longer than that."""
+
+    def __init__(self, content: AsyncIterator[str], *, stall_seconds: float, **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.stall_seconds = stall_seconds
+
+    async def stream_response(self, send: Send) -> None:
+        async def guarded(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.stall_seconds)
+            except TimeoutError:
+                raise _Stalled from None
+
+        try:
+            await super().stream_response(guarded)
+        except _Stalled:
+            logging.getLogger("chatrec.serve").warning(
+                "a streaming client read nothing for %.0f s; its stream was ended", self.stall_seconds)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _once(fn: Callable[[], None]) -> Callable[[], None]:

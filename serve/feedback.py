@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -64,9 +65,9 @@ class JsonlLog:
             return 0
         data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
         with self._lock, self._file_lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                size = os.fstat(fd).st_size
+                size = _drop_partial_line(fd, self.path.name)
                 if self.max_bytes is not None and size + len(data) > self.max_bytes:
                     raise LogFullError(f"the log {self.path.name} is full ({size} of {self.max_bytes} bytes); "
                                        "rotate it (finetune on it, then move it away) or raise --max-log-bytes")
@@ -83,6 +84,27 @@ class JsonlLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _drop_partial_line(fd: int, name: str) -> int:
+    """Cut a last line without its newline (a write cut short by a crash: never acknowledged, since
+    an append is acknowledged only after its fsync), so the next record starts on its own line.
+    Returns the file's size afterwards."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    logging.getLogger("chatrec.serve").warning("%s ended in a partial line (%d bytes, from an interrupted write); "
+                                               "dropped it", name, size - end)
+    return end
 
 
 class RateLimiter:

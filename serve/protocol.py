@@ -75,7 +75,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # torch seeds a generator with a long
     user: str | None = Field(default=None, max_length=256)
     ignore_eos: bool = False  # vLLM's extra parameter: generate exactly max_tokens (benchmarks)
     chatrec: ChatrecOptions | None = None
@@ -145,6 +145,19 @@ class RankRequest(BaseModel):
     history: list[HistoryItem] = Field(default_factory=list, max_length=500)
     candidates: list[ItemId] = Field(min_length=1, max_length=200)
     value: str = Field(default="like - 10*dislike", max_length=200)
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, v: str) -> str:
+        """Parsed here, so a malformed value function is a 400 naming `value`."""
+        from chatrec.errors import ConfigError
+        from chatrec.retrieval import ValueFunction
+
+        try:
+            ValueFunction.parse(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 class FeedbackEvent(BaseModel):

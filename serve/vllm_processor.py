@@ -20,6 +20,7 @@ code the transformers engine runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -31,12 +32,12 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
-from chatrec.errors import ChatrecError
 
 logger = logging.getLogger(__name__)
 
 EXTRA_KEY = "chatrec"
 _KEYS = {"core", "mask", "exclude", "categories"}
+_IN_PROCESS = {"core", "mask"}  # keys of objects registered in this process
 
 _CORES: dict[str, ConstraintCore] = {}
 _MASKS: dict[str, np.ndarray] = {}
@@ -71,12 +72,17 @@ def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
     In process they are `extra_args={"chatrec": {...}}`. vLLM's OpenAI server accepts only flat
     `vllm_xargs` values (strings, numbers, lists), so there a request opts in with
     `"vllm_xargs": {"chatrec": 1, "chatrec_exclude": [...], "chatrec_categories": [...]}`
-    (or `"chatrec": "<JSON object>"`).
+    (or `"chatrec": "<JSON object>"`). The in-process keys (`core`, `mask`) name objects registered
+    in this process and are honoured only in the in-process form (a dict, which vLLM's HTTP server
+    never passes): over HTTP they are refused, so no client can point a request at another core
+    or at no mask.
     """
     extra = params.extra_args or {}
     value = extra.get(EXTRA_KEY)
     if value is None:
         return None
+    if isinstance(value, dict):
+        return dict(value)
     if isinstance(value, str) and value.lstrip().startswith("{"):
         import json
 
@@ -84,9 +90,15 @@ def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
             value = json.loads(value)
         except ValueError:
             raise ValueError(f"vllm_xargs.{EXTRA_KEY} is not a JSON object") from None
-    if not isinstance(value, dict):  # a flag (1, "on", true): the flat form
-        if value in (0, "0", "off", "false", False):
-            return None
+        if not isinstance(value, dict):
+            raise ValueError(f"vllm_xargs.{EXTRA_KEY} is not a JSON object")
+        local = sorted(set(value) & _IN_PROCESS)
+        if local:
+            raise ValueError(f"vllm_xargs.{EXTRA_KEY}: {local} are for the in-process engine only; over HTTP "
+                             f"send only {sorted(_KEYS - _IN_PROCESS)}")
+    elif value in (0, "0", "off", "false", False):
+        return None
+    else:  # a flag (1, "on", true): the flat form
         value = {}
     for key in ("exclude", "categories"):
         flat = extra.get(f"{EXTRA_KEY}_{key}")
@@ -125,10 +137,16 @@ class ChatrecLogitsProcessor(LogitsProcessor):
         unknown = sorted(set(args) - _KEYS)
         if unknown:
             raise ValueError(f"unknown keys {unknown} in vllm_xargs.{EXTRA_KEY}; allowed: {sorted(_KEYS)}")
-        for key in ("core", "mask"):
+        for key, registry in (("core", _CORES), ("mask", _MASKS)):
             value = args.get(key)
-            if value is not None and not isinstance(value, str):
+            if value is None:
+                continue
+            if not isinstance(value, str):
                 raise ValueError(f"vllm_xargs.{EXTRA_KEY}.{key} must be a string, got {value!r}")
+            with _CORES_LOCK:
+                known = value in registry
+            if not known:
+                raise ValueError(f"no chatrec {key} registered as {value[:64]!r} in this process")
         _string_list(args, "exclude")
         _string_list(args, "categories")
 
@@ -163,15 +181,33 @@ class ChatrecLogitsProcessor(LogitsProcessor):
         if mask_key is not None:
             with _CORES_LOCK:
                 allowed = _MASKS.get(mask_key)
+            if allowed is None:  # unregistered since validation: name nothing rather than anything
+                raise ValueError(f"no chatrec mask registered as {mask_key!r}")
         else:
-            try:
-                allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
-            except (ChatrecError, ValueError) as exc:
-                # raising here would stop the engine step for every request in the batch: this
-                # request instead gets an empty item set (a span can only close, naming nothing)
-                logger.warning("chatrec filter refused (%s); the request will name no item", exc)
-                allowed = np.zeros(core.trie.n_items, dtype=bool)
+            allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
         state = core.new_state(prompt_ids or [], allowed)
+        return state, len(prompt_ids or []), output_ids
+
+    def _closed_row(self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int],
+                    exc: BaseException) -> tuple[SpanState, int, list[int]] | None:
+        """The row of a request whose constraint could not be set up: it may name no item (a span
+        can only close). An exception in `update_state` would stop vLLM's engine for every request,
+        so it never leaves this processor."""
+        logger.warning("chatrec constraint refused (%s: %s); the request will name no item",
+                       exc.__class__.__name__, exc)
+        core = None
+        with contextlib.suppress(Exception):
+            key = (chatrec_args(params) or {}).get("core")
+            with _CORES_LOCK:
+                core = _CORES.get(key) if isinstance(key, str) else None
+        if core is None:
+            try:
+                core = self._core(None)
+            except Exception:  # noqa: BLE001
+                logger.exception("no chatrec constraint core could be loaded from %s; the request runs "
+                                 "unconstrained", self.model_dir)
+                return None
+        state = core.new_state(prompt_ids or [], np.zeros(core.trie.n_items, dtype=bool))
         return state, len(prompt_ids or []), output_ids
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
@@ -180,7 +216,10 @@ class ChatrecLogitsProcessor(LogitsProcessor):
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            row = self._new_row(params, prompt_ids, output_ids)
+            try:
+                row = self._new_row(params, prompt_ids, output_ids)
+            except Exception as exc:  # noqa: BLE001  (see _closed_row)
+                row = self._closed_row(params, prompt_ids, output_ids, exc)
             if row is None:
                 self.rows.pop(index, None)
             else:

@@ -59,6 +59,10 @@ class UIConfig:
     k: int = field(default=5, metadata={"help": "Number of items to recommend per answer."})
     max_tokens: int = field(default=256, metadata={"help": "Longest answer in tokens."})
     timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for the server per request."})
+    auth: str | None = field(default=None, metadata={
+        "help": "USER:PASSWORD a visitor must log in with (also CHATREC_UI_AUTH); required on a non-loopback "
+                "--host, since the page acts with the server's API key."})
+    insecure: bool = field(default=False, metadata={"help": "Allow a non-loopback --host without --auth."})
 
     def __post_init__(self) -> None:
         if not self.endpoint.startswith(("http://", "https://")):
@@ -73,6 +77,14 @@ class UIConfig:
             raise ConfigError(f"`timeout` should be positive, got {self.timeout}")
         if not self.user_id.strip():
             raise ConfigError("`user_id` must not be empty")
+        if self.auth is not None and (":" not in self.auth or not all(self.auth.split(":", 1))):
+            raise ConfigError("`auth` must be USER:PASSWORD, both non-empty")
+        from serve.service import is_loopback
+
+        if not is_loopback(self.host) and not self.auth and not self.insecure:
+            raise ConfigError(f"refusing to serve the UI on {self.host} (not loopback) without a login: anyone who "
+                              "reaches it would use the server's API key. Pass --auth-file FILE (USER:PASSWORD) or "
+                              "set CHATREC_UI_AUTH, or --insecure if this network is trusted")
 
 
 def _plain_error(exc: BaseException) -> str:
@@ -336,9 +348,13 @@ def launch(config: UIConfig, *, block: bool = True) -> gr.Blocks:
     require("gradio", "the chat UI")
     demo = build_app(config)
     demo.queue(default_concurrency_limit=4)
+    auth = None
+    if config.auth:
+        user, _, password = config.auth.partition(":")
+        auth = (user, password)
     demo.launch(server_name=config.host, server_port=config.port, share=False, inbrowser=False,
                 prevent_thread_lock=True, show_error=False, ssr_mode=False, quiet=True,
-                css=CSS, footer_links=[])
+                css=CSS, footer_links=[], auth=auth)
     if block:
         _wait_until_stopped(demo)
     return demo

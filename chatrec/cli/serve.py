@@ -10,6 +10,23 @@ import typer
 from chatrec.cli.app import app
 
 
+def secret(value: str | None, file: Path | None, env: str) -> str | None:
+    """A key from its option, else its file (first line), else the environment variable `env`."""
+    from chatrec.errors import ConfigError
+
+    if value:
+        return value
+    if file is not None:
+        try:
+            lines = file.read_text().strip().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the key file {file}: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"the key file {file} is empty")
+        return lines[0].strip()
+    return os.environ.get(env) or None
+
+
 def _help(name: str) -> str:
     from serve.service import ServeConfig
 
@@ -48,6 +65,13 @@ def serve(
     align_history: str = typer.Option("auto", "--align-history", help=_help("align_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
+    upstream_api_key: str = typer.Option(None, "--upstream-api-key", help=_help("upstream_api_key")),
+    api_key_file: Path = typer.Option(None, "--api-key-file", help="Read --api-key from this file (keys given on "
+                                                                   "the command line show in `ps`)."),
+    admin_key_file: Path = typer.Option(None, "--admin-key-file", help="Read --admin-key from this file."),
+    upstream_api_key_file: Path = typer.Option(None, "--upstream-api-key-file",
+                                               help="Read --upstream-api-key from this file."),
+    stream_stall_seconds: float = typer.Option(30.0, "--stream-stall-seconds", help=_help("stream_stall_seconds")),
     kv_cache_gib: float = typer.Option(1.0, "--kv-cache-gib", help=_help("kv_cache_gib")),
 ) -> None:
     """Serve a bundle behind an OpenAI-compatible endpoint with SID-constrained decoding."""
@@ -66,17 +90,18 @@ def serve(
             raise ConfigError(f"--reload-bundles takes NAME=PATH, got {entry!r}")
         named[name] = str(Bundle(path).root)
     config = ServeConfig(bundle=str(Bundle(bundle).root), engine=engine, host=host, port=port,
-                         api_key=api_key or os.environ.get("CHATREC_API_KEY") or None, model_name=model_name,
+                         api_key=secret(api_key, api_key_file, "CHATREC_API_KEY"), model_name=model_name,
                          log_chats=log_chats, max_tokens_limit=max_tokens_limit,
                          default_max_tokens=min(256, max_tokens_limit), max_model_len=max_model_len,
                          max_request_bytes=max_request_bytes, max_messages=max_messages,
                          max_prompt_tokens=max_prompt_tokens, max_beam_tokens=max_beam_tokens,
                          max_rank_tokens=max_rank_tokens, max_context_bytes=max_context_bytes,
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
-                         admin_key=admin_key or os.environ.get("CHATREC_ADMIN_KEY") or None, reload_bundles=named,
+                         admin_key=secret(admin_key, admin_key_file, "CHATREC_ADMIN_KEY"), reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
                          insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL, align_history=align_history, upstream=upstream, upstream_timeout=upstream_timeout,
-                         kv_cache_gib=kv_cache_gib)
+                         kv_cache_gib=kv_cache_gib, stream_stall_seconds=stream_stall_seconds,
+                         upstream_api_key=secret(upstream_api_key, upstream_api_key_file, "CHATREC_UPSTREAM_API_KEY"))
     from serve.server import run
 
     run(config)

@@ -278,9 +278,11 @@ def write_quarantine(tables: Iterable[TableResult], out_dir: str | os.PathLike[s
     for table in tables:
         if not table.rejected:
             continue
-        name = table.name
-        if name in written:  # two inputs with the same file name
-            name = f"{Path(name).stem}-{table.kind}{Path(name).suffix}"
+        name, n = table.name, 1
+        while name in written:  # two inputs with the same file name (and kind): number them
+            n += 1
+            stem, suffix = Path(table.name).stem, Path(table.name).suffix
+            name = f"{stem}-{table.kind}{suffix}" if n == 2 else f"{stem}-{table.kind}-{n}{suffix}"
         target = Path(out_dir) / f"{name}.jsonl"
         with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8") as fh:
             for rej in table.rejected:

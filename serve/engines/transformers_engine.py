@@ -192,10 +192,14 @@ class TransformersEngine:
         out = self._base()(input_ids=torch.as_tensor([tail], device=self.device), past_key_values=cache,
                            use_cache=True)
         entry = (out.past_key_values, out.last_hidden_state[0, -1])
+        self._remember(key, entry)
+        return len(key), entry[0], entry[1]
+
+    def _remember(self, key: tuple[int, ...], entry: tuple[Any, Any]) -> None:
+        """Keep a prompt's (KV cache, last hidden state), evicting the oldest past the token budget."""
         self._prefixes[key] = entry
         while len(self._prefixes) > 1 and sum(len(k) for k in self._prefixes) > PREFIX_CACHE_TOKENS:
             self._prefixes.popitem(last=False)
-        return len(key), entry[0], entry[1]
 
     # generation ------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams) -> Iterator[TokenStep]:
@@ -203,39 +207,45 @@ class TransformersEngine:
         extends the last one, computes only its new tokens (`_prefix`); the cache is cropped back to
         the prompt afterwards, also when the caller stops reading.
 
-        A server resumes this generator on whichever thread is free, and inference mode is per
-        thread, so each step enters it anew and no yield happens inside it.
+        The engine lock is held for each step's compute only, never across a `yield`: a client that
+        stops reading a stream must not stop every other request. While it runs, this generation
+        owns its prompt's cache (taken out of the LRU, put back at the end), so the requests that
+        run between its steps never see it half-extended. A server resumes this generator on
+        whichever thread is free, and inference mode is per thread, so each step enters it anew.
         """
         import torch
 
-        with self._lock:
-            processor, gen, stops = self._decoding(params)
-            with torch.inference_mode():
-                n, cache, last = self._prefix(prompt_ids)
-            seqs = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
-            head = self.model.get_output_embeddings()
-            hidden = last[None]  # [1, H]
-            try:
-                for i in range(params.max_tokens):
-                    with torch.inference_mode():
-                        logits = head(hidden).float()  # [1, V]
-                        raw = torch.log_softmax(logits, dim=-1)
-                        if processor is not None:
-                            logits = processor(seqs, logits)
-                        nxt = _sample(logits, params, gen)  # [1]
-                        tok = int(nxt[0])
-                        step = TokenStep(tok, float(raw[0, tok]))
-                    yield step
-                    if tok in stops or i + 1 == params.max_tokens:
-                        return
-                    with torch.inference_mode():
-                        seqs = torch.cat([seqs, nxt[:, None]], dim=1)
-                        out = self._base()(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
-                                           position_ids=torch.as_tensor([[n + i]], device=self.device))
-                        hidden = out.last_hidden_state[:, -1]
-            finally:
-                with torch.inference_mode():
-                    cache.crop(n)  # back to the prompt alone, as the LRU keeps it
+        processor, gen, stops = self._decoding(params)
+        key = tuple(int(t) for t in prompt_ids)
+        with self._lock, torch.inference_mode():
+            n, cache, last = self._prefix(prompt_ids)
+            self._prefixes.pop(key, None)  # owned by this generation until it ends
+        seqs = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
+        head = self.model.get_output_embeddings()
+        hidden = last[None]  # [1, H]
+        try:
+            for i in range(params.max_tokens):
+                with self._lock, torch.inference_mode():
+                    logits = head(hidden).float()  # [1, V]
+                    raw = torch.log_softmax(logits, dim=-1)
+                    if processor is not None:
+                        logits = processor(seqs, logits)
+                    nxt = _sample(logits, params, gen)  # [1]
+                    tok = int(nxt[0])
+                    step = TokenStep(tok, float(raw[0, tok]))
+                yield step
+                if tok in stops or i + 1 == params.max_tokens:
+                    return
+                with self._lock, torch.inference_mode():
+                    seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+                    out = self._base()(input_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                                       position_ids=torch.as_tensor([[n + i]], device=self.device))
+                    hidden = out.last_hidden_state[:, -1]
+        finally:
+            with self._lock, torch.inference_mode():
+                cache.crop(n)  # back to the prompt alone, as the LRU keeps it
+                if key not in self._prefixes:
+                    self._remember(key, (cache, last))
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], params: GenerationParams) -> list[list[int]]:
         outs: list[list[int]] = [[] for _ in prompts]

@@ -92,20 +92,25 @@ class StockVLLM:
     """vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`) on a bundle's model
     folder, with or without the chatrec logits processor: the upstream of `chatrec serve --upstream`."""
 
-    def __init__(self, model_dir: Path, log: Path, *, plugin: bool = True, port: int | None = None):
+    def __init__(self, model_dir: Path, log: Path, *, plugin: bool = True, port: int | None = None,
+                 api_key: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.model_dir, self.log_path, self.plugin = model_dir, log, plugin
+        self.model_dir, self.log_path, self.plugin, self.api_key = model_dir, log, plugin, api_key
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048", "--block-size", "32",
-               "--max-num-seqs", "64", "--seed", "0"]
+               "--max-num-seqs", "64", "--seed", "0", "--host", "127.0.0.1"]
         if self.plugin:
             cmd += ["--logits-processors", "serve.vllm_processor:ChatrecLogitsProcessor"]
+        headers = {}
+        if self.api_key:  # by environment, not argv (`ps` shows argv)
+            headers = {"Authorization": f"Bearer {self.api_key}"}
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               **({"VLLM_API_KEY": self.api_key} if self.api_key else {}),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         self._log = open(self.log_path, "a")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
@@ -115,7 +120,7 @@ class StockVLLM:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vLLM server exited:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/v1/models", timeout=2, headers=headers).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
