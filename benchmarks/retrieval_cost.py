@@ -9,13 +9,12 @@ history (no shared prompt cache between requests). Measured in the same run:
 - in process, on the same model: HF `generate` constrained beam search with
   `prefix_allowed_tokens_fn` (how the open SID recommenders serve; 20 beams, 10 returned) against
   `Recommender.recommend` (transformers engine), QPS of both;
-- the top-10 overlap between the engines' answers on the same prompts (exactness across engines:
-  transformers against vLLM with `--align-history off`, since vLLM pads its prompts by default);
+- the top-10 overlap between the engines' answers on the same prompts (exactness across engines);
 - a session's repeat: the same history asked again (its prompt cached), p50 against the first asks;
   and a chat's second turn (`max_tokens=1`), whose prompt extends the first turn's, against the
   first turn's prefill p50.
 
-    .venv/bin/python benchmarks/retrieval_cost.py --bundle BUNDLE [--users 40] [--engines transformers,vllm] [--compare-unaligned]
+    .venv/bin/python benchmarks/retrieval_cost.py --bundle BUNDLE [--users 40] [--engines transformers,vllm]
 """
 
 from __future__ import annotations
@@ -159,20 +158,13 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=40)
     ap.add_argument("--engines", default="transformers,vllm")
     ap.add_argument("--port", type=int, default=8777)
-    ap.add_argument("--compare-unaligned", action="store_true",
-                    help="Also serve vLLM with --align-history off (prompts not padded to whole KV blocks): the "
-                         "engines' top-10 overlap is measured between it and transformers (same prompts, same search).")
     ap.add_argument("--out", default=str(RESULTS / "retrieval_cost.json"))
     args = ap.parse_args()
     bundle = Path(args.bundle)
     hists = histories(bundle, args.users + 2)
     engines = args.engines.split(",")
     rows = [bench_http(bundle, e, hists, args.port + i) for i, e in enumerate(engines)]
-    if args.compare_unaligned:
-        rows.append(bench_http(bundle, "vllm", hists, args.port + len(rows), ["--align-history", "off"]))
-    # by default vLLM pads its prompts to whole KV blocks and transformers does not: the same search
-    # over the same prompts is the unaligned vLLM server against transformers
-    same = [r for r in rows if r["engine"] in ("transformers", "vllm --align-history off")]
+    same = [r for r in rows if r["engine"] in ("transformers", "vllm")]
     overlap = None
     if len(same) == 2:
         a, b = same[0]["top10"], same[1]["top10"]

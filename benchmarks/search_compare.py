@@ -1,5 +1,5 @@
-"""Beam vs best-first search, the prompt padded to whole KV blocks or not, and the last SID level
-scored by the model or by a prior: HR@10, NDCG@10, latency.
+"""Beam vs best-first search, and the last SID level scored by the model or by a prior: HR@10,
+NDCG@10, latency.
 
 Scores the bundle's final model (export/) on every ML-100k test user with the same split, cases
 and constrained retrieval as `chatrec eval`, once per variant, in one process:
@@ -22,11 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
 
 
-VARIANTS = {  # key: (name, search, prompt padded to KV blocks, last level)
-    "beam": ("beam, prompt padded to KV blocks", "beam", True, "model"),
-    "best_first": ("best-first, prompt padded to KV blocks", "best_first", True, "model"),
-    "unpadded": ("beam, unpadded prompt", "beam", False, "model"),
-    "prior": ("beam, unpadded, last level from the popularity-order prior", "beam", False, "prior"),
+VARIANTS = {  # key: (name, search, last level)
+    "beam": ("beam", "beam", "model"),
+    "best_first": ("best-first", "best_first", "model"),
+    "prior": ("beam, last level from the popularity-order prior", "beam", "prior"),
 }
 
 
@@ -35,7 +34,7 @@ def main() -> None:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--max-users", type=int, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"Comma-separated, of: {', '.join(VARIANTS)}.")
-    ap.add_argument("--engine", default="transformers")
+    ap.add_argument("--engine", default="auto", help="As `chatrec eval --engine` (auto: what `chatrec serve` serves).")
     ap.add_argument("--split", choices=("test", "valid"), default="test",
                     help="Score the test targets, or the validation targets (to choose settings without the test set).")
     ap.add_argument("--sequence-events", type=int, default=None,
@@ -79,14 +78,13 @@ def main() -> None:
     rows = []
     first = None  # the first variant's per-user NDCG@10
     runs = [(key, float(a)) for key in wanted
-            for a in (args.prior_exponents.split(",") if VARIANTS[key][3] == "prior" else ["1"])]
+            for a in (args.prior_exponents.split(",") if VARIANTS[key][2] == "prior" else ["1"])]
     for key, exponent in runs:
-        name, search, align, last_level = VARIANTS[key]
+        name, search, last_level = VARIANTS[key]
         if last_level == "prior":
             name = f"{name} (exponent {exponent:g})"
         system.rec.prior_exponent = exponent
         system.rec.search = search
-        system.rec.align_history = align
         system.rec.last_level = last_level
         t0 = time.perf_counter()
         recs = system.recommend(cases, 10)

@@ -1,6 +1,6 @@
 """Where a vLLM retrieval step spends its time: cProfile inside `engine.step()` (the step thread).
 
-In process, vLLM engine, padded prompts (as served), on the bundle's export; distinct test-user
+In process, vLLM engine, prompts as served, on the bundle's export; distinct test-user
 histories. Prints the top-10 p50, the steps per top-10 and their p50, then the profile of the steps
 of `--users` more users, by own time:
 
@@ -41,7 +41,6 @@ def main() -> None:
     hists = [[(str(i), str(a)) for i, a in zip(g["item_id"], g["action"], strict=True)][-120:]
              for _, g in log[log.user_id.isin(users)].groupby("user_id")]
     rec = Recommender.from_bundle(args.bundle, engine="vllm")
-    rec.align_history = True
     if args.last_level:
         rec.last_level = args.last_level
     core = rec.engine.engine

@@ -247,7 +247,7 @@ class BaselineSystem:
 class LLMSystem:
     """The bundle's finetuned LLM through `chatrec.recommender.Recommender` (constrained top-K)."""
 
-    def __init__(self, name: str, bundle: Bundle, engine: str = "transformers", history_len: int | None = None,
+    def __init__(self, name: str, bundle: Bundle, engine: str = "auto", history_len: int | None = None,
                  model_dir: str | None = None, last_level: str = SERVED_LAST_LEVEL):
         self.name = name
         self.model_dir = model_dir
@@ -258,12 +258,15 @@ class LLMSystem:
         self.rec: Any = None
 
     def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]:
-        from chatrec.recommender import Recommender  # lands with the serving stage
+        # the served path itself: `chatrec serve`'s engine (auto: vLLM when installed), engine
+        # settings, search and limits, so this number is the one the default server returns
+        from serve.service import ServeConfig, served_recommender
 
-        self.rec = Recommender.from_bundle(self.bundle.root, engine=self.engine, model_dir=self.model_dir)
-        self.rec.last_level = self.last_level
+        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level)
+        self.rec = served_recommender(served, model_dir=self.model_dir)
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
-        info = {"engine": self.engine, "last_level": self.last_level, "bundle": str(self.bundle.root),
+        info = {"engine": served.engine, "search": served.search, "last_level": self.last_level,
+                "bundle": str(self.bundle.root),
                 "history_len": self.history_len,
                 "model_dir": str(self.rec.model_dir)}
         for key in ("recipe", "train_minutes", "layers", "steps", "epochs_seen", "averaged_steps"):
@@ -332,7 +335,9 @@ class EvalConfig:
         "help": "Actions that count as a positive target (all actions when none of them occurs in the log)."})
     conversational: bool = field(default=True, metadata={
         "help": "Also score text requests with a checkable constraint (a genre or a decade)."})
-    engine: str = field(default="transformers", metadata={"help": "Engine for llm systems: transformers or vllm."})
+    engine: str = field(default="auto", metadata={
+        "help": "Engine for llm systems, as `chatrec serve --engine` takes it: auto (vllm when installed, the "
+                "engine `chatrec serve` and `chatrec demo` serve), vllm or transformers."})
     llm_history_len: int | None = field(default=None, metadata={
         "help": "Most recent input events given to the LLM; every input item is still excluded from its answer. "
                 "None = the whole input (the recommender then keeps what its prompts were trained on: one "
@@ -360,8 +365,8 @@ class EvalConfig:
             raise ConfigError(f"`max_users` must be >= 1 or None, got {self.max_users}")
         if self.llm_history_len is not None and self.llm_history_len < 1:
             raise ConfigError(f"`llm_history_len` must be >= 1 or None, got {self.llm_history_len}")
-        if self.engine not in ("transformers", "vllm"):
-            raise ConfigError(f"`engine` must be 'transformers' or 'vllm', got {self.engine!r}")
+        if self.engine not in ("auto", "transformers", "vllm"):
+            raise ConfigError(f"`engine` must be auto, transformers or vllm, got {self.engine!r}")
         if self.last_level not in LAST_LEVELS:
             raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
 
@@ -463,8 +468,9 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
         scores["latency_ms_per_user"] = latency
         scores["fit_s"] = fit_s
         scores["users"] = len(cases)
-        if "train_minutes" in fit_info[name]:
-            scores["train_minutes"] = fit_info[name]["train_minutes"]
+        for key in ("train_minutes", "engine", "search", "last_level"):  # the served path an LLM row was scored on
+            if key in fit_info[name]:
+                scores[key] = fit_info[name][key]
         if config.conversational:
             scores.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
         results[name] = scores
@@ -541,7 +547,8 @@ def markdown_table(results: dict[str, Any], ks: Sequence[int] = (1, 5, 10, 20)) 
     names = _systems(results)
     lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(
+        label = f"{n} ({results[n]['engine']})" if "engine" in results[n] else n  # the engine that served it
+        lines.append(f"| {label} | " + " | ".join(
             _fmt(results[n].get(c), 2 if c.startswith("latency") else 4) for c in cols) + " |")
     conv = [c for c in ("conv_sat@10", "conv_hr@10", "conv_ndcg@10", "conv_filter_hr@10", "conv_filter_ndcg@10")
             if any(c in results[n] for n in names)]

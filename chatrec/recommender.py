@@ -42,7 +42,6 @@ from chatrec.retrieval import (
 )
 from chatrec.tokens import escape_special_tokens, sid_string
 
-ENGINES = ("transformers", "vllm", "remote")  # remote: a gateway over a vLLM OpenAI server (`serve --upstream`)
 HistoryLike = Sequence[HistoryEvent] | Sequence[tuple[str, str]] | Sequence[Mapping[str, Any]]
 
 
@@ -126,9 +125,6 @@ class Recommender:
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
         self.last_level = SERVED_LAST_LEVEL  # "prior" or "model" (chatrec.retrieval.RetrievalConfig.last_level)
         self.prior_exponent = PRIOR_EXPONENT  # RetrievalConfig.prior_exponent
-        # left-pad sequence prompts to whole KV blocks (`block_padding`); chatrec serve turns it on
-        # for the vLLM and gateway engines, whose prefix cache holds whole blocks only
-        self.align_history = False
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -153,6 +149,8 @@ class Recommender:
             trie = build_trie(sids, token_map)
         core = ConstraintCore(trie, SpanTokens.from_token_map(token_map), catalog[["item_id", "categories"]])
         if isinstance(engine, str):
+            from serve.engines import load_engine
+
             engine = load_engine(engine, mdir, core, **engine_kwargs)
         elif getattr(engine, "core", True) is None:  # an engine wrapped around an in-memory model
             engine.core = core  # type: ignore[attr-defined]
@@ -216,11 +214,9 @@ class Recommender:
         if request is None and history:
             events = self.events(history)[-self.sequence_events:]
             text = sequence_prompt(events, self.positive_actions[0])
-            ids = [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
-            if not self.align_history:
-                return ids
-            fill = int(self.engine.tokenizer.pad_token_id or 0)  # measured harmless; `<|endoftext|>` was not
-            return [fill] * block_padding(len(ids)) + ids
+            # no padding or other filler: every engine must see the tokens training saw, or the served
+            # ranking drifts from the evaluated one (left-padding to whole KV blocks did, by a third)
+            return [int(i) for i in self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]]
         events, summary = self.window(history)
         if request is not None:  # a person's words: special tokens typed in them stay text
             request = escape_special_tokens(request, self.engine.tokenizer)
@@ -283,39 +279,3 @@ class Recommender:
             raise FilterError("the model has no action tokens to rank with")
         return rank(self.engine.next_token_logprobs, prompts, [str(i) for i in candidate_item_ids],
                     self.token_map.actions, value_fn)
-
-
-PROMPT_BLOCK = 32  # KV-cache block tokens a sequence prompt is aligned to (the vLLM engine's block size)
-
-
-def block_padding(n_tokens: int, block: int = PROMPT_BLOCK) -> int:
-    """Filler tokens to put before an `n_tokens` sequence prompt so it fills whole `block`-token blocks.
-
-    vLLM's prefix cache holds whole KV blocks only. A prompt that ends on a block boundary is cached
-    in full by the first retrieval level, so each beam of the next levels computes just its own codes,
-    not the prompt's partial last block again per beam. Left padding with the tokenizer's pad token
-    keeps every event; rounding the history down to whole blocks (the earlier way) dropped up to 7 of
-    the oldest events and cost 2% NDCG@10 on the weight-1 ML-100k model; padding with the pad token cost
-    nothing measurable (BENCHMARKS.md, "Retrieval at about one prefill").
-    """
-    return -n_tokens % block
-
-
-def load_engine(kind: str, model_dir: str | os.PathLike[str], core: ConstraintCore, **kwargs: Any) -> Engine:
-    """Start engine `kind` ("transformers" or "vllm") on `model_dir` with the constraint `core`."""
-    if kind == "transformers":
-        from serve.engines.transformers_engine import TransformersEngine
-
-        return TransformersEngine(Path(model_dir), core, **kwargs)
-    if kind == "remote":
-        from serve.engines.remote_engine import RemoteEngine
-
-        return RemoteEngine(Path(model_dir), core, **kwargs)
-    if kind == "vllm":
-        from chatrec.deps import require
-
-        require("vllm", "the vLLM engine")
-        from serve.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(Path(model_dir), core, **kwargs)
-    raise ConfigError(f"`engine` must be one of {list(ENGINES)}, got {kind!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,9 +22,10 @@ from chatrec.constrained import FilterError
 from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
 from chatrec.prompts import history_text
-from chatrec.recommender import ENGINES, CostLimits, LimitError, Recommender, UnknownItemError
+from chatrec.recommender import CostLimits, LimitError, Recommender, UnknownItemError
 from chatrec.retrieval import LAST_LEVELS, SERVED_LAST_LEVEL
 from chatrec.tokens import escape_special_tokens, sid_string
+from serve.engines import ENGINES
 from serve.feedback import CHATS_FILE, FEEDBACK_FILE, JsonlLog, LogFullError, interaction_row
 from serve.protocol import (
     ChatCompletionRequest,
@@ -94,10 +96,6 @@ class ServeConfig:
     kv_cache_gib: float = field(
         default=1.0, metadata={"help": "vLLM engine on CPU: memory for the KV cache every request shares, in GiB "
                                        "(VLLM_CPU_KVCACHE_SPACE, when set, wins; on a GPU vLLM sizes it itself)."})
-    align_history: str = field(
-        default="auto", metadata={"help": "Left-pad retrieval prompts with the pad token to whole 32-token KV blocks, so "
-                                          "vLLM's prefix cache holds the whole prompt and each beam computes only its own "
-                                          "codes (every event kept). auto: on for the vllm and remote engines; on; off."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
     last_level: str = field(
@@ -139,8 +137,6 @@ class ServeConfig:
             raise ConfigError(f"`search` must be 'beam' or 'best_first', got {self.search!r}")
         if self.last_level not in LAST_LEVELS:
             raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
-        if self.align_history not in ("auto", "on", "off"):
-            raise ConfigError(f"`align_history` must be auto, on or off, got {self.align_history!r}")
         if self.admin_key and self.admin_key == self.api_key:
             raise ConfigError("--admin-key must differ from --api-key (a client key must not reload the server)")
 
@@ -184,20 +180,37 @@ def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
+def served_recommender(config: ServeConfig, bundle: str | None = None,
+                       model_dir: str | os.PathLike[str] | None = None) -> Recommender:
+    """The recommender `chatrec serve` answers with: its engine, engine settings, search and limits.
+
+    `chatrec eval` scores the LLM through this same function, so the number it reports is the
+    number the server's default path returns (`model_dir`: e.g. a training snapshot to score).
+    """
+    kwargs: dict[str, Any] = {}
+    if config.engine == "vllm":
+        kwargs.update(max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib)
+    if config.engine == "remote":
+        kwargs.update(url=config.upstream, timeout=config.upstream_timeout, api_key=config.upstream_api_key)
+    rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, model_dir=model_dir, **kwargs)
+    configure(rec, config)
+    return rec
+
+
+def configure(recommender: Recommender, config: ServeConfig) -> None:
+    """Apply the serving settings that change what retrieval returns or may cost."""
+    recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
+    recommender.search = config.search
+    recommender.last_level = config.last_level
+
+
 class ChatService:
     """One bundle + engine behind the routes. Thread-safe; built once, never mutated."""
 
     def __init__(self, config: ServeConfig, recommender: Recommender):
         self.config = config
         self.rec = recommender
-        recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
-        recommender.search = config.search
-        recommender.last_level = config.last_level
-        # auto: on over vLLM, whose prefix cache keeps whole 32-token blocks only (in process, and
-        # the upstream as the README starts it, --block-size 32); the transformers engine shares
-        # the whole prompt by tree attention, so it keeps every event
-        recommender.align_history = config.align_history == "on" or (
-            config.align_history == "auto" and recommender.engine.name in ("vllm", "remote"))
+        configure(recommender, config)
         self.created = int(time.time())
         logs = recommender.bundle.logs_dir
         self.feedback_log = JsonlLog(logs / FEEDBACK_FILE, config.max_log_bytes)
@@ -216,13 +229,7 @@ class ChatService:
 
     @classmethod
     def build(cls, config: ServeConfig, bundle: str | None = None) -> ChatService:
-        kwargs: dict[str, Any] = {}
-        if config.engine == "vllm":
-            kwargs.update(max_model_len=config.max_model_len, kv_cache_gib=config.kv_cache_gib)
-        if config.engine == "remote":
-            kwargs.update(url=config.upstream, timeout=config.upstream_timeout, api_key=config.upstream_api_key)
-        rec = Recommender.from_bundle(bundle or config.bundle, engine=config.engine, **kwargs)
-        return cls(config, rec)
+        return cls(config, served_recommender(config, bundle))
 
     def close(self) -> None:
         self.rec.close()

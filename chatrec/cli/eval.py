@@ -24,7 +24,8 @@ def eval_command(
     target_actions: str = typer.Option("like", "--target-actions", help="Comma-separated actions that count as targets."),
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
-    engine: str = typer.Option("transformers", "--engine", help="Engine for llm systems: transformers or vllm."),
+    engine: str = typer.Option("auto", "--engine", help="Engine for llm systems: auto (vllm when installed: what "
+                               "`chatrec serve` serves), vllm or transformers."),
     last_level: str = typer.Option(None, "--last-level", help="LLM retrieval on the SID's last (disambiguation) "
                                    "level: prior (no model call, as served; the default) or model."),
     sasrec_epochs: int = typer.Option(50, "--sasrec-epochs", help="Maximum SASRec epochs (early-stopped on validation)."),

@@ -25,9 +25,9 @@ import numpy as np
 from chatrec.constrained import ConstraintCore
 from chatrec.engine import GenerationParams, TokenStep
 from chatrec.errors import ChatrecError
-from chatrec.recommender import PROMPT_BLOCK
 
 _MAX_SCORED_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
+BLOCK_SIZE = 32  # KV-cache block tokens: the smallest the CPU attention kernels take
 _DONE = object()
 
 
@@ -71,10 +71,9 @@ class VLLMEngine:
             # score beams that are not in the batch. What is left to waste is the prompt's
             # partial last block, which prefix caching (whole blocks only) recomputes per beam.
             # Hence the smallest block the CPU attention kernels take (32; the backend's default
-            # is 128), and sequence prompts left-padded to whole blocks (`--align-history`, on
-            # for this engine by default; chatrec.recommender.block_padding): each beam then
-            # computes only its own codes over a fully cached prompt.
-            block_size=PROMPT_BLOCK,
+            # is 128). Prompts are never padded to whole blocks: the model was not trained on
+            # filler, and left-padding the history served a ranking a third worse than evaluated.
+            block_size=BLOCK_SIZE,
             gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes, seed=0,
         )
         self.engine = self.llm.llm_engine

@@ -145,14 +145,6 @@ def test_best_first_runs_out_of_expansions_and_still_fills_k() -> None:
     assert len(got) == 10 and len({g.item_id for g in got}) == 10
 
 
-def test_sequence_prompts_are_left_padded_to_whole_kv_blocks() -> None:
-    from chatrec.recommender import block_padding
-
-    assert block_padding(253) == 3 and block_padding(256) == 0 and block_padding(1) == 31
-    assert all((n + block_padding(n)) % 32 == 0 and 0 <= block_padding(n) < 32 for n in range(1, 300))
-    assert block_padding(20, block=16) == 12
-
-
 def test_a_level_of_single_children_costs_no_model_call() -> None:
     """SIDs whose disambiguation level is one code: renormalised, that level scores 0 without the model."""
     rng = np.random.default_rng(3)

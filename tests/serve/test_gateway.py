@@ -49,8 +49,8 @@ def test_gateway_scores_equal_the_in_process_engine(bundle: Path, plugged: Stock
     from chatrec.recommender import Recommender
 
     history = [{"item_id": f"m{i}", "action": "like" if i % 3 else "dislike"} for i in range(20)]
-    gateway = RemoteServer(bundle, "remote", "--upstream", plugged.url, "--align-history", "on",
-                           api_key=None, log=bundle.parent / "gateway-scores.log")
+    gateway = RemoteServer(bundle, "remote", "--upstream", plugged.url, api_key=None,
+                           log=bundle.parent / "gateway-scores.log")
     try:
         r = httpx.post(gateway.url + "/v1/recommendations", json={"history": history, "k": 5}, timeout=120)
         assert r.status_code == 200, r.text
@@ -58,7 +58,6 @@ def test_gateway_scores_equal_the_in_process_engine(bundle: Path, plugged: Stock
     finally:
         gateway.stop()
     rec = Recommender.from_bundle(bundle, engine="transformers")
-    rec.align_history = True
     try:  # a wide search in process: every item the gateway returned, with its in-process score
         wide = {w.item_id: w.score for w in rec.recommend([(h["item_id"], h["action"]) for h in history], k=15)}
     finally:
