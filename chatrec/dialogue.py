@@ -14,7 +14,7 @@ The API is stateless, so the state is rebuilt from the messages every turn, in o
   - a category named or implied replaces the active categories (a named one is a hard filter,
     an implied one ranks its items first); one under a negation ("not a comedy", "less violent",
     "no horror") is avoided from then on (a hard filter), until it is asked for again;
-  - a year or decade replaces the active years; "older / earlier" means before the oldest item of
+  - a year or decade replaces the active years ("nothing from before 2000" means from 2000 on); "older / earlier" means before the oldest item of
     the last list, "newer / more recent" after the newest one;
   - "not those / different ones / something else / others" asks again with the same filters (the
     shown items are left out anyway); "only ones I haven't seen" leaves out every item of the
@@ -59,6 +59,8 @@ SEEN_BEFORE = re.compile(r"(?:seen|watched|saw|read)\b[^.!?]*$", re.I)
 YEARS = re.compile(r"\b(?:(?:19|20)?\d0'?s|(?:1[89]|20)\d\d|twenties|thirties|forties|fifties|sixties|seventies|"
                    r"eighties|nineties)\b", re.I)
 LIKE_IT = re.compile(r"\b(?:more like|similar to|something like)\s+(?:it|that|this)(?:\s+one)?\b", re.I)
+NOT_YEARS = re.compile(r"\b(?:not|no|nothing|none|without)\b[^.,;!?]*\b(?:before|after|since)\s+(?:1[89]|20)\d\d",
+                       re.I)
 WHY = re.compile(r"^\s*(?:why|how come|how did you (?:choose|pick)|what makes you)\b", re.I)
 LISTED = re.compile(r"^\s*(\d{1,2})\.\s+(.+?)(?::\s|$)")
 Retrieve = Callable[[list[tuple[str, str]], int, str | None, list[str] | None], list[str]]
@@ -130,6 +132,7 @@ class Conversation:
     def __init__(self, index: CatalogIndex, space: TextSpace | None, picker: Picker, domain: str,
                  catalog_text: Sequence[str] = ()):
         self.index, self.space, self.picker, self.domain = index, space, picker, domain
+        index.common_words = space is None  # the movie word list (chatrec.chat.GENRE_WORDS) is only a fallback
         self.many = plural(domain)
         self.by_shown = {shown(t): i for i, t in enumerate(index.titles)}
         self.by_shown.update({t: i for i, t in enumerate(index.titles)})
@@ -163,7 +166,6 @@ class Conversation:
                 space = TextSpace.for_catalog(rec.catalog, rec.bundle.domain, embedding)
             except Exception as exc:  # no encoder installed or loadable: the rules alone still work
                 logging.getLogger("chatrec.serve").warning("chat reads words by rules only: %s", exc)
-        index.common_words = space is None  # the movie word list is only a fallback
         text = rec.catalog["text"].astype(str).tolist() if "text" in rec.catalog.columns else []
         return cls(index, space, Picker(index.categories, co), rec.bundle.domain, text)
 
@@ -226,8 +228,8 @@ class Conversation:
         avoid = list(dict.fromkeys([*negated_named, *(c for c, _ in (reading.avoid if reading else []))]))
         named = [c for c in u.categories if c not in avoid]
         implied = [c for c, _ in reading.categories] if reading is not None and not named else []
-        if not named:  # a misspelled category name ("comdy") comes first
-            implied = list(dict.fromkeys([*index.misspelled_categories(text), *implied]))[:3]
+        if not named:  # a misspelled category name ("comdy"): the words around it read no better
+            implied = index.misspelled_categories(text) or implied
         implied = [c for c in implied if c not in avoid]
         if avoid:
             state.avoid = list(dict.fromkeys([*state.avoid, *avoid]))
@@ -238,6 +240,9 @@ class Conversation:
             state.avoid = [c for c in state.avoid if c not in named and c not in implied]
         if u.years:
             state.years = u.years
+            lo, hi = u.years
+            if NOT_YEARS.search(text) and (lo <= 0 or hi >= 9999):  # "nothing from before 2000": the other side
+                state.years = (hi + 1, 9999) if lo <= 0 else (0, lo - 1)
         shown_years = [int(self.years[i]) for i in last if self.years[i] > 0]
         if OLDER.search(text) and shown_years and not u.years:
             state.years = (0, min(shown_years) - 1)
