@@ -85,3 +85,25 @@ def test_sequence_flags_reach_the_recipe(tmp_path):
     assert stage["counts"]["averaged_steps"] == 2 and "seq-last" in stage["snapshots"]
     res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--average-from", "1"])
     assert res.exit_code == 2 and "average_from" in res.output
+
+
+def test_lora_flags_train_adapters_at_full_depth_and_export_both_layouts(tmp_path):
+    from chatrec.testing import make_tiny_bundle
+
+    b = make_tiny_bundle(tmp_path / "b")
+    assert runner.invoke(app, ["data", "build", "--bundle", str(b.root), "--history-len", "3"]).exit_code == 0
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--keep-layers", "1", "--full-depth"])
+    assert res.exit_code == 2 and "--keep-layers N or --full-depth" in res.output
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--lora", "--full-depth", "--lora-r", "4",
+                              "--max-steps", "3", "--batch-size", "4", "--rows-steps", "1", "--eval-users", "0",
+                              "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "LoRA on 2 layers" in res.output and "1 process(es)" in res.output
+    stage = b.stage("finetune")
+    assert stage["config"]["lora"] and stage["config"]["keep_layers"] is None and stage["config"]["lora_r"] == 4
+    assert stage["config"]["learning_rate"] == 2e-3  # the LoRA default
+    res = runner.invoke(app, ["export", "--bundle", str(b.root)])
+    assert res.exit_code == 0, res.output
+    assert "multi_adapter:" in res.output and (b.export_dir / "multi" / "adapters" / "chatrec").is_dir()
+    res = runner.invoke(app, ["finetune", "--bundle", str(b.root), "--resume", "--max-steps", "3"])
+    assert res.exit_code == 4 and "no saved state" in res.output  # --checkpoint-every 500 never wrote one

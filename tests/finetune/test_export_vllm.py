@@ -53,3 +53,36 @@ def test_vllm_loads_both_export_layouts_and_agrees_with_peft(tmp_path):
     got = json.loads(line[len("RESULT "):])
     assert got["merged"] == want
     assert got["multi"] == want
+
+
+def test_chatrec_vllm_engine_serves_the_lora_export_as_the_transformers_engine_does(tmp_path, monkeypatch):
+    """`Recommender.from_bundle(engine="vllm")` (what `chatrec serve` runs) loads the merged export of a
+    `--lora` run and returns the top-10 the transformers engine returns for the same histories."""
+    import pandas as pd
+
+    from chatrec.recommender import Recommender
+    from chatrec.testing import make_tiny_bundle
+    from finetune.data import BuildConfig, build_bundle
+    from finetune.export import export_bundle
+    from finetune.sequence import SequenceConfig, train_sequences
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    b = make_tiny_bundle(tmp_path / "b", hidden=128)  # head_dim 32: vLLM CPU attention refuses 16
+    build_bundle(b, BuildConfig(history_len=3))
+    train_sequences(b, SequenceConfig(lora=True, keep_layers=None, max_steps=30, batch_size=8, rows_steps=5,
+                                      warmup_steps=3, learning_rate=2e-2, eval_users=0, bf16="off", num_threads=1),
+                    quiet=True)
+    export_bundle(b)
+    log = pd.read_parquet(b.interactions_path)
+    histories = [[{"item_id": str(i), "action": "like"} for i in log["item_id"].iloc[s:s + n]]
+                 for s, n in ((0, 1), (5, 3), (20, 8))]
+    results = {}
+    for engine, kwargs in (("transformers", {}), ("vllm", {"kv_cache_gib": 0.25, "max_model_len": 512})):
+        rec = Recommender.from_bundle(b, engine=engine, **kwargs)
+        try:
+            results[engine] = [[r.item_id for r in rec.recommend(h, k=10)] for h in histories]
+        finally:
+            rec.close()
+    assert all(len(top) == 10 for top in results["vllm"])
+    overlap = [len(set(a) & set(v)) / 10 for a, v in zip(results["transformers"], results["vllm"], strict=True)]
+    assert min(overlap) >= 0.9, (overlap, results)
