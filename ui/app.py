@@ -23,6 +23,7 @@ from ui.render import (
     make_cards,
     split_reasoning,
     status_html,
+    understood_line,
 )
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ class ChatSession:
                     items = delta.items
                 if delta.linked is not None:
                     turn["linked"] = delta.linked
+                if delta.extra is not None:
+                    turn["chatrec"] = delta.extra
                 if delta.text:
                     turn["raw"] += delta.text
                     yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html("Answering…")
@@ -153,6 +156,12 @@ class ChatSession:
         answer = split_reasoning(turn["raw"])[1]
         items = (items or [])[: self.config.k]
         note = f"{len(items)} recommendation{'s' if len(items) != 1 else ''} from the answer."
+        served = (turn.get("chatrec") or {}).get("turn")
+        if served not in (None, "model", "recommendation"):  # a question, "why?", small talk: answered in words
+            understood = understood_line(turn.get("chatrec"))
+            yield chat_display(turns, show_reasoning=show_reasoning), turns, "", [], status_html(
+                understood or "Answered.", kind="ok")
+            return
         if not items:
             # the answer named no item: show the structured top-K for the same request and history
             try:
@@ -172,6 +181,9 @@ class ChatSession:
             rows = {}
         cards = [card.__dict__ for card in make_cards(items, answer, rows)]
         linked = [x for x in turn.get("linked") or [] if x.get("action") in ("like", "dislike")]
+        understood = understood_line(turn.get("chatrec"))
+        if understood:
+            note += " " + understood
         if linked:
             note += " Added to your history: " + ", ".join(f"{x['title']} [{x['action']}]" for x in linked) + "."
         yield chat_display(turns, show_reasoning=show_reasoning), turns, "", cards, status_html(note, kind="ok")

@@ -34,6 +34,7 @@ class ChatDelta:
     items: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     linked: list[dict[str, Any]] | None = None  # titles the server linked in the user's words
+    extra: dict[str, Any] | None = None  # the whole `chatrec` field (turn, filters, state) with the items
 
 
 @dataclass
@@ -193,7 +194,8 @@ class ChatrecClient:
                     finish = choice.finish_reason
                 if text or items is not None or finish:
                     yield ChatDelta(text=text, items=list(items) if items is not None else None, finish_reason=finish,
-                                    linked=list(linked) if linked is not None else None)
+                                    linked=list(linked) if linked is not None else None,
+                                    extra=dict(extra) if isinstance(extra, Mapping) and items is not None else None)
         except openai.APITimeoutError:
             raise EndpointError(f"the chatrec server at {self.endpoint} did not answer within {self.timeout:.0f} s") from None
         except openai.APIConnectionError:

@@ -248,6 +248,34 @@ def history_payload(entries: Sequence[HistoryEntry]) -> list[dict[str, str]]:
 
 
 # status lines ----------------------------------------------------------------------------------
+def understood_line(extra: Mapping[str, Any] | None) -> str:
+    """What the server understood of a turn, from its `chatrec` field: filters and dialogue state."""
+    if not extra:
+        return ""
+    filters = extra.get("filters") or {}
+    state = extra.get("state") or {}
+    parts = []
+    if filters.get("categories"):
+        parts.append("categories " + ", ".join(filters["categories"]))
+    if filters.get("implied_categories"):
+        parts.append("from your words: " + ", ".join(filters["implied_categories"]))
+    if filters.get("avoid_categories"):
+        parts.append("avoiding " + ", ".join(filters["avoid_categories"]))
+    years = filters.get("years")
+    if years:
+        lo, hi = years
+        parts.append(f"before {hi + 1}" if lo <= 0 else f"from {lo}" if hi >= 9999 else f"{lo}-{hi}")
+    liked = [str(x.get("title")) for x in state.get("liked") or []]
+    if liked:
+        parts.append("liked: " + ", ".join(liked[:5]))
+    disliked = [str(x.get("title")) for x in state.get("disliked") or []]
+    if disliked:
+        parts.append("disliked: " + ", ".join(disliked[:5]))
+    if state.get("shown"):
+        parts.append(f"{len(state['shown'])} shown so far")
+    return ("Understood: " + "; ".join(parts) + ".") if parts else ""
+
+
 def status_html(message: str, *, kind: str = "info") -> str:
     """A one-line status banner; `kind` is info, ok or error."""
     if kind not in {"info", "ok", "error"}:

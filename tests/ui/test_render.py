@@ -117,3 +117,15 @@ def test_status_html() -> None:
     assert "down &lt;x&gt;" in status_html("down <x>", kind="error")
     with pytest.raises(ValueError, match="info, ok or error"):
         status_html("x", kind="fatal")
+
+
+def test_the_understood_line_shows_filters_and_dialogue_state() -> None:
+    from ui.render import understood_line
+
+    extra = {"turn": "recommendation",
+             "filters": {"k": 3, "implied_categories": ["Western"], "avoid_categories": ["Horror"], "years": [0, 1969]},
+             "state": {"liked": [{"item_id": "1", "title": "Toy Story (1995)"}], "disliked": [], "shown": ["4", "5"]}}
+    line = understood_line(extra)
+    assert line == ("Understood: from your words: Western; avoiding Horror; before 1970; liked: Toy Story (1995); "
+                    "2 shown so far.")
+    assert understood_line({"filters": {"k": 3}, "state": {}}) == "" and understood_line(None) == ""
