@@ -298,8 +298,8 @@ class ValueFunction:
                 except ValueError:
                     value = math.nan
                 if not _ACTION_NAME.fullmatch(name) or not math.isfinite(value):
-                    raise ConfigError(f"cannot parse a value function from {text!r}: {part!r} is not ACTION=NUMBER "
-                                      "(a finite number); write e.g. 'like=1,dislike=-10'")
+                    raise ConfigError(f"cannot parse a value function from {text!r}: {part!r} needs a number after "
+                                      "'=' (finite) and an action before it; write e.g. 'like=1,dislike=-10'")
                 weights[name] = weights.get(name, 0.0) + value
         else:
             if not re.fullmatch(rf"(?:{_TERM.pattern})+", src):

@@ -102,6 +102,10 @@ class LimitsAndAuth:
                 await _error_response(too_big)(scope, receive, send)
                 return
             more = message.get("more_body", False)
+        if _has_lone_surrogate(bytes(body)):
+            await _error_response(APIError(400, "request body is not valid Unicode: a \\u escape is half of a "
+                                                "surrogate pair", code="invalid_json"))(scope, receive, send)
+            return
         sent = False
 
         async def replay() -> Message:
@@ -112,6 +116,30 @@ class LimitsAndAuth:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _has_lone_surrogate(body: bytes) -> bool:
+    """Does the JSON `body` hold a string with half a UTF-16 surrogate pair (`"\\ud800"`)? Python
+    accepts one; the tokenizer, the logs and the response encoder all fail on it later (a 500)."""
+    if b"\\u" not in body:
+        return False
+    try:
+        stack = [json.loads(body)]
+    except (ValueError, RecursionError):
+        return False  # not JSON: the route's own parsing answers 400
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _host_name(host: str) -> str:

@@ -32,12 +32,14 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from chatrec.constrained import ConstraintCore, SpanState, mask_logits_
+from chatrec.errors import ChatrecError
 
 logger = logging.getLogger(__name__)
 
 EXTRA_KEY = "chatrec"
 _KEYS = {"core", "mask", "exclude", "categories"}
 _IN_PROCESS = {"core", "mask"}  # keys of objects registered in this process
+_ON, _OFF = (1, "1", "on", "true", True), (0, "0", "off", "false", False)
 
 _CORES: dict[str, ConstraintCore] = {}
 _MASKS: dict[str, np.ndarray] = {}
@@ -96,10 +98,12 @@ def chatrec_args(params: SamplingParams) -> dict[str, Any] | None:
         if local:
             raise ValueError(f"vllm_xargs.{EXTRA_KEY}: {local} are for the in-process engine only; over HTTP "
                              f"send only {sorted(_KEYS - _IN_PROCESS)}")
-    elif value in (0, "0", "off", "false", False):
+    elif value in _OFF:
         return None
-    else:  # a flag (1, "on", true): the flat form
+    elif value in _ON:  # a flag: the flat form
         value = {}
+    else:
+        raise ValueError(f"vllm_xargs.{EXTRA_KEY} must be 1 (on), 0 (off) or a JSON object, got {str(value)[:64]!r}")
     for key in ("exclude", "categories"):
         flat = extra.get(f"{EXTRA_KEY}_{key}")
         if flat is not None:
@@ -184,7 +188,11 @@ class ChatrecLogitsProcessor(LogitsProcessor):
             if allowed is None:  # unregistered since validation: name nothing rather than anything
                 raise ValueError(f"no chatrec mask registered as {mask_key!r}")
         else:
-            allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
+            try:
+                allowed = core.allowed_items(args.get("exclude") or (), args.get("categories"))
+            except (ChatrecError, ValueError) as exc:  # a filter no item passes: this request names none
+                logger.warning("chatrec filter refused (%s); the request will name no item", exc)
+                allowed = np.zeros(core.trie.n_items, dtype=bool)
         state = core.new_state(prompt_ids or [], allowed)
         return state, len(prompt_ids or []), output_ids
 

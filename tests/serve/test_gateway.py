@@ -89,6 +89,12 @@ def test_down_then_back_without_losing_feedback(bundle: Path, plugged: StockVLLM
             r = httpx.post(gateway.url + "/v1/recommendations", json={"history": [{"item_id": "m1"}], "k": 3},
                            timeout=120)
             assert r.status_code == 200 and len(r.json()["items"]) == 3
+            # scoring needs no processor, generation does: this upstream came back without it
+            r = httpx.post(gateway.url + "/v1/chat/completions", timeout=120, json={
+                "model": "chatrec", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                "chatrec": {"mode": "model"}})
+            assert r.status_code == 502 and "does not apply the chatrec constraint" in r.json()["error"]["message"]
+            assert httpx.get(gateway.url + "/health").json()["upstream"] == "unconstrained"
             body = {"model": str(bundle / "model"), "prompt": [1, 9690, 28, 2079], "max_tokens": 12,
                     "temperature": 0, "logprobs": 1, "return_tokens_as_token_ids": True}
             assert completion(plugged.url, body) == completion(plain.url, body)  # not opted in: untouched
