@@ -6,6 +6,10 @@ the last positive strictly before its timestamp the validation target. A case's 
 event of that user strictly before its target's timestamp (ties excluded). Training data holds each
 user's events strictly before the validation target. Every system ranks the whole catalog (no
 sampled negatives), with the items in the input excluded, and is scored on the same users.
+
+`--protocol last-item` (`leave_last_item_out`) is the published one instead: each user's last
+event whatever its action is the test target, the one before it the validation target, the input
+every event before the target.
 """
 
 from __future__ import annotations
@@ -73,17 +77,7 @@ def leave_last_out(
     appears in their own input are dropped (counted in the description), so no target is ever
     in its user's input. Events of items outside `known_items` are ignored.
     """
-    for col in ("user_id", "item_id", "action", "timestamp"):
-        if col not in interactions.columns:
-            raise DataError(f"interactions lack the column {col!r} (have: {', '.join(map(str, interactions.columns))})")
-    if min_history < 1:
-        raise ConfigError(f"`min_history` must be >= 1, got {min_history}")
-    df = interactions
-    if known_items is not None:
-        df = df[df["item_id"].astype(str).isin(set(map(str, known_items)))]
-    if df.empty:
-        raise DataError("no interactions left to split (empty log, or no item of it is in the catalog)")
-    df = df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    df = _time_ordered(interactions, known_items, min_history)
     present = set(df["action"].astype(str))
     positive = tuple(a for a in target_actions if a in present) or tuple(sorted(present))
     is_pos = df["action"].astype(str).isin(positive).to_numpy()
@@ -140,6 +134,96 @@ def leave_last_out(
         "dropped_repeat_targets": dropped_repeat,
     }
     return Split(train, valid, test, cutoffs, description)
+
+
+# the published protocol ------------------------------------------------------------------------
+PROTOCOLS = ("liked", "last-item")
+
+
+def _time_ordered(interactions: pd.DataFrame, known_items: Sequence[str] | None, min_history: int) -> pd.DataFrame:
+    """The log's known-item rows sorted by (user, time), ties in log order; raises on an unusable log."""
+    for col in ("user_id", "item_id", "action", "timestamp"):
+        if col not in interactions.columns:
+            raise DataError(f"interactions lack the column {col!r} (have: {', '.join(map(str, interactions.columns))})")
+    if min_history < 1:
+        raise ConfigError(f"`min_history` must be >= 1, got {min_history}")
+    df = interactions
+    if known_items is not None:
+        df = df[df["item_id"].astype(str).isin(set(map(str, known_items)))]
+    if df.empty:
+        raise DataError("no interactions left to split (empty log, or no item of it is in the catalog)")
+    return df.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def leave_last_item_out(
+    interactions: pd.DataFrame,
+    *,
+    known_items: Sequence[str] | None = None,
+    min_history: int = 1,
+) -> Split:
+    """Split a log per user as the SASRec, BERT4Rec and HSTU papers do: the last event is the test target.
+
+    Per user, events in time order (ties keep the log's order: the bundle's stable sort, i.e. file
+    order). The last event, whatever its action, is the test target and every event before it
+    the input; the event before it is the validation target, its input every event before it;
+    training holds the events before the validation target. A user is held out when at least
+    `min_history` events precede the validation target; otherwise all of their events train. A
+    target already in its own input is dropped (counted), since every system ranks the catalog
+    without the input's items. `cutoffs[user]` is the validation target's time.
+    """
+    df = _time_ordered(interactions, known_items, min_history)
+    users = df["user_id"].astype(str).to_numpy()
+    items = df["item_id"].astype(str).to_numpy()
+    actions = df["action"].astype(str).to_numpy()
+    stamps = pd.DatetimeIndex(df["timestamp"])
+    keep = np.ones(len(df), dtype=bool)
+    valid: list[Case] = []
+    test: list[Case] = []
+    cutoffs: dict[str, pd.Timestamp | None] = {}
+    dropped_repeat = 0
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        user = str(users[start])
+        cutoffs[user] = None
+        if end - start < min_history + 2:
+            continue  # too short to hold out two targets: all of this user's events train
+        v, t = int(end - 2), int(end - 1)
+        cutoffs[user] = stamps[v]
+        keep[v:end] = False
+        for row, out in ((v, valid), (t, test)):
+            if items[row] in set(items[start:row]):
+                dropped_repeat += 1
+                continue
+            out.append(Case(user, tuple(items[start:row]), tuple(actions[start:row]), tuple(stamps[start:row]),
+                            str(items[row]), str(actions[row]), stamps[row]))
+    train = df[keep].reset_index(drop=True)
+    description = {
+        "method": "leave-last-item-out, time-ordered, per user (as in the SASRec, BERT4Rec and HSTU papers)",
+        "protocol": "last-item",
+        "target": "the user's last event, whatever its action; validation: the event before it",
+        "input": "all of the user's events before the target (same-second ties in log order)",
+        "train": "each held-out user's events before the validation target; all events of users with fewer "
+                 f"than {min_history + 2} events",
+        "ranking": "full catalog, no sampled negatives; items in the user's input are excluded",
+        "positive_actions": sorted(set(actions)),
+        "min_history": min_history,
+        "users": len(cutoffs),
+        "test_users": len(test),
+        "valid_users": len(valid),
+        "train_interactions": int(len(train)),
+        "dropped_repeat_targets": dropped_repeat,
+    }
+    return Split(train, valid, test, cutoffs, description)
+
+
+def make_split(interactions: pd.DataFrame, protocol: str, *, target_actions: Sequence[str] = ("like",),
+               known_items: Sequence[str] | None = None) -> Split:
+    """The split `protocol` names: `liked` (`leave_last_out`) or `last-item` (`leave_last_item_out`)."""
+    if protocol == "last-item":
+        return leave_last_item_out(interactions, known_items=known_items)
+    if protocol == "liked":
+        return leave_last_out(interactions, target_actions=target_actions, known_items=known_items)
+    raise ConfigError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 # systems -------------------------------------------------------------------------------------
@@ -333,6 +417,10 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Seed for user sampling, request phrasing and model training."})
     target_actions: tuple[str, ...] = field(default=("like",), metadata={
         "help": "Actions that count as a positive target (all actions when none of them occurs in the log)."})
+    protocol: str = field(default="liked", metadata={
+        "help": "Split: liked (target = each user's last event with a target action, input = events strictly "
+                "before its time) or last-item (target = each user's last event whatever its action, input = "
+                "every event before it, as in the SASRec/BERT4Rec/HSTU papers)."})
     conversational: bool = field(default=True, metadata={
         "help": "Also score text requests with a checkable constraint (a genre or a decade)."})
     engine: str = field(default="auto", metadata={
@@ -367,6 +455,8 @@ class EvalConfig:
             raise ConfigError(f"`llm_history_len` must be >= 1 or None, got {self.llm_history_len}")
         if self.engine not in ("auto", "transformers", "vllm"):
             raise ConfigError(f"`engine` must be auto, transformers or vllm, got {self.engine!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.last_level not in LAST_LEVELS:
             raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
 
@@ -513,7 +603,7 @@ def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = Non
     catalog_df = pd.read_parquet(bundle.require("catalog.parquet"))
     inter = pd.read_parquet(bundle.require("interactions.parquet"))
     catalog = Catalog(catalog_df)
-    split = leave_last_out(inter, target_actions=config.target_actions, known_items=catalog.ids)
+    split = make_split(inter, config.protocol, target_actions=config.target_actions, known_items=catalog.ids)
     results = run(split, catalog, config, bundle, log)
     atomic_write_json(bundle.path("eval.json"), results)
     table = markdown_table(results, config.ks)
@@ -591,5 +681,6 @@ def plot(results: dict[str, Any], path: str | Path, ks: Sequence[int] = (1, 5, 1
 
 __all__ = [
     "Case", "Catalog", "Constraint", "EvalConfig", "Split", "BaselineSystem", "LLMSystem", "evaluate_bundle",
-    "leave_last_out", "make_constraints", "markdown_table", "plot", "run", "sample_cases", "score_lists",
+    "leave_last_item_out", "leave_last_out", "make_constraints", "make_split", "markdown_table", "plot", "run",
+    "sample_cases", "score_lists",
 ]

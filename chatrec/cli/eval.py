@@ -22,6 +22,9 @@ def eval_command(
     max_users: int | None = typer.Option(None, "--max-users", help="Evaluate a seeded sample of this many test users."),
     seed: int = typer.Option(0, "--seed", help="Seed for user sampling, requests and baseline training."),
     target_actions: str = typer.Option("like", "--target-actions", help="Comma-separated actions that count as targets."),
+    protocol: str = typer.Option("liked", "--protocol", help="Split: liked (each user's last liked event is the "
+                                 "target) or last-item (the last event whatever its rating, as in the SASRec/"
+                                 "BERT4Rec/HSTU papers)."),
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
     engine: str = typer.Option("auto", "--engine", help="Engine for llm systems: auto (vllm when installed: what "
@@ -43,7 +46,8 @@ def eval_command(
     except ValueError:
         raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
-                        target_actions=tuple(_csv(target_actions)), conversational=conversational, engine=engine,
+                        target_actions=tuple(_csv(target_actions)), protocol=protocol, conversational=conversational,
+                        engine=engine,
                         last_level=last_level or SERVED_LAST_LEVEL, sasrec=SASRecConfig(epochs=sasrec_epochs),
                         llm_model_dir=str(llm_model_dir) if llm_model_dir else None)
     results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))

@@ -1,0 +1,86 @@
+"""`--protocol last-item`: the published leave-last-item-out split, beside the default `liked` one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from chatrec.cli import app
+from chatrec.errors import ConfigError
+from chatrec.evaluation import EvalConfig, leave_last_item_out, make_split
+from tests.conftest import make_catalog, make_interactions
+
+T0 = pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def _log(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
+    return pd.DataFrame([{"user_id": u, "item_id": i, "action": a, "timestamp": T0 + pd.Timedelta(hours=h)}
+                         for u, i, a, h in rows])
+
+
+LOG = _log([
+    ("a", "1", "like", 0), ("a", "2", "dislike", 1), ("a", "3", "watch", 1), ("a", "4", "dislike", 2),
+    ("b", "1", "like", 0), ("b", "2", "like", 1),                           # b: too short to hold out
+    ("c", "5", "like", 0), ("c", "6", "like", 1), ("c", "5", "watch", 2),   # c: test target repeats its input
+])
+
+
+def test_last_event_whatever_its_action_is_the_target() -> None:
+    split = leave_last_item_out(LOG)
+    test = {c.user_id: c for c in split.test}
+    valid = {c.user_id: c for c in split.valid}
+    # a: a dislike is the test target; same-hour "2" and "3" keep log order, so "3" is the validation target
+    assert test["a"].target == "4" and test["a"].target_action == "dislike"
+    assert test["a"].items == ("1", "2", "3") and test["a"].actions == ("like", "dislike", "watch")
+    assert valid["a"].target == "3" and valid["a"].items == ("1", "2")
+    assert "b" not in test and "b" not in valid
+    assert "c" not in test and valid["c"].target == "6" and valid["c"].items == ("5",)
+    assert split.description["dropped_repeat_targets"] == 1 and split.description["protocol"] == "last-item"
+    train = split.train.groupby("user_id")["item_id"].apply(list).to_dict()
+    assert train == {"a": ["1", "2"], "b": ["1", "2"], "c": ["5"]}
+    assert split.cutoffs["a"] == T0 + pd.Timedelta(hours=1) and split.cutoffs["b"] is None
+    assert leave_last_item_out(LOG, min_history=3).test == []  # a has 2 events before its validation target
+
+
+def test_differs_from_the_liked_protocol() -> None:
+    liked = make_split(LOG, "liked")
+    last = make_split(LOG, "last-item")
+    assert {c.user_id: c.target for c in liked.test} != {c.user_id: c.target for c in last.test}
+    assert make_split(LOG, "liked").description["method"].startswith("leave-last-out")
+    with pytest.raises(ConfigError, match="`protocol` must be one of liked, last-item"):
+        make_split(LOG, "next")
+    with pytest.raises(ConfigError, match="`protocol` must be one of liked, last-item, got 'last'"):
+        EvalConfig(protocol="last")
+
+
+def test_on_a_generated_log_targets_are_last_and_nothing_after_validation_trains() -> None:
+    catalog = make_catalog(40)
+    inter = make_interactions(catalog, n_users=60, per_user=6)
+    split = leave_last_item_out(inter, known_items=catalog["item_id"])
+    ordered = inter.sort_values(["user_id", "timestamp"], kind="stable")
+    last = ordered.groupby("user_id")["item_id"].last()
+    assert len(split.test) > 30
+    for case in split.test:
+        assert case.target == last[case.user_id] and case.target not in case.items
+    n_train = split.train.groupby("user_id").size()
+    n_all = ordered.groupby("user_id").size()
+    for case in split.valid:
+        assert n_train[case.user_id] == n_all[case.user_id] - 2 == len(case.items)
+
+
+def test_cli_eval_protocol(tmp_path: Path) -> None:
+    catalog = make_catalog(40)
+    catalog.to_parquet(tmp_path / "catalog.parquet")
+    make_interactions(catalog, n_users=60, per_user=6).to_parquet(tmp_path / "interactions.parquet")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--systems", "popularity", "--protocol", "last-item",
+                             "--no-conversational"])
+    assert ok.exit_code == 0, ok.output
+    split = json.loads((tmp_path / "eval.json").read_text())["split"]
+    assert split["protocol"] == "last-item" and split["method"].startswith("leave-last-item-out")
+    bad = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--protocol", "last"])
+    assert bad.exit_code == 2 and "`protocol` must be one of liked, last-item" in bad.stderr
