@@ -80,6 +80,7 @@ class DialogueState:
     years: tuple[int, int] | None = None
     unseen_only: bool = False
     mentioned: int | None = None                              # the last item asked about
+    events: list[tuple[str, str]] = field(default_factory=list)  # the client's history (item id, action)
     words: np.ndarray | None = None                           # [d] the last request's vector
     request: str = ""
 
@@ -142,8 +143,10 @@ class Conversation:
         self.pop_rank[np.argsort(-picker.co.count, kind="stable")] = np.arange(1, len(index.ids) + 1)
 
     @classmethod
-    def for_recommender(cls, rec: Any, *, text_encoder: bool = True) -> Conversation:
-        """The catalog, interactions and text encoder of `rec`'s bundle (loaded once per server)."""
+    def for_recommender(cls, rec: Any, *, text_encoder: bool = True, interactions: Any = None) -> Conversation:
+        """The catalog, interactions and text encoder of `rec`'s bundle (loaded once per server);
+        `interactions` (a frame with user_id, item_id, action) replaces the bundle's log (eval: the
+        training split only)."""
         import logging
 
         import pandas as pd
@@ -153,7 +156,9 @@ class Conversation:
         pos, neg = rec.positive_actions[0], rec.negative_actions[0]
         index = CatalogIndex(rec.catalog, positive_action=pos, negative_action=neg)
         path = rec.bundle.interactions_path
-        inter = pd.read_parquet(path, columns=["user_id", "item_id", "action"]) if path.exists() else None
+        inter = interactions
+        if inter is None and path.exists():
+            inter = pd.read_parquet(path, columns=["user_id", "item_id", "action"])
         co = CoOccurrence(index.position, inter, rec.negative_actions)
         space = None
         if text_encoder:
@@ -294,10 +299,10 @@ class Conversation:
                                                 "avoid": found.get("avoid", []), "negated": found.get("negated", []),
                                                 "follow_up": found.get("follow_up", []),
                                                 "intent": found.get("intent")}}
-        for item_id, action in history:
-            i = index.position.get(item_id)
-            if i is not None:
-                (state.disliked if action == index.negative_action else state.liked).insert(0, i)
+        known = [(item_id, action) for item_id, action in history if item_id in index.position]
+        for item_id, action in reversed(known):
+            (state.disliked if action == index.negative_action else state.liked).insert(0, index.position[item_id])
+        state.events = known
         extra["state"] = state.to_json(index)
         if SMALL_TALK.match(text):
             thanks = re.match(r"\s*(thank|thx|cheers)", text, re.I)
@@ -366,8 +371,10 @@ class Conversation:
                 return Turn("recommendation", f"No {self.domain} in the catalog passes these filters.",
                             extra={**extra, "filters": {"k": k}})
         pos_action, neg_action = index.positive_action, index.negative_action
-        history = [(index.ids[i], pos_action) for i in state.liked] + [(index.ids[i], neg_action)
-                                                                       for i in state.disliked]
+        given = {item_id for item_id, _ in state.events}  # the client's events as given, then the conversation's
+        history = list(state.events) + [(index.ids[i], pos_action) for i in dict.fromkeys(state.liked)
+                                         if index.ids[i] not in given]
+        history += [(index.ids[i], neg_action) for i in dict.fromkeys(state.disliked) if index.ids[i] not in given]
         request = None if history else text
         include = None if mask.all() else [index.ids[i] for i in np.flatnonzero(mask)]
         model_ids = retrieve(history, self.picker.config.model_k, request, include)

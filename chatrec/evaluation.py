@@ -410,7 +410,8 @@ def make_constraints(cases: Sequence[Case], catalog: Catalog, seed: int = 0) -> 
 @dataclass
 class EvalConfig:
     systems: tuple[str, ...] = field(default=DEFAULT_SYSTEMS, metadata={
-        "help": "Systems to compare: random, popularity, itemknn, sasrec, and llm (any name starting with `llm`)."})
+        "help": "Systems to compare: random, popularity, itemknn, sasrec, llm (any name starting with `llm`), and "
+                "chat (any name starting with `chat`: the served chat turn, chatrec.chat_eval)."})
     ks: tuple[int, ...] = field(default=(1, 5, 10, 20), metadata={"help": "Cut-offs K for HR@K and NDCG@K (each >= 1)."})
     max_users: int | None = field(default=None, metadata={
         "help": "Evaluate a seeded sample of this many test users (all systems on the same users); None = all."})
@@ -445,8 +446,8 @@ class EvalConfig:
         if not self.systems:
             raise ConfigError("`systems` must name at least one system, got none")
         for name in self.systems:
-            if name not in BASELINES and not name.startswith("llm"):
-                raise ConfigError(f"`systems`: unknown system {name!r}; allowed: {', '.join(BASELINES)}, llm*")
+            if name not in BASELINES and not name.startswith(("llm", "chat")):
+                raise ConfigError(f"`systems`: unknown system {name!r}; allowed: {', '.join(BASELINES)}, llm*, chat*")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"`ks` must be positive integers, got {list(self.ks)}")
         if self.max_users is not None and self.max_users < 1:
@@ -527,6 +528,12 @@ def _conversational(system: Any, cases: Sequence[Case], plain: Sequence[Sequence
 
 
 def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
+    if name.startswith("chat"):  # the served chat turn (chatrec.chat_eval)
+        from chatrec.chat_eval import ChatSystem
+
+        if bundle is None:
+            raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
+        return ChatSystem(name, bundle, engine=config.engine, last_level=config.last_level)
     if name.startswith("llm"):
         if bundle is None:
             raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")

@@ -1,0 +1,64 @@
+"""The served chat path as a `chatrec eval` system (any system name starting with `chat`).
+
+Each case's history goes in `chatrec.history` and one user message is answered by the same
+`Conversation.answer` that `/v1/chat/completions` runs: the conversational request ("I'm in the
+mood for a comedy film.") when there is one, else "What should I watch next?" (the domain's
+verb, `Domain.request`). The items of the answer are the ranked list scored. Co-occurrence comes from the
+training split only, so no held-out target leaks into the neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from chatrec.retrieval import SERVED_LAST_LEVEL
+
+
+class ChatSystem:
+    """`System` protocol of `chatrec.evaluation` over the served chat turn."""
+
+    def __init__(self, name: str, bundle: Any, engine: str = "auto", last_level: str = SERVED_LAST_LEVEL):
+        self.name, self.bundle, self.engine, self.last_level = name, bundle, engine, last_level
+        self.rec: Any = None
+        self.conversation: Any = None
+
+    def fit(self, split: Any, catalog: Any) -> dict[str, Any]:
+        from chatrec.dialogue import Conversation
+        from serve.service import ServeConfig, served_recommender
+
+        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level)
+        self.rec = served_recommender(served)
+        train = split.train[["user_id", "item_id", "action"]]
+        self.conversation = Conversation.for_recommender(self.rec, interactions=train)
+        return {"engine": served.engine, "path": "chat turn (chatrec.dialogue)", "bundle": str(self.bundle.root),
+                "text_encoder": self.conversation.space is not None}
+
+    def _retrieve(self, history: list[tuple[str, str]], k: int, request: str | None,
+                  include: list[str] | None) -> list[str]:
+        from chatrec.constrained import FilterError
+
+        try:
+            return [r.item_id for r in self.rec.recommend(history, k=k, request=request, include_item_ids=include)]
+        except FilterError:
+            return []
+
+    def recommend(self, cases: Sequence[Any], k: int, constraints: Sequence[Any] | None = None) -> list[list[str]]:
+        from tqdm.auto import tqdm
+
+        plain = self.rec.domain.request  # "What should I watch next?"
+        ids = self.conversation.index.ids
+        out = []
+        for row, case in enumerate(tqdm(cases, desc=self.name, leave=False)):
+            history = list(zip(case.items, case.actions, strict=True))
+            con = constraints[row] if constraints is not None else None
+            text = con.text if con is not None else plain
+            turn = self.conversation.answer([("user", text)], self._retrieve, k=k, history=history,
+                                            exclude_item_ids=list(case.items))
+            out.append([ids[i] for i, _ in turn.items])
+        return out
+
+    def close(self) -> None:
+        if self.rec is not None:
+            self.rec.close()
+            self.rec = None
