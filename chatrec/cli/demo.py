@@ -20,7 +20,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help=_help("quick")),
     out: Path = typer.Option(None, "--out", help="Bundle directory (default: CHATREC_HOME/bundles/default)."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Stop after the bundle is built and evaluated."),
-    engine: str = typer.Option("auto", "--engine", help="Serving engine: vllm, transformers, or auto (vllm when installed)."),
+    engine: str = typer.Option("auto", "--engine", help=_help("engine")),
     port: int = typer.Option(8000, "--port", help="Port of the OpenAI-compatible endpoint."),
     ui_port: int = typer.Option(7860, "--ui-port", help="Port of the Gradio UI."),
     train_minutes: float = typer.Option(None, "--train-minutes", help=_help("train_minutes")),
@@ -30,11 +30,10 @@ def demo(
     Re-running reuses finished stages (the manifest's config and input hashes decide what is stale).
     """
     from chatrec.demo import DemoConfig, client_snippet, run_pipeline
-    from chatrec.deps import is_vllm_available
     from chatrec.errors import ConfigError
     from chatrec.paths import default_bundle
 
-    config = DemoConfig(quick=quick)
+    config = DemoConfig(quick=quick, engine=engine)
     if train_minutes is not None:
         if not train_minutes > 0:
             raise ConfigError(f"`--train-minutes` must be > 0, got {train_minutes}")
@@ -44,8 +43,7 @@ def demo(
     typer.echo(f"bundle ready: {bundle}", err=True)
     if no_serve:
         return
-    if engine == "auto":
-        engine = "vllm" if is_vllm_available() else "transformers"
+    engine = config.engine  # resolved: the engine eval.json was measured on
     from ui.app import UIConfig, launch
     from ui.local_server import LocalServer
 
