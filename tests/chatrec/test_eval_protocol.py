@@ -77,10 +77,13 @@ def test_cli_eval_protocol(tmp_path: Path) -> None:
     catalog.to_parquet(tmp_path / "catalog.parquet")
     make_interactions(catalog, n_users=60, per_user=6).to_parquet(tmp_path / "interactions.parquet")
     runner = CliRunner()
-    ok = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--systems", "popularity", "--protocol", "last-item",
-                             "--no-conversational"])
+    ok = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--systems", "popularity,sasrec", "--protocol",
+                             "last-item", "--no-conversational", "--sasrec-epochs", "2", "--sasrec-negatives", "8",
+                             "--sasrec-max-len", "6"])
     assert ok.exit_code == 0, ok.output
     split = json.loads((tmp_path / "eval.json").read_text())["split"]
     assert split["protocol"] == "last-item" and split["method"].startswith("leave-last-item-out")
+    sasrec = split["systems"]["sasrec"]["config"]
+    assert (sasrec["negatives"], sasrec["max_len"], sasrec["epochs"]) == (8, 6, 2)
     bad = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--protocol", "last"])
     assert bad.exit_code == 2 and "`protocol` must be one of liked, last-item" in bad.stderr
