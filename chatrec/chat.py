@@ -31,8 +31,9 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ GENRE_WORDS = {
     "dramatic": "Drama", "documentaries": "Documentary", "true story": "Documentary",
     "action-packed": "Action",
 }
+_GENRE_WORD = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in sorted(GENRE_WORDS, key=len, reverse=True)) + r")\b")
 POSITIVE = r"(?:loved|love|liked|enjoyed|adored|like|similar to|such as|fan of|big fan of|more like)"
 NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|could not stand)"
 EXCLUDE = r"(?:not|except|other than|no more|besides|apart from|already seen|already watched|seen|watched)"
@@ -71,6 +73,7 @@ _TRAILING = re.compile(r"\s+(?:about|made|released|out)\s*$", re.I)
 QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,120})[\"“”«»]|(?<!\w)'([^']{2,120})'(?!\w)")
 DETERMINERS = re.compile(r"^(?:a|an|some|any|more|another|other|the movie|the film|movies|films|one)\s+", re.I)
 _ARTICLE = re.compile(r"^(?P<rest>.+), (?P<art>The|A|An|Les|La|Le|Il|Das|Der|Die|El)$")
+LARGE_CATALOG = 20_000  # titles; above it a title lookup also needs a shared word (CatalogIndex._candidates)
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
@@ -136,6 +139,25 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
+class _Window(Mapping[int, str]):
+    """Catalog positions -> names of a slice of the titles sorted by length (no copy into a dict)."""
+
+    def __init__(self, positions: list[int], names: list[str]):
+        self.positions, self.names = positions, names
+
+    def __getitem__(self, key: int) -> str:
+        raise KeyError(key)  # rapidfuzz iterates items(); lookups by key are not needed
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def items(self) -> Any:
+        return zip(self.positions, self.names, strict=True)
+
+
 class CatalogIndex:
     """Titles, categories and years of one catalog, for `understand`."""
 
@@ -155,8 +177,24 @@ class CatalogIndex:
         self.category_names = names
         self._by_stem = {_stem(w): c for c in names for w in [c, c.replace("-", " "), c.replace("-", "")]}
         self._by_stem.update({_stem(c.split()[-1]): c for c in names if " " in c})
+        self._by_lower = {c.lower(): c for c in names}
+        self._names_re = re.compile(r"\b(?:" + "|".join(re.escape(c) for c in sorted(self._by_lower, key=len, reverse=True))
+                                    + r")\b") if names else None
         self.positive_action, self.negative_action = positive_action, negative_action
         self.threshold = threshold
+        order = sorted(range(len(self.names)), key=lambda i: len(self.names[i]))  # title lookups by length
+        self._by_length = order
+        self._names_by_length = [self.names[i] for i in order]
+        self._lengths = [len(self.names[i]) for i in order]
+        self._by_year: dict[int, list[int]] = {}
+        for i, y in enumerate(self.years):
+            if y is not None:
+                self._by_year.setdefault(y, []).append(i)
+        self._postings: dict[str, set[int]] = {}
+        if len(self.names) > LARGE_CATALOG:
+            for i, name in enumerate(self.names):
+                for w in set(name.split()):
+                    self._postings.setdefault(w, set()).add(i)
         # English words for the MovieLens genres: a fallback for servers without the text encoder
         self.common_words = True
 
@@ -164,12 +202,11 @@ class CatalogIndex:
     def find_categories(self, text: str) -> list[str]:
         found: list[str] = []
         low = text.lower()
-        for phrase, cat in GENRE_WORDS.items() if self.common_words else ():
-            if cat in self.category_names and re.search(rf"\b{re.escape(phrase)}\b", low):
-                found.append(cat)
-        for cat in self.category_names:  # multi-word and hyphenated names as written
-            if re.search(rf"\b{re.escape(cat.lower())}\b", low):
-                found.append(cat)
+        if self.common_words:
+            found += [GENRE_WORDS[m.group(0)] for m in _GENRE_WORD.finditer(low)
+                      if GENRE_WORDS[m.group(0)] in self.category_names]
+        if self._names_re is not None:  # multi-word and hyphenated names as written
+            found += [self._by_lower[m.group(0)] for m in self._names_re.finditer(low)]
         for word in re.findall(r"[\w'’-]+", low):
             hit = self._by_stem.get(_stem(word))
             if hit:
@@ -205,12 +242,28 @@ class CatalogIndex:
             return None
         choices: Mapping[int, str] | list[str] = self.names
         if year is not None:
-            choices = {i: n for i, n in enumerate(self.names) if self.years[i] == year}
+            choices = {i: self.names[i] for i in self._by_year.get(year, ())}
+        else:
+            choices = self._candidates(query)
         best = process.extractOne(query, choices, scorer=fuzz.ratio, score_cutoff=self.threshold)
         if best is None:
             return None
         _, score, idx = best
         return int(idx), float(score)
+
+    def _candidates(self, query: str) -> Mapping[int, str]:
+        """Titles that can reach the threshold: a ratio of `t` needs lengths within a factor
+        t / (2 - t) of each other (exact); in catalogs of more than `LARGE_CATALOG` titles, also one
+        of the query's two rarest words (a typo in every word of a title then finds nothing)."""
+        t = self.threshold / 100
+        lo, hi = len(query) * t / (2 - t), len(query) * (2 - t) / t
+        start, end = bisect.bisect_left(self._lengths, lo), bisect.bisect_right(self._lengths, hi)
+        window = self._by_length[start:end]
+        if len(self.names) <= LARGE_CATALOG:
+            return _Window(window, self._names_by_length[start:end])
+        words = sorted((w for w in set(query.split()) if len(w) >= 3), key=lambda w: len(self._postings.get(w, ())))
+        allowed = set().union(*(self._postings.get(w, set()) for w in words[:2])) if words else set()
+        return {i: self.names[i] for i in window if i in allowed}
 
     def _link_phrase(self, phrase: str) -> tuple[str, int, float] | list[tuple[str, int, float]] | None:
         """Link the whole phrase, else its parts split at and/or/but/commas."""
@@ -314,6 +367,11 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
     return Understanding(recommend, k, categories, years, linked, list(dict.fromkeys(unmatched)))
 
 
+DECADE_WORDS = {"twenties": 1920, "thirties": 1930, "forties": 1940, "fifties": 1950, "sixties": 1960,
+                "seventies": 1970, "eighties": 1980, "nineties": 1990}
+_DECADE_WORD = re.compile(r"\b(?:" + "|".join(DECADE_WORDS) + r")\b")
+
+
 def find_years(text: str) -> tuple[int, int] | None:
     low = text.lower()
     m = re.search(r"\b(?:19|20)?(\d)0'?s\b", low)
@@ -325,11 +383,10 @@ def find_years(text: str) -> tuple[int, int] | None:
             d = int(m.group(1))
             start = (2000 if d <= 2 else 1900) + d * 10
         return start, start + 9
-    words = {"twenties": 1920, "thirties": 1930, "forties": 1940, "fifties": 1950, "sixties": 1960,
-             "seventies": 1970, "eighties": 1980, "nineties": 1990}
-    for w, start in words.items():
-        if re.search(rf"\b{w}\b", low):
-            return start, start + 9
+    word = _DECADE_WORD.search(low)
+    if word:
+        start = DECADE_WORDS[word.group(0)]
+        return start, start + 9
     m = re.search(r"\b(before|after|since|from|in)\s+((?:1[89]|20)\d\d)\b", low)
     if m:
         y = int(m.group(2))

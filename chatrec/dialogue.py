@@ -138,6 +138,7 @@ class Conversation:
         self.by_shown = {shown(t): i for i, t in enumerate(index.titles)}
         self.by_shown.update({t: i for i, t in enumerate(index.titles)})
         self.text = list(catalog_text)
+        self._understood: dict[str, Understanding] = {}
         self.years = np.array([y if y is not None else -1 for y in index.years], np.int64)
         self.pop_rank = np.empty(len(index.ids), np.int64)
         self.pop_rank[np.argsort(-picker.co.count, kind="stable")] = np.arange(1, len(index.ids) + 1)
@@ -174,6 +175,12 @@ class Conversation:
         text = rec.catalog["text"].astype(str).tolist() if "text" in rec.catalog.columns else []
         return cls(index, space, Picker(index.categories, co), rec.bundle.domain, text)
 
+    def forget(self) -> None:
+        """Drop the cached readings of messages (to time a cold read)."""
+        self._understood.clear()
+        if self.space is not None:
+            self.space.forget()
+
     # state -------------------------------------------------------------------------------------
     def listed(self, text: str) -> list[int]:
         """Catalog positions of the numbered items of an assistant answer."""
@@ -189,7 +196,12 @@ class Conversation:
     def read_user(self, state: DialogueState, text: str) -> tuple[Understanding, dict[str, Any]]:
         """Update `state` with one user message; returns the rules' reading and what else was found."""
         index = self.index
-        u = understand(text, index)
+        u = self._understood.get(text)
+        if u is None:  # earlier messages come back with every turn of a conversation
+            u = understand(text, index)
+            if len(self._understood) >= 4096:
+                self._understood.pop(next(iter(self._understood)))
+            self._understood[text] = u
         found: dict[str, Any] = {"follow_up": [], "negated": []}
         last = state.shown[-1] if state.shown else []
         for x in u.linked:
