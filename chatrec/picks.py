@@ -7,7 +7,7 @@ signals, each standardised over the candidates:
   category ranks its items first but removes nothing);
 - **neighbours**: co-occurrence cosine to the liked titles minus that to the disliked ones,
   from the bundle's interactions ("how many people who liked A also liked B");
-- **model**: the constrained retrieval's rank for the items it returned (its top `model_k`);
+- **model**: the constrained retrieval's rank for the items it returned (its top `model_k`, 5);
 - **popularity**: log of the item's interaction count (a prior that breaks ties).
 The evidence behind each pick (categories it shares with the request, the liked title it is
 closest to and how many users had both) is kept for the answer text and for "why those?".
@@ -33,7 +33,8 @@ class PickConfig:
     neighbours: float = field(default=1.5, metadata={"help": "Weight of co-occurrence with the liked titles."})
     model: float = field(default=0.75, metadata={"help": "Weight of the model's retrieval rank."})
     popularity: float = field(default=0.5, metadata={"help": "Weight of log popularity."})
-    model_k: int = field(default=10, metadata={"help": "Items asked of the model's retrieval per turn."})
+    model_k: int = field(default=5, metadata={
+        "help": "Items asked of the model's retrieval per turn (5 keeps its beam at 10, as a plain top-3 had)."})
 
     def __post_init__(self) -> None:
         if self.model_k < 1:
