@@ -80,6 +80,7 @@ class RemoteEngine:
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1"):
             self.url += "/v1"
+        self.shown_url = _without_credentials(self.url)  # for the server log; clients see no URL at all
         self.timeout = timeout
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.eos_ids = _eos_ids(self.tokenizer, None)
@@ -95,7 +96,7 @@ class RemoteEngine:
             raise
         except UpstreamError as exc:  # down or slow now: checked before the first generation instead
             log.warning("upstream %s not answering at start (%s); the constraint probe runs on first use",
-                        self.url, exc)
+                        self.shown_url, exc)
 
     # upstream ------------------------------------------------------------------------------------
     @property
@@ -120,11 +121,11 @@ class RemoteEngine:
             yield
         except httpx.TimeoutException:
             self._constrained = None
-            log.warning("upstream %s timed out", self.url)
+            log.warning("upstream %s timed out", self.shown_url)
             raise UpstreamError(f"the upstream vLLM server did not answer within {self.timeout:.0f} s", 504) from None
         except httpx.HTTPError as exc:
             self._constrained = None
-            log.warning("upstream %s unreachable: %r", self.url, exc)
+            log.warning("upstream %s unreachable: %s", self.shown_url, exc.__class__.__name__)
             raise UpstreamError(f"the upstream vLLM server is unreachable ({exc.__class__.__name__})") from None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
@@ -168,7 +169,7 @@ class RemoteEngine:
             got = _token_id(tokens[0]) if tokens else None
         self._constrained = got in allowed
         if not self._constrained:
-            log.error("upstream %s wrote token %s after <|sid_begin|> where the trie allows only codes", self.url, got)
+            log.error("upstream %s wrote token %s after <|sid_begin|> where the trie allows only codes", self.shown_url, got)
             raise UnconstrainedUpstreamError(f"the probe got token {got}, not a first-level code")
 
     def _ensure_verified(self) -> None:
@@ -245,6 +246,14 @@ class RemoteEngine:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _without_credentials(url: str) -> str:
+    """`url` without `user:password@`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 @contextlib.contextmanager

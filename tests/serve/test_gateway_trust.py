@@ -23,7 +23,8 @@ import pytest
 from chatrec.constrained import ConstraintCore
 from tests.serve.conftest import RemoteServer, free_port
 
-SECRET = "s3cret-upstream-password"
+SECRET = "s3cret-upstream-password"  # in the upstream URL
+LEAK = "hunter2"  # in an upstream error message
 
 
 class ScriptedUpstream:
@@ -64,7 +65,7 @@ class ScriptedUpstream:
             return 200, json.dumps({"choices": [{"index": 0, "logprobs": {"tokens": [f"token_id:{token}"]}}]}).encode(), \
                 "application/json"
         if self.mode == "error":
-            return 500, json.dumps({"error": {"message": f"internal: db password {SECRET}"}}).encode(), "application/json"
+            return 500, json.dumps({"error": {"message": f"internal: db password {LEAK}"}}).encode(), "application/json"
         if not body.get("stream"):  # scoring
             if self.mode == "bad_json":
                 return 200, b"<html>not json</html>", "text/html"
@@ -132,7 +133,7 @@ def test_misbehaving_upstream_replies_are_502_without_secrets(serve_bundle: Path
                 else:
                     assert r.status_code == 502, (mode, text)
                     assert r.json()["error"]["code"] == "upstream_error", (mode, text)
-                assert SECRET not in text and str(upstream.port) not in text, (mode, text)
+                assert SECRET not in text and LEAK not in text and str(upstream.port) not in text, (mode, text)
         upstream.mode = "ok"
         health = httpx.get(gateway.url + "/health", timeout=30)
         assert health.status_code == 200 and health.json()["upstream"] == "ok"
@@ -144,3 +145,4 @@ def test_misbehaving_upstream_replies_are_502_without_secrets(serve_bundle: Path
         assert httpx.get(gateway.url + "/health", timeout=30).json()["upstream"] == "unreachable"
     finally:
         gateway.stop()
+    assert SECRET not in (tmp_path / "gateway.log").read_text()  # the server log names the host, not the password
