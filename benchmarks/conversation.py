@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--bundle", help="MovieLens-100k bundle (the default demo bundle)")
     ap.add_argument("--books-bundle", help="bookshop bundle (default: built in a temp dir)")
     ap.add_argument("--engine", default="transformers")
+    ap.add_argument("--books-engine", default="transformers",
+                    help="engine for the bookshop's tiny model (vLLM on CPU has no kernel for its head size)")
     ap.add_argument("--port", type=int, default=8771)
     ap.add_argument("--only", choices=["movies", "books"])
     ap.add_argument("--out", default=str(RESULTS / "conversation.json"))
@@ -309,13 +311,15 @@ def main() -> None:
     results: dict[str, Any] = {"engine": args.engine}
     if args.only in (None, "movies"):
         results["movies"] = serve_and_run(Path(args.bundle), args.engine, args.port, "movies")
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     if args.only in (None, "books"):
         books = Path(args.books_bundle) if args.books_bundle else None
         if books is None or not (books / "catalog.parquet").exists():
             from chatrec.bookshop import make_book_bundle
 
             books = make_book_bundle(books or Path(tempfile.mkdtemp()) / "books")
-        results["books"] = serve_and_run(books, args.engine, args.port + 1, "books")
+        results["books_engine"] = args.books_engine
+        results["books"] = serve_and_run(books, args.books_engine, args.port + 1, "books")
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
