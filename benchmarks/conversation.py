@@ -193,7 +193,7 @@ def run_dialogues(client: Any, catalog: Catalog, dialogues: Sequence[tuple[str, 
             ms.append(seconds * 1000)
         rows.append({"dialogue": name, "check": check, "obeyed": bool(CHECKS[check](answers, catalog, arg)),
                      "bare": sum(is_bare(a, catalog) for a, _ in answers), "turns": len(turns),
-                     "ms": [round(x, 1) for x in ms], "transcript": [m["content"][:300] for m in messages]})
+                     "ms": [round(x, 1) for x in ms], "transcript": [m["content"][:2000] for m in messages]})
     return rows
 
 
