@@ -93,8 +93,9 @@ class StockVLLM:
     folder, with or without the chatrec logits processor: the upstream of `chatrec serve --upstream`."""
 
     def __init__(self, model_dir: Path, log: Path, *, plugin: bool = True, port: int | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, kv_cache_gib: float | None = None):
         self.port = port or free_port()
+        self.kv_cache_gib = kv_cache_gib  # None: VLLM_CPU_KVCACHE_SPACE=1 (whole GiB only)
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir, self.log_path, self.plugin, self.api_key = model_dir, log, plugin, api_key
         self.proc: subprocess.Popen[bytes] | None = None
@@ -106,10 +107,14 @@ class StockVLLM:
                "--max-num-seqs", "64", "--seed", "0", "--host", "127.0.0.1"]
         if self.plugin:
             cmd += ["--logits-processors", "serve.vllm_processor:ChatrecLogitsProcessor"]
+        if self.kv_cache_gib is not None:
+            cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gib * 2**30))]
         headers = {}
         if self.api_key:  # by environment, not argv (`ps` shows argv)
             headers = {"Authorization": f"Bearer {self.api_key}"}
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        env = {**{k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}, "HF_HUB_OFFLINE": "1",
+               **({} if self.kv_cache_gib is not None else {"VLLM_CPU_KVCACHE_SPACE": "1"}),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                **({"VLLM_API_KEY": self.api_key} if self.api_key else {}),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         self._log = open(self.log_path, "a")  # noqa: SIM115  (closed in stop())
