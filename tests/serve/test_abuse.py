@@ -97,7 +97,8 @@ def test_beams_candidates_and_prompts_are_bounded(srv: RemoteServer) -> None:
     assert "--max-prompt-tokens" in str(body["message"])
     body = error(post(srv, "/v1/rank", {"history": history, "candidates": [f"m{i % 40}" for i in range(200)]}), 400)
     assert "--max-rank-tokens" in str(body["message"])
-    chat = {"model": "chatrec", "messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 2}
+    chat = {"model": "chatrec", "messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 2,
+            "chatrec": {"mode": "model"}}  # a turn the model writes (the dialogue answers others without a prompt)
     assert "--max-prompt-tokens" in str(error(post(srv, "/v1/chat/completions", chat), 400)["message"])
     still_serves(srv)
 
