@@ -39,6 +39,13 @@ K = 10
 
 def split_cases(log: pd.DataFrame, which: str = "test") -> tuple[list[dict[str, Any]], pd.Series]:
     """The held-out cases of `which` split, and training-interaction counts per item (for popularity)."""
+    cases, train = split_log(log, which)
+    return cases, train["item_id"].value_counts()
+
+
+def split_log(log: pd.DataFrame, which: str = "test") -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """The held-out cases of `which` split, and the training interactions (every event before a
+    held-out user's validation target, all events of the other users)."""
     log = log.assign(item_id=log["item_id"].astype(str), action=log["action"].astype(str))
     log = log.sort_values(["user_id", "timestamp"], kind="stable")
     positive = {"like"} if (log["action"] == "like").any() else set(log["action"])
@@ -64,8 +71,7 @@ def split_cases(log: pd.DataFrame, which: str = "test") -> tuple[list[dict[str, 
             continue
         cases.append({"user": str(user), "target": target["item_id"],
                       "history": list(zip(inputs["item_id"], inputs["action"], strict=True))})
-    counts = pd.concat(train_parts)["item_id"].value_counts()
-    return cases, counts
+    return cases, pd.concat(train_parts)
 
 
 def gains(ranked: list[list[str]], cases: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -87,12 +93,18 @@ def ratio_interval(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int =
     return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def server_args(doc: str | None) -> argparse.ArgumentParser:
+    """The options every over-HTTP benchmark takes: the bundle, the server, the split."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True, help="The bundle the server serves (its raw files are read).")
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--api-key", default=os.environ.get("CHATREC_API_KEY"))
     ap.add_argument("--split", choices=("test", "valid"), default="test")
+    return ap
+
+
+def main() -> None:
+    ap = server_args(__doc__)
     ap.add_argument("--history", type=int, default=100, help="Most recent input events sent as the history.")
     ap.add_argument("--max-users", type=int, default=None, help="First N users by id (default: all).")
     ap.add_argument("--concurrency", type=int, default=1)

@@ -18,8 +18,10 @@ from chatrec.retrieval import SERVED_LAST_LEVEL
 class ChatSystem:
     """`System` protocol of `chatrec.evaluation` over the served chat turn."""
 
-    def __init__(self, name: str, bundle: Any, engine: str = "auto", last_level: str = SERVED_LAST_LEVEL):
+    def __init__(self, name: str, bundle: Any, engine: str = "auto", last_level: str = SERVED_LAST_LEVEL,
+                 trim_history: bool = True):
         self.name, self.bundle, self.engine, self.last_level = name, bundle, engine, last_level
+        self.trim_history = trim_history
         self.rec: Any = None
         self.conversation: Any = None
 
@@ -27,7 +29,8 @@ class ChatSystem:
         from chatrec.dialogue import Conversation
         from serve.service import ServeConfig, served_recommender
 
-        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level)
+        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level,
+                             trim_history=self.trim_history)
         self.rec = served_recommender(served)
         train = split.train[["user_id", "item_id", "action"]]
         self.conversation = Conversation.for_recommender(self.rec, interactions=train)

@@ -28,7 +28,12 @@ class DemoConfig:
     codebook_size: int = field(default=0, metadata={"help": "Codes per SID level (0 = sized to the catalog)."})
     train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
     history_len: int = field(default=10, metadata={"help": "Most recent events in a chat prompt (older ones are summarised)."})
-    train_minutes: float = field(default=8.0, metadata={"help": "Wall-clock minutes of the sequence recipe."})
+    train_steps: int = field(default=280, metadata={
+        "help": "Optimizer steps of the sequence recipe (about 8 minutes on an idle 2-core CPU): the same model "
+                "whatever the machine's load, so its eval.json is reproducible."})
+    train_minutes: float | None = field(default=None, metadata={
+        "help": "Train for this many wall-clock minutes instead of `train_steps` (the model then depends on the "
+                "machine's speed and load)."})
     keep_layers: int = field(default=4, metadata={"help": "Decoder layers of SmolLM2 kept by the sequence recipe."})
     eval_users: int | None = field(default=None, metadata={"help": "Test users scored by `chatrec eval` (None = all)."})
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
@@ -41,14 +46,16 @@ class DemoConfig:
         if self.quick:
             self.codebook_size = 16
             self.train_users = self.train_users or 40
-            self.train_minutes, self.eval_users, self.sasrec_epochs = 1.0, 20, 3
+            self.train_steps, self.eval_users, self.sasrec_epochs = 10, 20, 3
         for name in ("levels", "history_len", "keep_layers", "sasrec_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if self.eval_users is not None and self.eval_users < 1:
             raise ConfigError(f"`eval_users` must be >= 1 or None, got {self.eval_users}")
-        if not self.train_minutes > 0:
+        if self.train_minutes is not None and not self.train_minutes > 0:
             raise ConfigError(f"`train_minutes` must be > 0, got {self.train_minutes}")
+        if self.train_steps < 1:
+            raise ConfigError(f"`train_steps` must be >= 1, got {self.train_steps}")
         if self.engine == "auto":
             from chatrec.deps import is_vllm_available
 
@@ -123,7 +130,8 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
     p.stage("build", build_cfg, {"sids": bundle.sids_path, "interactions": bundle.interactions_path},
             ["train"], lambda: build_bundle(bundle, build_cfg))
 
-    ft_cfg = SequenceConfig(max_minutes=c.train_minutes, keep_layers=c.keep_layers, seed=c.seed,
+    ft_cfg = SequenceConfig(max_steps=None if c.train_minutes else c.train_steps, max_minutes=c.train_minutes,
+                            keep_layers=c.keep_layers, seed=c.seed,
                             eval_users=0 if c.quick else 100)
     p.stage("finetune", ft_cfg, {"train": bundle.train_dir, "model": bundle.model_dir},
             ["trained", "checkpoints"], lambda: train_sequences(bundle, ft_cfg))

@@ -332,8 +332,9 @@ class LLMSystem:
     """The bundle's finetuned LLM through `chatrec.recommender.Recommender` (constrained top-K)."""
 
     def __init__(self, name: str, bundle: Bundle, engine: str = "auto", history_len: int | None = None,
-                 model_dir: str | None = None, last_level: str = SERVED_LAST_LEVEL):
+                 model_dir: str | None = None, last_level: str = SERVED_LAST_LEVEL, trim_history: bool = True):
         self.name = name
+        self.trim_history = trim_history
         self.model_dir = model_dir
         self.last_level = last_level
         self.bundle = bundle
@@ -346,10 +347,12 @@ class LLMSystem:
         # settings, search and limits, so this number is the one the default server returns
         from serve.service import ServeConfig, served_recommender
 
-        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level)
+        served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level,
+                             trim_history=self.trim_history)
         self.rec = served_recommender(served, model_dir=self.model_dir)
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
         info = {"engine": served.engine, "search": served.search, "last_level": self.last_level,
+                "trim_history": self.trim_history,
                 "bundle": str(self.bundle.root),
                 "history_len": self.history_len,
                 "model_dir": str(self.rec.model_dir)}
@@ -433,6 +436,12 @@ class EvalConfig:
                 "sequence window, or `history_len` events in chat prompts)."})
     last_level: str = field(default=SERVED_LAST_LEVEL, metadata={
         "help": "LLM retrieval on the SID's last (disambiguation) level: prior (no model call, as served) or model."})
+    trim_history: bool = field(default=True, metadata={
+        "help": "LLM plain recommendations: drop up to an eighth of the oldest history events so the prompt ends "
+                "one token past a whole KV block (chatrec.prompts.block_trimmed; `chatrec serve`'s default)."})
+    cases: str = field(default="test", metadata={
+        "help": "Held-out cases to score: test, or valid (the target before each test target; its input and the "
+                "training rows stop before it). Choose settings on valid, report test once."})
     llm_model_dir: str | None = field(default=None, metadata={
         "help": "Model folder for llm systems (default: BUNDLE/export, else BUNDLE/model), e.g. a training snapshot."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -460,6 +469,13 @@ class EvalConfig:
             raise ConfigError(f"`protocol` must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.last_level not in LAST_LEVELS:
             raise ConfigError(f"`last_level` must be one of {', '.join(LAST_LEVELS)}, got {self.last_level!r}")
+        if self.cases not in ("test", "valid"):
+            raise ConfigError(f"`cases` must be test or valid, got {self.cases!r}")
+
+
+def eval_file(config: EvalConfig) -> str:
+    """Where `evaluate_bundle` writes its results in the bundle: eval.json, or eval_valid.json."""
+    return "eval.json" if config.cases == "test" else "eval_valid.json"
 
 
 def sample_cases(cases: Sequence[Case], max_users: int | None, seed: int) -> list[Case]:
@@ -533,12 +549,14 @@ def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
 
         if bundle is None:
             raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
-        return ChatSystem(name, bundle, engine=config.engine, last_level=config.last_level)
+        return ChatSystem(name, bundle, engine=config.engine, last_level=config.last_level,
+                          trim_history=config.trim_history)
     if name.startswith("llm"):
         if bundle is None:
             raise ConfigError(f"system {name!r} needs a bundle with a finetuned model")
         return LLMSystem(name, bundle, engine=config.engine, history_len=config.llm_history_len,
-                         model_dir=config.llm_model_dir, last_level=config.last_level)
+                         model_dir=config.llm_model_dir, last_level=config.last_level,
+                         trim_history=config.trim_history)
     return BaselineSystem(name, seed=config.seed, progress=config.progress, itemknn=config.itemknn,
                           sasrec=config.sasrec)
 
@@ -546,9 +564,9 @@ def make_system(name: str, bundle: Bundle | None, config: EvalConfig) -> Any:
 def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit and score every system on the same test users; returns the eval.json mapping."""
-    cases = sample_cases(split.test, config.max_users, config.seed)
+    cases = sample_cases(split.test if config.cases == "test" else split.valid, config.max_users, config.seed)
     if not cases:
-        raise DataError("the split has no test users (each needs two positives at different times and a history)")
+        raise DataError(f"the split has no {config.cases} users (each needs two positives at different times and a history)")
     constraints = make_constraints(cases, catalog, config.seed) if config.conversational else []
     kmax = max(config.ks)
     results: dict[str, Any] = {}
@@ -565,7 +583,7 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
         scores["latency_ms_per_user"] = latency
         scores["fit_s"] = fit_s
         scores["users"] = len(cases)
-        for key in ("train_minutes", "engine", "search", "last_level"):  # the served path an LLM row was scored on
+        for key in ("train_minutes", "engine", "search", "last_level", "trim_history"):  # the served path an LLM row was scored on
             if key in fit_info[name]:
                 scores[key] = fit_info[name][key]
         if config.conversational:
@@ -580,6 +598,7 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
     results["split"] = {
         **split.description,
         "evaluated_users": len(cases),
+        "cases": config.cases,
         "max_users": config.max_users,
         "seed": config.seed,
         "ks": list(config.ks),
@@ -603,8 +622,11 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
 
 
 def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """`chatrec eval`: split the bundle's log, run every system, write eval.json, table and plot."""
+                    log: Callable[[str], None] = print, out: str | Path | None = None) -> dict[str, Any]:
+    """`chatrec eval`: split the bundle's log, run every system, write eval.json, table and plot.
+
+    With `out`, the results go to that JSON file only (the bundle's eval.json, table, plot and
+    manifest stay as they are): for side runs that must not replace the bundle's evaluation."""
     config = config or EvalConfig()
     bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
     catalog_df = pd.read_parquet(bundle.require("catalog.parquet"))
@@ -612,15 +634,20 @@ def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = Non
     catalog = Catalog(catalog_df)
     split = make_split(inter, config.protocol, target_actions=config.target_actions, known_items=catalog.ids)
     results = run(split, catalog, config, bundle, log)
-    atomic_write_json(bundle.path("eval.json"), results)
+    if out is not None:
+        atomic_write_json(Path(out), results)
+        return results
+    name = eval_file(config)
+    stem = "" if config.cases == "test" else "_valid"
+    atomic_write_json(bundle.path(name), results)
     table = markdown_table(results, config.ks)
-    atomic_write_text(bundle.path("eval", "table.md"), table)
-    plot(results, bundle.path("eval", "metrics.png"), config.ks)
+    atomic_write_text(bundle.path("eval", f"table{stem}.md"), table)
+    plot(results, bundle.path("eval", f"metrics{stem}.png"), config.ks)
     bundle.record_stage(
-        "eval", config=config,
+        "eval" + stem.replace("_", "."), config=config,
         inputs={"catalog.parquet": bundle.catalog_path, "interactions.parquet": bundle.interactions_path},
-        outputs={"eval.json": bundle.path("eval.json"), "table": bundle.path("eval", "table.md"),
-                 "plot": bundle.path("eval", "metrics.png")},
+        outputs={name: bundle.path(name), "table": bundle.path("eval", f"table{stem}.md"),
+                 "plot": bundle.path("eval", f"metrics{stem}.png")},
         counts={"test_users": results["split"]["evaluated_users"], "systems": len(config.systems)},
     )
     return results

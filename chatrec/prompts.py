@@ -114,6 +114,27 @@ def tokens_per_event(n_levels: int) -> int:
     return 1 + n_levels
 
 
+KV_BLOCK = 32  # KV-cache block of the vLLM engine: the smallest its CPU attention kernels take
+MAX_TRIM = 0.125  # the most of a history `block_trimmed` drops (its oldest events)
+
+
+def block_trimmed(n_events: int, per_event: int, extra: int = 1, *, block: int = KV_BLOCK,
+                  max_trim: float = MAX_TRIM) -> int:
+    """How many of the `n_events` most recent events a sequence prompt of `per_event * n + extra`
+    tokens keeps so that it ends as few tokens past a whole `block` as possible, dropping at most
+    `max_trim` of the events (the oldest) and as few as possible for that.
+
+    vLLM's prefix cache holds whole KV blocks only, so every retrieval beam recomputes the prompt's
+    partial last block: up to `block - 1` tokens per beam. A prompt that ends one token past a block
+    costs each beam two. Exact on every engine: the prompt is a shorter history that training saw
+    (windows of every length), never filler the model did not see.
+    """
+    if n_events < 1 or per_event * n_events + extra <= block:
+        return max(n_events, 0)
+    fewest = n_events - int(n_events * max_trim)
+    return min(range(n_events, fewest - 1, -1), key=lambda n: (per_event * n + extra) % block)
+
+
 def next_item_messages(
     events: Sequence[HistoryEvent],
     request: str | None = None,

@@ -25,6 +25,7 @@ from chatrec.prompts import (
     HistoryEvent,
     action_messages,
     action_roles,
+    block_trimmed,
     next_item_messages,
     sequence_prompt,
     taste_summary,
@@ -117,8 +118,9 @@ class Recommender:
                              build.get("negative_actions", ("dislike",)))
         self.positive_actions = roles[0] or ("like",)
         # the plain-sequence prompt holds as many events as one training window (+ the asked action)
-        per_event = tokens_per_event(token_map.n_levels)
-        self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // per_event)
+        self.per_event = tokens_per_event(token_map.n_levels)
+        self.sequence_events = max(1, (int(build.get("window_tokens", 256)) - 1) // self.per_event)
+        self.trim_history = True  # chatrec.prompts.block_trimmed on the plain sequence prompt
         self.negative_actions = roles[1] or ("dislike",)
         self.limits = CostLimits()
         self.domain = Domain(bundle.domain)  # the catalog's words in prompts (same as training)
@@ -213,6 +215,8 @@ class Recommender:
         positive action), exactly what sequence training saw. Otherwise the chat prompt + `<|sid_begin|>`."""
         if request is None and history:
             events = self.events(history)[-self.sequence_events:]
+            if self.trim_history:  # end one token past a whole KV block: vLLM's beams reuse the whole prompt
+                events = events[len(events) - block_trimmed(len(events), self.per_event):]
             text = sequence_prompt(events, self.positive_actions[0])
             # no padding or other filler: every engine must see the tokens training saw, or the served
             # ranking drifts from the evaluated one (left-padding to whole KV blocks did, by a third)

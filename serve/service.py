@@ -98,6 +98,10 @@ class ServeConfig:
                                        "(VLLM_CPU_KVCACHE_SPACE, when set, wins; on a GPU vLLM sizes it itself)."})
     search: str = field(
         default="beam", metadata={"help": "Top-K search over the item trie: beam, or best_first (exact top-k)."})
+    trim_history: bool = field(
+        default=True, metadata={"help": "Plain recommendations: drop up to an eighth of the oldest history events "
+                                        "so the prompt ends one token past a whole 32-token KV block, which vLLM's "
+                                        "prefix cache then reuses for every beam (the same prompt on every engine)."})
     last_level: str = field(
         default=SERVED_LAST_LEVEL, metadata={"help": "Retrieval scores on the SID's last (disambiguation) level: "
                                                      "prior (no model call; scored like the model on ML-100k) or "
@@ -202,6 +206,7 @@ def configure(recommender: Recommender, config: ServeConfig) -> None:
     recommender.limits = CostLimits(config.max_prompt_tokens, config.max_beam_tokens, config.max_rank_tokens)
     recommender.search = config.search
     recommender.last_level = config.last_level
+    recommender.trim_history = config.trim_history
 
 
 class ChatService:

@@ -23,6 +23,7 @@ def demo(
     engine: str = typer.Option("auto", "--engine", help=_help("engine")),
     port: int = typer.Option(8000, "--port", help="Port of the OpenAI-compatible endpoint."),
     ui_port: int = typer.Option(7860, "--ui-port", help="Port of the Gradio UI."),
+    train_steps: int = typer.Option(None, "--train-steps", help=_help("train_steps")),
     train_minutes: float = typer.Option(None, "--train-minutes", help=_help("train_minutes")),
 ) -> None:
     """Import MovieLens-100k, fit SIDs, extend + finetune SmolLM2, evaluate, then serve it with a chat UI.
@@ -38,6 +39,10 @@ def demo(
         if not train_minutes > 0:
             raise ConfigError(f"`--train-minutes` must be > 0, got {train_minutes}")
         config.train_minutes = train_minutes
+    if train_steps is not None:
+        if train_steps < 1:
+            raise ConfigError(f"`--train-steps` must be >= 1, got {train_steps}")
+        config.train_steps = train_steps
     result = run_pipeline(out or default_bundle(), config, log=lambda m: typer.echo(m, err=True))
     bundle = Path(result["bundle"])
     typer.echo(f"bundle ready: {bundle}", err=True)

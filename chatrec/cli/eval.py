@@ -31,6 +31,14 @@ def eval_command(
                                "`chatrec serve` serves), vllm or transformers."),
     last_level: str = typer.Option(None, "--last-level", help="LLM retrieval on the SID's last (disambiguation) "
                                    "level: prior (no model call, as served; the default) or model."),
+    trim_history: bool = typer.Option(True, "--trim-history/--no-trim-history", help="LLM plain recommendations: "
+                                      "drop up to an eighth of the oldest history events so the prompt ends one "
+                                      "token past a whole KV block (as `chatrec serve` does by default)."),
+    cases: str = typer.Option("test", "--cases", help="Which held-out cases to score: test, or valid (each "
+                              "user's target before the test one; choose settings here, then report test once). "
+                              "valid writes BUNDLE/eval_valid.json."),
+    out: Path = typer.Option(None, "--out", help="Write the results to this JSON file only, leaving the bundle's "
+                             "eval.json, table, plot and manifest as they are."),
     sasrec_epochs: int = typer.Option(50, "--sasrec-epochs", help="Maximum SASRec epochs (early-stopped on validation)."),
     sasrec_negatives: int | None = typer.Option(None, "--sasrec-negatives", help="SASRec sampled-softmax negatives "
                                                 "per batch (default: full softmax over the catalog; 128 is the "
@@ -43,7 +51,7 @@ def eval_command(
     """Compare systems on a leave-last-out split with full-catalog ranking; writes BUNDLE/eval.json."""
     from chatrec.baselines import SASRecConfig
     from chatrec.errors import ConfigError
-    from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
+    from chatrec.evaluation import EvalConfig, eval_file, evaluate_bundle, markdown_table
     from chatrec.retrieval import SERVED_LAST_LEVEL
 
     try:
@@ -53,8 +61,9 @@ def eval_command(
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
                         target_actions=tuple(_csv(target_actions)), protocol=protocol, conversational=conversational,
                         engine=engine, last_level=last_level or SERVED_LAST_LEVEL,
+                        trim_history=trim_history, cases=cases,
                         sasrec=SASRecConfig(epochs=sasrec_epochs, negatives=sasrec_negatives, max_len=sasrec_max_len),
                         llm_model_dir=str(llm_model_dir) if llm_model_dir else None)
-    results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True))
+    results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True), out=out)
     typer.echo(markdown_table(results, config.ks))
-    typer.echo(f"wrote {Path(bundle) / 'eval.json'}")
+    typer.echo(f"wrote {out or Path(bundle) / eval_file(config)}")

@@ -62,6 +62,7 @@ def serve(
     insecure: bool = typer.Option(False, "--insecure", help=_help("insecure")),
     search: str = typer.Option("beam", "--search", help=_help("search")),
     last_level: str = typer.Option(None, "--last-level", help=_help("last_level") + " Default: prior."),
+    trim_history: bool = typer.Option(True, "--trim-history/--no-trim-history", help=_help("trim_history")),
     upstream: str = typer.Option(None, "--upstream", help=_help("upstream")),
     upstream_timeout: float = typer.Option(60.0, "--upstream-timeout", help=_help("upstream_timeout")),
     upstream_api_key: str = typer.Option(None, "--upstream-api-key", help=_help("upstream_api_key")),
@@ -98,7 +99,7 @@ def serve(
                          feedback_per_minute=feedback_per_minute, max_log_bytes=max_log_bytes,
                          admin_key=secret(admin_key, admin_key_file, "CHATREC_ADMIN_KEY"), reload_bundles=named,
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
-                         insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL,
+                         insecure=insecure, search=search, last_level=last_level or SERVED_LAST_LEVEL, trim_history=trim_history,
                          upstream=upstream, upstream_timeout=upstream_timeout,
                          kv_cache_gib=kv_cache_gib, stream_stall_seconds=stream_stall_seconds,
                          upstream_api_key=secret(upstream_api_key, upstream_api_key_file, "CHATREC_UPSTREAM_API_KEY"))

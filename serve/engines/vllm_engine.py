@@ -25,9 +25,9 @@ import numpy as np
 from chatrec.constrained import ConstraintCore
 from chatrec.engine import GenerationParams, TokenStep
 from chatrec.errors import ChatrecError
+from chatrec.prompts import KV_BLOCK
 
 _MAX_SCORED_IDS = 128  # vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS
-BLOCK_SIZE = 32  # KV-cache block tokens: the smallest the CPU attention kernels take
 _DONE = object()
 
 
@@ -73,7 +73,9 @@ class VLLMEngine:
             # Hence the smallest block the CPU attention kernels take (32; the backend's default
             # is 128). Prompts are never padded to whole blocks: the model was not trained on
             # filler, and left-padding the history served a ranking a third worse than evaluated.
-            block_size=BLOCK_SIZE,
+            # Instead the plain retrieval prompt drops up to an eighth of its oldest events so that it
+            # ends one token past a block (chatrec.prompts.block_trimmed), on every engine alike.
+            block_size=KV_BLOCK,
             gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes, seed=0,
         )
         self.engine = self.llm.llm_engine

@@ -201,6 +201,26 @@ def test_evaluate_bundle_writes_eval_json_table_plot_and_manifest(bundle_dir: Pa
     assert Bundle(bundle_dir).stage("eval")["counts"]["test_users"] == 20
 
 
+def test_validation_cases_are_scored_apart_from_test(bundle_dir: Path) -> None:
+    """`--cases valid` scores each user's earlier target and writes eval_valid.json, leaving eval.json alone."""
+    config = EvalConfig(systems=("popularity",), progress=False, conversational=False)
+    test = evaluate_bundle(bundle_dir, config, log=lambda _: None)
+    valid = evaluate_bundle(bundle_dir, EvalConfig(systems=("popularity",), progress=False, conversational=False,
+                                                   cases="valid"), log=lambda _: None)
+    assert valid["split"]["cases"] == "valid" and test["split"]["cases"] == "test"
+    assert valid["split"]["evaluated_users"] == valid["split"]["valid_users"]
+    assert json.loads((bundle_dir / "eval.json").read_text())["split"]["cases"] == "test"
+    assert json.loads((bundle_dir / "eval_valid.json").read_text())["split"]["cases"] == "valid"
+    assert (bundle_dir / "eval" / "table_valid.md").exists()
+    assert Bundle(bundle_dir).stage("eval.valid")["counts"]["test_users"] == valid["split"]["evaluated_users"]
+    with pytest.raises(ConfigError, match="cases"):
+        EvalConfig(cases="train")
+    side = evaluate_bundle(bundle_dir, EvalConfig(systems=("random",), progress=False, conversational=False),
+                           log=lambda _: None, out=bundle_dir / "side.json")
+    assert json.loads((bundle_dir / "side.json").read_text())["random"]["ndcg@10"] == side["random"]["ndcg@10"]
+    assert set(json.loads((bundle_dir / "eval.json").read_text())) == {"popularity", "split"}  # left alone
+
+
 def test_cli_eval(bundle_dir: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--systems", "popularity,itemknn",
