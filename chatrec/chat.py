@@ -67,7 +67,8 @@ POSITIVE = r"(?:loved|love|liked|enjoyed|adored|like|similar to|such as|fan of|b
 NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|could not stand)"
 EXCLUDE = r"(?:not|except|other than|no more|besides|apart from|already seen|already watched|seen|watched)"
 NAMED = r"(?:called|titled|named|what is|what's|tell me about|who directed|who made|when was|have you seen)"
-MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.,;!?\n]+)", re.I)
+# the phrase runs to the sentence's end: a list of titles after one trigger ("loved Heat, Fargo and Alien")
+MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.;!?\n]+)", re.I)
 _NEXT_TRIGGER = re.compile(rf"\s*\b(?:but|and|or)?\s*\b(?:{NEGATIVE}|{EXCLUDE}|{POSITIVE})\b", re.I)
 _TRAILING = re.compile(r"\s+(?:about|made|released|out)\s*$", re.I)
 QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,120})[\"“”«»]|(?<!\w)'([^']{2,120})'(?!\w)")
@@ -266,27 +267,53 @@ class CatalogIndex:
         return {i: self.names[i] for i in window if i in allowed}
 
     def _link_phrase(self, phrase: str) -> tuple[str, int, float] | list[tuple[str, int, float]] | None:
-        """Link the whole phrase, else its parts split at and/or/but/commas."""
+        """Link the whole phrase, else the titles of a list in it ("Heat, Fargo and Alien").
+
+        The list's parts (between commas and and/or/but/&) are joined greedily into the longest run
+        of up to `MAX_JOIN` parts that names a title, so a title with "and" or a comma in it
+        ("Sense and Sensibility") stays whole; a part that runs on past its title ("Alien last
+        week") is shrunk from the right, in a list only to a title-like (capitalised) prefix.
+        """
         phrase = DETERMINERS.sub("", phrase.strip(" \"'"))
         whole = self.link(phrase)
         if whole is not None:
             return (phrase, *whole)
-        parts = [p.strip() for p in re.split(r"\s+(?:and|or|but|&)\s+|,", phrase) if p.strip()]
+        pieces = re.split(r"(\s+(?:and|or|but|&)\s+|\s*,\s*)", phrase)
+        parts, seps = pieces[0::2][:MAX_MENTIONS], pieces[1::2]
         if len(parts) < 2:
-            # a phrase that runs on past the title ("Alien last week"): try shrinking from the right
-            words = phrase.split()
-            for end in range(len(words) - 1, 0, -1):
-                hit = self.link(" ".join(words[:end]))
+            return self._link_shrunk(phrase, title_like=False)
+        out: list[tuple[str, int, float]] = []
+        i = 0
+        while i < len(parts):
+            for j in range(min(len(parts), i + MAX_JOIN), i, -1):
+                text = DETERMINERS.sub("", (parts[i] + "".join(seps[m] + parts[m + 1] for m in range(i, j - 1))).strip())
+                hit = self.link(text) if j > i + 1 else self._link_shrunk(text, title_like=True)
+                if hit is not None and j > i + 1 and hit[1] < JOIN_SCORE:
+                    hit = None  # a fuzzy run would swallow the next title ("The Usual Suspects, Heat")
                 if hit is not None:
-                    return (" ".join(words[:end]), *hit)
-            return None
-        out = []
-        for p in parts:
-            p = DETERMINERS.sub("", p)
-            hit = self.link(p)
-            if hit is not None:
-                out.append((p, *hit))
+                    out.append((text, *hit) if j > i + 1 else hit)  # type: ignore[arg-type]
+                    i = j
+                    break
+            else:
+                i += 1
         return out or None
+
+    def _link_shrunk(self, text: str, *, title_like: bool) -> tuple[str, int, float] | None:
+        """`text` linked whole, else its longest linkable prefix of whole words (title-like if asked)."""
+        if not text:
+            return None
+        hit = self.link(text)
+        if hit is not None:
+            return (text, *hit)
+        words = text.split()[:MAX_TITLE_WORDS]
+        for end in range(len(words) - 1, 0, -1):
+            prefix = " ".join(words[:end])
+            if title_like and not self._is_title_like(prefix):
+                continue
+            hit = self.link(prefix)
+            if hit is not None:
+                return (prefix, *hit)
+        return None
 
     def _is_title_like(self, phrase: str) -> bool:
         words = [w for w in re.findall(r"[\w'’-]+", phrase) if w.lower() not in {"and", "or", "the", "of", "a"}]
@@ -294,7 +321,10 @@ class CatalogIndex:
 
 
 MAX_CHARS = 2000  # of one message read (the end of a longer one): a bound on the work per request
-MAX_MENTIONS = 12  # title phrases looked up per message
+MAX_MENTIONS = 12  # title phrases looked up per message (and titles read from one listed phrase)
+MAX_JOIN = 3  # list parts one title may span ("Sense and Sensibility": 2)
+JOIN_SCORE = 95.0  # the least link score of a title spanning several list parts (near-exact)
+MAX_TITLE_WORDS = 10  # words of a run-on part tried as a title's prefix
 
 
 def understand(text: str, index: CatalogIndex) -> Understanding:

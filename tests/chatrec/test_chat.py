@@ -43,6 +43,29 @@ def test_titles_link_year_aware_with_the_action_the_words_imply(movies: CatalogI
     assert display_title("Usual Suspects, The (1995)") == ("The Usual Suspects", 1995)
 
 
+def test_a_list_of_titles_after_one_verb_links_every_title() -> None:
+    import pandas as pd
+
+    cat = make_catalog(10)
+    titles = ["Usual Suspects, The (1995)", "Heat (1995)", "Fargo (1996)", "Sense and Sensibility (1995)",
+              "Emma (1996)", "Alien (1979)"]
+    extra = cat.iloc[: len(titles)].copy()
+    extra["item_id"] = [f"t{i}" for i in range(len(titles))]
+    extra["title"] = titles
+    index = CatalogIndex(pd.concat([cat, extra], ignore_index=True))
+
+    def liked(text: str) -> list[tuple[str, str]]:
+        return [(x.item_id, x.action) for x in understand(text, index).linked]
+
+    assert liked("I loved The Usual Suspects, Heat and Fargo. What next?") == [("t0", "like"), ("t1", "like"),
+                                                                              ("t2", "like")]
+    assert liked("i loved sense and sensibility, emma and alien") == [("t3", "like"), ("t4", "like"), ("t5", "like")]
+    assert liked("Loved Heat, Fargo last year, and something funny") == [("t1", "like"), ("t2", "like")]
+    assert liked("I loved Heat, but I hated Fargo") == [("t1", "like"), ("t2", "dislike")]
+    u = understand("I liked Alien, it was scary, and I want a comedy now", index)
+    assert [x.item_id for x in u.linked] == ["t5"] and "Comedy" in u.categories
+
+
 def test_unknown_titles_are_reported_never_guessed(movies: CatalogIndex) -> None:
     u = understand("a movie called Zzyzx Qwerty 2099", movies)
     assert u.linked == [] and u.unmatched == ["Zzyzx Qwerty 2099"] and not u.recommend
