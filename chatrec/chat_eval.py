@@ -24,9 +24,10 @@ class ChatSystem:
         self.trim_history = trim_history
         self.rec: Any = None
         self.conversation: Any = None
+        self._retrieve: Any = None
 
     def fit(self, split: Any, catalog: Any) -> dict[str, Any]:
-        from chatrec.dialogue import Conversation
+        from chatrec.dialogue import Conversation, model_retrieve
         from serve.service import ServeConfig, served_recommender
 
         served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level,
@@ -34,17 +35,9 @@ class ChatSystem:
         self.rec = served_recommender(served)
         train = split.train[["user_id", "item_id", "action"]]
         self.conversation = Conversation.for_recommender(self.rec, interactions=train)
+        self._retrieve = model_retrieve(self.rec)
         return {"engine": served.engine, "path": "chat turn (chatrec.dialogue)", "bundle": str(self.bundle.root),
                 "text_encoder": self.conversation.space is not None}
-
-    def _retrieve(self, history: list[tuple[str, str]], k: int, request: str | None,
-                  include: list[str] | None) -> list[str]:
-        from chatrec.constrained import FilterError
-
-        try:
-            return [r.item_id for r in self.rec.recommend(history, k=k, request=request, include_item_ids=include)]
-        except FilterError:
-            return []
 
     def recommend(self, cases: Sequence[Any], k: int, constraints: Sequence[Any] | None = None) -> list[list[str]]:
         from tqdm.auto import tqdm

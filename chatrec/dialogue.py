@@ -66,6 +66,19 @@ LISTED = re.compile(r"^\s*(\d{1,2})\.\s+(.+?)(?::\s|$)")
 Retrieve = Callable[[list[tuple[str, str]], int, str | None, list[str] | None], list[str]]
 
 
+def model_retrieve(rec: Any) -> Retrieve:
+    """`rec`'s constrained retrieval as a `Retrieve` (item ids, best first; none when no item passes)."""
+    from chatrec.constrained import FilterError
+
+    def retrieve(history: list[tuple[str, str]], k: int, request: str | None, include: list[str] | None) -> list[str]:
+        try:
+            return [r.item_id for r in rec.recommend(history, k=k, request=request, include_item_ids=include)]
+        except FilterError:
+            return []
+
+    return retrieve
+
+
 @dataclass
 class DialogueState:
     """What the conversation has established so far (catalog positions)."""
@@ -297,6 +310,22 @@ class Conversation:
         return state, u, found
 
     # the turn ----------------------------------------------------------------------------------
+    def request_items(self, request: str, retrieve: Retrieve, *, k: int, history: Sequence[tuple[str, str]] = (),
+                      categories: Sequence[str] | None = None, exclude_item_ids: Sequence[str] = (),
+                      exclude_history: bool = True) -> list[tuple[int, float]] | None:
+        """The items (catalog positions, pick scores) that a history + one request in words gets: the
+        picks of a chat turn with that message (`/v1/recommendations` with `request`, and the eval's
+        LLM row with a request). None when the words ask for no recommendation (small talk, a
+        question about a title) or no item qualifies: the caller then asks the model alone.
+
+        Why not the model alone: its chat prompt holds only the last `history_len` events, and on
+        ML-100k reading the request that way hit a third as often as the plain history prompt
+        (conversational HR@10 0.065 against 0.158 without words); the picks read the words, keep
+        the whole history's retrieval as one signal and raised it to 0.33."""
+        turn = self.answer([("user", request)], retrieve, k=k, categories=categories,
+                           exclude_item_ids=exclude_item_ids, history=history, exclude_history=exclude_history)
+        return turn.items if turn.kind == "recommendation" and turn.items else None
+
     def answer(self, messages: Sequence[tuple[str, str]], retrieve: Retrieve, *, k: int | None = None,
                categories: Sequence[str] | None = None, exclude_item_ids: Sequence[str] = (),
                history: Sequence[tuple[str, str]] = (), exclude_history: bool = True) -> Turn:

@@ -341,6 +341,8 @@ class LLMSystem:
         self.engine = engine
         self.history_len = history_len
         self.rec: Any = None
+        self.conversation: Any = None
+        self.train: Any = None
 
     def fit(self, split: Split, catalog: Catalog) -> dict[str, Any]:
         # the served path itself: `chatrec serve`'s engine (auto: vLLM when installed), engine
@@ -350,6 +352,7 @@ class LLMSystem:
         served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level,
                              trim_history=self.trim_history)
         self.rec = served_recommender(served, model_dir=self.model_dir)
+        self.train = split.train[["user_id", "item_id", "action"]]  # co-occurrence for requests: no held-out target
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
         info = {"engine": served.engine, "search": served.search, "last_level": self.last_level,
                 "trim_history": self.trim_history,
@@ -371,14 +374,30 @@ class LLMSystem:
         from tqdm.auto import tqdm
 
         out = []
+        from chatrec.dialogue import model_retrieve
+
         for row, case in enumerate(tqdm(cases, desc=self.name, leave=False)):
             history = [{"item_id": i, "action": a} for i, a in zip(case.items, case.actions, strict=True)]
             if self.history_len is not None:
                 history = history[-self.history_len:]  # the prompt length it was trained on; all input items stay excluded
+            if constraints is not None:  # words: read as `/v1/recommendations` reads a `request`
+                picked = self._conversation().request_items(constraints[row].text, model_retrieve(self.rec), k=k,
+                                                            history=history, exclude_item_ids=list(case.items))
+                if picked is not None:
+                    ids = self._conversation().index.ids
+                    out.append([ids[i] for i, _ in picked])
+                    continue
             request = constraints[row].text if constraints is not None else None
             recs = self.rec.recommend(history, k, request=request, exclude_item_ids=set(case.items))
             out.append([str(getattr(r, "item_id", r)) for r in recs])
         return out
+
+    def _conversation(self) -> Any:
+        if self.conversation is None:
+            from chatrec.dialogue import Conversation
+
+            self.conversation = Conversation.for_recommender(self.rec, interactions=self.train)
+        return self.conversation
 
     def close(self) -> None:
         if self.rec is not None:

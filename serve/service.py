@@ -22,7 +22,7 @@ from chatrec.constrained import FilterError
 from chatrec.engine import GenerationParams
 from chatrec.errors import ChatrecError, ConfigError
 from chatrec.prompts import history_text
-from chatrec.recommender import CostLimits, LimitError, Recommender, UnknownItemError
+from chatrec.recommender import CostLimits, LimitError, Recommendation, Recommender, UnknownItemError
 from chatrec.retrieval import LAST_LEVELS, SERVED_LAST_LEVEL
 from chatrec.tokens import escape_special_tokens, sid_string
 from serve.engines import ENGINES
@@ -503,10 +503,12 @@ class ChatService:
     # recommendations, ranking, feedback ----------------------------------------------------------
     def recommend(self, req: RecommendationsRequest) -> dict[str, Any]:
         self.check_model(req.model)
+        history = [(h.item_id, h.action) for h in req.history]
         try:
-            recs = self.rec.recommend([(h.item_id, h.action) for h in req.history], k=req.k, request=req.request,
-                                      exclude_item_ids=req.exclude_item_ids, categories=req.categories,
-                                      exclude_history=req.exclude_history)
+            recs = self._request_recs(req, history) if req.request and req.request.strip() else None
+            if recs is None:  # no words, or words that ask for nothing: the model's own top-k
+                recs = self.rec.recommend(history, k=req.k, request=req.request, exclude_item_ids=req.exclude_item_ids,
+                                          categories=req.categories, exclude_history=req.exclude_history)
         except LimitError as exc:
             raise APIError(400, str(exc), param="k", code="limit_exceeded") from None
         except (UnknownItemError, FilterError) as exc:
@@ -518,6 +520,19 @@ class ChatService:
             cats = [str(c) for c in row["categories"]] if row is not None and "categories" in row else []
             items.append({"item_id": r.item_id, "title": r.title, "sid": r.sid, "score": r.score, "categories": cats})
         return {"object": "chatrec.recommendations", "model": self.config.model_name, "items": items}
+
+    def _request_recs(self, req: RecommendationsRequest, history: list[tuple[str, str]]) -> list[Recommendation] | None:
+        """A request in words is read as the chat reads it (`Conversation.request_items`): the
+        words' categories, years and titles, with the model's retrieval on the history as one signal."""
+        self.rec.events(history)  # unknown items and actions: the same 400 as without words
+        picked = self.conversation.request_items(req.request or "", self._retrieve, k=req.k, history=history,
+                                                 categories=req.categories, exclude_item_ids=req.exclude_item_ids,
+                                                 exclude_history=req.exclude_history)
+        if picked is None:
+            return None
+        ids = self.conversation.index.ids
+        return [Recommendation(ids[i], self.rec.titles[ids[i]], self.sids.get(ids[i], ""), float(score))
+                for i, score in picked]
 
     def rank(self, req: RankRequest) -> dict[str, Any]:
         self.check_model(req.model)

@@ -269,10 +269,12 @@ def test_llm_system_on_a_tiny_bundle(tmp_path: Path) -> None:
     from chatrec.testing import make_tiny_bundle
 
     bundle = make_tiny_bundle(tmp_path / "b", n_users=30)
-    config = EvalConfig(systems=("popularity", "llm-tiny"), ks=(5, 10), max_users=4, progress=False)
+    # the tiny model's 16-wide heads are below what vLLM's CPU attention takes: transformers engine
+    config = EvalConfig(systems=("popularity", "llm-tiny"), ks=(5, 10), max_users=4, progress=False,
+                        engine="transformers")
     out = evaluate_bundle(bundle, config, log=lambda _: None)
     llm = out["llm-tiny"]
     assert llm["users"] == 4 and llm["invalid_rate"] == 0.0 and llm["seen_rate"] == 0.0
     assert llm["latency_ms_per_user"] > 0 and 0 <= llm["conv_sat@10"] <= 1
     assert "conv_filter_hr@10" not in llm  # the LLM reads the request itself
-    assert out["split"]["systems"]["llm-tiny"]["history_len"] == 20
+    assert out["split"]["systems"]["llm-tiny"]["history_len"] is None  # the whole input (the recommender windows it)

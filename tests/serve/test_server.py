@@ -78,6 +78,8 @@ def test_recommendations_endpoint(server: RemoteServer) -> None:
     assert len(ids) == 5 == len(set(ids))
     assert set(ids) <= set(cat["item_id"]) and not set(ids) & {"m0", "m2", "m3"}
     assert [it["score"] for it in items] == sorted((it["score"] for it in items), reverse=True)
+    comedy = set(cat.loc[cat["categories"].map(lambda c: "Comedy" in list(c)), "item_id"])
+    assert set(ids) <= comedy  # the words are read as the chat reads them: "a comedy" is a category
     r = httpx.post(server.url + "/v1/recommendations", json={**body, "categories": ["Horror"]},
                    headers=server.headers(), timeout=120)
     horror = set(cat.loc[cat["categories"].map(lambda c: "Horror" in list(c)), "item_id"])
