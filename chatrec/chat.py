@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,43 +266,60 @@ class CatalogIndex:
         allowed = set().union(*(self._postings.get(w, set()) for w in words[:2])) if words else set()
         return {i: self.names[i] for i in window if i in allowed}
 
-    def _link_phrase(self, phrase: str) -> tuple[str, int, float] | list[tuple[str, int, float]] | None:
+    def _link_phrase(self, phrase: str, budget: list[int] | None = None
+                     ) -> tuple[str, int, float] | list[tuple[str, int, float]] | None:
         """Link the whole phrase, else the titles of a list in it ("Heat, Fargo and Alien").
 
-        The list's parts (between commas and and/or/but/&) are joined greedily into the longest run
-        of up to `MAX_JOIN` parts that names a title, so a title with "and" or a comma in it
-        ("Sense and Sensibility") stays whole; a part that runs on past its title ("Alien last
-        week") is shrunk from the right, in a list only to a title-like (capitalised) prefix.
+        Each part of the list (between commas and and/or/but/&) is linked alone when it names a
+        title exactly; otherwise the longest run of up to `MAX_JOIN` parts that names one nearly
+        exactly ("Sense and Sensibility"), else the part shrunk from the right to a title-like
+        (capitalised) prefix ("Alien last week"). `budget` ([lookups left]) bounds the title
+        lookups of one message, whatever its length.
         """
+        budget = budget if budget is not None else [MAX_LINKS]
+
+        def link(text: str) -> tuple[int, float] | None:
+            if budget[0] <= 0 or not text:
+                return None
+            budget[0] -= 1
+            return self.link(text)
+
         phrase = DETERMINERS.sub("", phrase.strip(" \"'"))
-        whole = self.link(phrase)
+        whole = link(phrase)
         if whole is not None:
             return (phrase, *whole)
         pieces = re.split(r"(\s+(?:and|or|but|&)\s+|\s*,\s*)", phrase)
         parts, seps = pieces[0::2][:MAX_MENTIONS], pieces[1::2]
         if len(parts) < 2:
-            return self._link_shrunk(phrase, title_like=False)
+            return self._link_shrunk(phrase, link, title_like=False)
         out: list[tuple[str, int, float]] = []
         i = 0
-        while i < len(parts):
-            for j in range(min(len(parts), i + MAX_JOIN), i, -1):
-                text = DETERMINERS.sub("", (parts[i] + "".join(seps[m] + parts[m + 1] for m in range(i, j - 1))).strip())
-                hit = self.link(text) if j > i + 1 else self._link_shrunk(text, title_like=True)
-                if hit is not None and j > i + 1 and hit[1] < JOIN_SCORE:
-                    hit = None  # a fuzzy run would swallow the next title ("The Usual Suspects, Heat")
-                if hit is not None:
-                    out.append((text, *hit) if j > i + 1 else hit)  # type: ignore[arg-type]
+        while i < len(parts) and budget[0] > 0:
+            text = DETERMINERS.sub("", parts[i].strip())
+            hit = link(text)
+            if hit is not None and hit[1] >= 100.0:
+                out.append((text, *hit))
+                i += 1
+                continue
+            for j in range(min(len(parts), i + MAX_JOIN), i + 1, -1):
+                joined = DETERMINERS.sub("", (parts[i] + "".join(seps[m] + parts[m + 1] for m in range(i, j - 1))).strip())
+                run = link(joined)
+                if run is not None and run[1] >= JOIN_SCORE:  # a fuzzy run would swallow the next title
+                    out.append((joined, *run))
                     i = j
                     break
             else:
+                got = (text, *hit) if hit is not None else self._link_shrunk(text, link, title_like=True, whole=False)
+                if got is not None:
+                    out.append(got)
                 i += 1
         return out or None
 
-    def _link_shrunk(self, text: str, *, title_like: bool) -> tuple[str, int, float] | None:
-        """`text` linked whole, else its longest linkable prefix of whole words (title-like if asked)."""
-        if not text:
-            return None
-        hit = self.link(text)
+    def _link_shrunk(self, text: str, link: Callable[[str], tuple[int, float] | None], *, title_like: bool,
+                     whole: bool = True) -> tuple[str, int, float] | None:
+        """`text` linked whole (unless `whole=False`: already tried), else its longest linkable
+        prefix of whole words (title-like if asked)."""
+        hit = link(text) if whole else None
         if hit is not None:
             return (text, *hit)
         words = text.split()[:MAX_TITLE_WORDS]
@@ -310,7 +327,7 @@ class CatalogIndex:
             prefix = " ".join(words[:end])
             if title_like and not self._is_title_like(prefix):
                 continue
-            hit = self.link(prefix)
+            hit = link(prefix)
             if hit is not None:
                 return (prefix, *hit)
         return None
@@ -324,6 +341,7 @@ MAX_CHARS = 2000  # of one message read (the end of a longer one): a bound on th
 MAX_MENTIONS = 12  # title phrases looked up per message (and titles read from one listed phrase)
 MAX_JOIN = 3  # list parts one title may span ("Sense and Sensibility": 2)
 JOIN_SCORE = 95.0  # the least link score of a title spanning several list parts (near-exact)
+MAX_LINKS = 24  # title lookups per message: bounds the reading of a long message on a large catalog
 MAX_TITLE_WORDS = 10  # words of a run-on part tried as a title's prefix
 
 
@@ -366,7 +384,8 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
         else:
             add(phrase, *hit, action_of(kind) if kind != "mention" else "mention")
     pos = 0
-    while (found := MENTION.search(rest, pos)) is not None and lookups < MAX_MENTIONS:
+    budget = [MAX_LINKS]  # shared by every phrase of this message
+    while (found := MENTION.search(rest, pos)) is not None and lookups < MAX_MENTIONS and budget[0] > 0:
         lookups += 1
         kind, phrase = found.group("kind"), found.group("phrase")
         cut = _NEXT_TRIGGER.search(phrase, 1)  # "loved X but hated Y": X ends where the next trigger starts
@@ -376,7 +395,7 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
         phrase = _TRAILING.sub("", phrase.strip())
         if not phrase:
             continue
-        got = index._link_phrase(phrase)
+        got = index._link_phrase(phrase, budget)
         if got is None:
             cleaned = DETERMINERS.sub("", phrase)
             if re.fullmatch(NAMED, kind.lower()) or index._is_title_like(cleaned):

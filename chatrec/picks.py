@@ -26,13 +26,18 @@ from chatrec.errors import ConfigError
 
 @dataclass
 class PickConfig:
-    """Weights of the signals `Picker.pick` adds up (each signal is a z-score over the candidates)."""
+    """Weights of the signals `Picker.pick` adds up (each signal is a z-score over the candidates).
+
+    Neighbours and popularity were chosen on ML-100k's validation users (`benchmarks/tune_picks.py`,
+    16 settings); words stays at 1.0, since that validation's requests are genres and decades only
+    and the words signal is what steers a request by theme.
+    """
 
     words: float = field(default=1.0, metadata={"help": "Weight of the request's similarity to item text."})
     categories: float = field(default=3.0, metadata={"help": "Weight of carrying the implied categories."})
-    neighbours: float = field(default=1.5, metadata={"help": "Weight of co-occurrence with the liked titles."})
+    neighbours: float = field(default=3.0, metadata={"help": "Weight of co-occurrence with the liked titles."})
     model: float = field(default=0.75, metadata={"help": "Weight of the model's retrieval rank."})
-    popularity: float = field(default=0.5, metadata={"help": "Weight of log popularity."})
+    popularity: float = field(default=0.25, metadata={"help": "Weight of log popularity."})
     model_k: int = field(default=5, metadata={
         "help": "Items asked of the model's retrieval per turn (5 keeps its beam at 10, as a plain top-3 had)."})
 

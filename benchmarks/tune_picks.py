@@ -1,0 +1,101 @@
+"""Choose the chat's pick weights (`chatrec.picks.PickConfig`) on validation users, never on test.
+
+The served chat turn (`chatrec.chat_eval.ChatSystem`, the code `/v1/chat/completions` runs) answers
+every validation case twice, as `chatrec eval` does: the plain "What should I watch next?" and the
+case's conversational request (a genre or a decade its target satisfies). The model's retrieval
+does not depend on the weights, so it is computed once per case and cached; each weight setting
+then re-runs only the picking. Prints HR@10 / NDCG@10 per setting, plain and conversational, with
+item-kNN (with the request as a hard filter) on the same users.
+
+    .venv/bin/python benchmarks/tune_picks.py --bundle BUNDLE [--engine vllm]
+
+Writes benchmarks/results/tune_picks.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPO)
+RESULTS = REPO / "benchmarks" / "results"
+
+GRID = {"neighbours": (1.5, 3.0), "words": (0.5, 1.0), "model": (0.75, 1.5), "popularity": (0.25, 0.5)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--max-users", type=int, default=None)
+    args = ap.parse_args()
+
+    import pandas as pd
+
+    from chatrec.bundle import Bundle
+    from chatrec.chat_eval import ChatSystem
+    from chatrec.evaluation import (
+        BaselineSystem,
+        Catalog,
+        make_constraints,
+        make_split,
+        sample_cases,
+        score_lists,
+    )
+
+    bundle = Bundle(args.bundle)
+    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
+    split = make_split(pd.read_parquet(bundle.require("interactions.parquet")), "liked", known_items=catalog.ids)
+    cases = sample_cases(split.valid, args.max_users, 0)
+    cons = make_constraints(cases, catalog, 0)
+    pairs = [(c, con) for c, con in zip(cases, cons, strict=True) if con is not None]
+    system = ChatSystem("chat", bundle, engine=args.engine)
+    system.fit(split, catalog)
+    cache: dict[Any, list[str]] = {}
+    retrieve = system._retrieve
+
+    def cached(history: list[tuple[str, str]], k: int, request: str | None, include: list[str] | None) -> list[str]:
+        key = (tuple(history), k, request, tuple(include) if include is not None else None)
+        if key not in cache:
+            cache[key] = retrieve(history, k, request, include)
+        return cache[key]
+
+    system._retrieve = cached
+    knn = BaselineSystem("itemknn", seed=0, progress=False)
+    knn.fit(split, catalog)
+    knn_conv = knn.recommend([c for c, _ in pairs], 10, [con for _, con in pairs], filtered=True)
+    rows = [{"setting": "item-kNN", **{k: round(v, 4) for k, v in score_lists(knn.recommend(cases, 10), cases, catalog,
+                                                                          (10,)).items() if "@" in k},
+             **{f"conv_{k}": round(v, 4) for k, v in score_lists(knn_conv, [c for c, _ in pairs], catalog, (10,)).items()
+                if "@" in k}}]
+    config = system.conversation.picker.config
+    for values in itertools.product(*GRID.values()):
+        for name, value in zip(GRID, values, strict=True):
+            setattr(config, name, value)
+        t0 = time.perf_counter()
+        plain = system.recommend(cases, 10)
+        conv = system.recommend([c for c, _ in pairs], 10, [con for _, con in pairs])
+        row = {"setting": ", ".join(f"{n}={v}" for n, v in zip(GRID, values, strict=True)),
+               **{k: round(v, 4) for k, v in score_lists(plain, cases, catalog, (10,)).items() if "@" in k},
+               **{f"conv_{k}": round(v, 4) for k, v in score_lists(conv, [c for c, _ in pairs], catalog, (10,)).items()
+                  if "@" in k}, "s": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(row, flush=True)
+    print("| setting | HR@10 | NDCG@10 | conv HR@10 | conv NDCG@10 |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['conv_hr@10']:.4f} | "
+              f"{r['conv_ndcg@10']:.4f} |")
+    (RESULTS / "tune_picks.json").write_text(json.dumps({"split": "valid", "users": len(cases),
+                                                         "conversational_users": len(pairs), "rows": rows},
+                                                        indent=1) + "\n")
+    system.close()
+
+
+if __name__ == "__main__":
+    main()
