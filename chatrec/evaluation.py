@@ -373,11 +373,11 @@ class LLMSystem:
                   ) -> list[list[str]]:
         from tqdm.auto import tqdm
 
-        out = []
         from chatrec.dialogue import model_retrieve
 
+        out = []
         for row, case in enumerate(tqdm(cases, desc=self.name, leave=False)):
-            history = [{"item_id": i, "action": a} for i, a in zip(case.items, case.actions, strict=True)]
+            history = list(zip(case.items, case.actions, strict=True))
             if self.history_len is not None:
                 history = history[-self.history_len:]  # the prompt length it was trained on; all input items stay excluded
             if constraints is not None:  # words: read as `/v1/recommendations` reads a `request`
