@@ -62,7 +62,7 @@ LIKE_IT = re.compile(r"\b(?:more like|similar to|something like)\s+(?:it|that|th
 NOT_YEARS = re.compile(r"\b(?:not|no|nothing|none|without)\b[^.,;!?]*\b(?:before|after|since)\s+(?:1[89]|20)\d\d",
                        re.I)
 WHY = re.compile(r"^\s*(?:why|how come|how did you (?:choose|pick)|what makes you)\b", re.I)
-LISTED = re.compile(r"^\s*(\d{1,2})\.\s+(.+?)(?::\s|$)")
+LISTED = re.compile(r"^\s*(\d{1,2})\.\s+(.+)$")
 Retrieve = Callable[[list[tuple[str, str]], int, str | None, list[str] | None], list[str]]
 
 
@@ -200,8 +200,11 @@ class Conversation:
         out = []
         for line in text.splitlines():
             m = LISTED.match(line)
-            if m:
-                i = self.by_shown.get(m.group(2).strip())
+            if m:  # the title ends at a ": " before the facts, and may hold one ("Mission: Impossible")
+                rest = m.group(2)
+                ends = [len(rest), *(c.start() for c in re.finditer(r":\s", rest))]
+                i = next((self.by_shown[t] for e in sorted(ends, reverse=True)
+                          if (t := rest[:e].strip()) in self.by_shown), None)
                 if i is not None:
                     out.append(i)
         return out

@@ -116,3 +116,15 @@ def test_every_turn_is_answered_in_words_true_to_the_data(shop: Conversation) ->
     title = shop.index.titles[5]
     about = talk(shop, f"Tell me about {title}")[0]
     assert about.kind == "about" and shop.index.categories[5][0] in about.text and title in about.text
+
+
+def test_listed_titles_may_hold_a_colon(shop: Conversation) -> None:
+    """A shown list is read back from the answer's text: "1. Mission: Impossible (1996): facts"."""
+    title, pos = next(iter(shop.by_shown.items()))
+    shop.by_shown["Mission: Impossible (1996)"] = pos + 1
+    try:
+        text = ("Here are 2 for you:\n1. Mission: Impossible (1996): Action, Adventure; 206 people had it.\n"
+                f"2. {title}: a book in the catalog.")
+        assert shop.listed(text) == [pos + 1, pos]
+    finally:
+        del shop.by_shown["Mission: Impossible (1996)"]
