@@ -352,7 +352,8 @@ class LLMSystem:
         served = ServeConfig(bundle=str(self.bundle.root), engine=self.engine, last_level=self.last_level,
                              trim_history=self.trim_history)
         self.rec = served_recommender(served, model_dir=self.model_dir)
-        self.train = split.train[["user_id", "item_id", "action"]]  # co-occurrence for requests: no held-out target
+        # co-occurrence for requests, from the training rows only: no held-out target
+        self.train = split.train[["user_id", "item_id", "action"]] if split is not None else None
         trained = (self.bundle.stage("finetune") or {}).get("counts", {})
         info = {"engine": served.engine, "search": served.search, "last_level": self.last_level,
                 "trim_history": self.trim_history,

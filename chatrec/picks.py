@@ -23,6 +23,8 @@ import numpy as np
 
 from chatrec.errors import ConfigError
 
+FIRST_TIER = 1e6  # added to the sort key of items carrying the surest asked category (not to their score)
+
 
 @dataclass
 class PickConfig:
@@ -30,7 +32,8 @@ class PickConfig:
 
     Neighbours and popularity were chosen on ML-100k's validation users (`benchmarks/tune_picks.py`,
     16 settings); words stays at 1.0, since that validation's requests are genres and decades only
-    and the words signal is what steers a request by theme.
+    and the words signal is what steers a request by theme. Whatever the weights, the items
+    carrying the surest implied category come first (`FIRST_TIER`).
     """
 
     words: float = field(default=1.0, metadata={"help": "Weight of the request's similarity to item text."})
@@ -159,9 +162,12 @@ class Picker:
                 bonus[i] = 1.0 - (r - 1) / max(len(model_ranked), 1)
             score += c.model * 2.0 * bonus
         score = np.where(mask, score, -np.inf)
+        # an implied category ranks its items first (removing nothing): the items carrying the surest
+        # one come before the rest, each group in score order, whatever the other signals' weights
+        key = score + np.where(self.member[:, cols[0]], FIRST_TIER, 0.0) if cols else score
         n = min(k, int(mask.sum()))
-        top = np.argpartition(-score, n - 1)[:n] if n < len(score) else np.arange(len(score))
-        top = top[np.argsort(-score[top], kind="stable")][:n]
+        top = np.argpartition(-key, n - 1)[:n] if n < len(key) else np.arange(len(key))
+        top = top[np.argsort(-key[top], kind="stable")][:n]
         out = []
         for t in top:
             i = int(t)
