@@ -376,13 +376,14 @@ class LLMSystem:
 
         from chatrec.dialogue import model_retrieve
 
+        retrieve = model_retrieve(self.rec)
         out = []
         for row, case in enumerate(tqdm(cases, desc=self.name, leave=False)):
             history = list(zip(case.items, case.actions, strict=True))
             if self.history_len is not None:
                 history = history[-self.history_len:]  # the prompt length it was trained on; all input items stay excluded
             if constraints is not None:  # words: read as `/v1/recommendations` reads a `request`
-                picked = self._conversation().request_items(constraints[row].text, model_retrieve(self.rec), k=k,
+                picked = self._conversation().request_items(constraints[row].text, retrieve, k=k,
                                                             history=history, exclude_item_ids=list(case.items))
                 if picked is not None:
                     ids = self._conversation().index.ids
@@ -493,9 +494,14 @@ class EvalConfig:
             raise ConfigError(f"`cases` must be test or valid, got {self.cases!r}")
 
 
+def _stem(config: EvalConfig) -> str:
+    """The suffix of the files `evaluate_bundle` writes: none for test cases, `_valid` for validation."""
+    return "" if config.cases == "test" else "_valid"
+
+
 def eval_file(config: EvalConfig) -> str:
     """Where `evaluate_bundle` writes its results in the bundle: eval.json, or eval_valid.json."""
-    return "eval.json" if config.cases == "test" else "eval_valid.json"
+    return f"eval{_stem(config)}.json"
 
 
 def sample_cases(cases: Sequence[Case], max_users: int | None, seed: int) -> list[Case]:
@@ -657,8 +663,7 @@ def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = Non
     if out is not None:
         atomic_write_json(Path(out), results)
         return results
-    name = eval_file(config)
-    stem = "" if config.cases == "test" else "_valid"
+    name, stem = eval_file(config), _stem(config)
     atomic_write_json(bundle.path(name), results)
     table = markdown_table(results, config.ks)
     atomic_write_text(bundle.path("eval", f"table{stem}.md"), table)
