@@ -29,7 +29,7 @@ class DemoConfig:
     train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
     history_len: int = field(default=10, metadata={"help": "Most recent events in a chat prompt (older ones are summarised)."})
     train_steps: int = field(default=280, metadata={
-        "help": "Optimizer steps of the sequence recipe (15.5 minutes measured on an idle 2-core CPU): the same "
+        "help": "Optimizer steps of the sequence recipe (15.1 training minutes measured on an idle 2-core CPU): the same "
                 "number of steps whatever the machine's load, so its eval.json is reproducible."})
     train_minutes: float | None = field(default=None, metadata={
         "help": "Train for this many wall-clock minutes instead of `train_steps` (the model then depends on the "
