@@ -54,6 +54,26 @@ class ChatSystem:
             out.append([ids[i] for i, _ in turn.items])
         return out
 
+    def recommend_stated(self, cases: Sequence[Any], k: int) -> tuple[list[list[str]], float]:
+        """The stated-titles protocol in words: one message naming each case's items as a person types
+        them ("I loved The Usual Suspects and Heat. What should I watch next?"), no history. Returns
+        the ranked lists and the share of cases whose every title was understood (linked as liked)."""
+        from tqdm.auto import tqdm
+
+        from chatrec.chat import display_title
+        from chatrec.dialogue import join
+
+        index = self.conversation.index
+        out, understood = [], 0
+        for case in tqdm(cases, desc=f"{self.name} (stated titles)", leave=False):
+            names = [display_title(str(index.titles[index.position[i]]))[0] for i in case.items]
+            turn = self.conversation.answer([("user", f"I loved {join(names)}. {self.rec.domain.request}")],
+                                            self._retrieve, k=k)
+            liked = {ref["item_id"] for ref in turn.extra.get("state", {}).get("liked", [])}
+            understood += set(case.items) <= liked
+            out.append([index.ids[i] for i, _ in turn.items])
+        return out, understood / max(len(cases), 1)
+
     def close(self) -> None:
         if self.rec is not None:
             self.rec.close()

@@ -18,7 +18,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -430,6 +430,45 @@ def make_constraints(cases: Sequence[Case], catalog: Catalog, seed: int = 0) -> 
     return out
 
 
+# stated titles ---------------------------------------------------------------------------------
+def stated_cases(cases: Sequence[Case], n: int, target_actions: Sequence[str] = ("like",)) -> list[Case]:
+    """The stated-titles protocol: each case cut to the `n` most recent distinct items of its input
+    with a target action (oldest first), as a person names a few favourites in a chat; the target
+    stays. Cases with fewer such items are left out."""
+    out = []
+    for case in cases:
+        latest: dict[str, tuple[str, pd.Timestamp]] = {}
+        for item, action, when in zip(reversed(case.items), reversed(case.actions), reversed(case.times), strict=True):
+            if action in target_actions and item not in latest:
+                latest[item] = (action, when)
+                if len(latest) == n:
+                    break
+        if len(latest) < n:
+            continue
+        kept = list(latest.items())[::-1]
+        out.append(replace(case, items=tuple(i for i, _ in kept), actions=tuple(a for _, (a, _) in kept),
+                           times=tuple(t for _, (_, t) in kept)))
+    return out
+
+
+def _stated(system: Any, cases: Sequence[Case], n: int, k: int) -> dict[str, float]:
+    """HR/NDCG@10 from `n` stated titles only (those excluded). A system with `recommend_stated`
+    (the chat) is told the titles in words and returns how often it understood all of them."""
+    if not cases:
+        return {}
+    understood: float | None = None
+    if hasattr(system, "recommend_stated"):
+        recs, understood = system.recommend_stated(cases, k)
+    else:
+        recs = system.recommend(cases, k)
+    ranks = target_ranks(recs, cases, k)
+    out = {f"stated{n}_users": len(cases), f"stated{n}_hr@10": metrics.hit_rate(ranks, 10),
+           f"stated{n}_ndcg@10": metrics.ndcg(ranks, 10)}
+    if understood is not None:
+        out[f"stated{n}_understood"] = understood
+    return out
+
+
 # runner ----------------------------------------------------------------------------------------
 @dataclass
 class EvalConfig:
@@ -463,6 +502,9 @@ class EvalConfig:
     cases: str = field(default="test", metadata={
         "help": "Held-out cases to score: test, or valid (the target before each test target; its input and the "
                 "training rows stop before it). Choose settings on valid, report test once."})
+    stated_titles: tuple[int, ...] = field(default=(1, 3), metadata={
+        "help": "Also score each system from only the N most recent liked input items (a person naming N titles in "
+                "a chat; the chat system is told them in words), for each N; empty = skip."})
     llm_model_dir: str | None = field(default=None, metadata={
         "help": "Model folder for llm systems (default: BUNDLE/export, else BUNDLE/model), e.g. a training snapshot."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
@@ -473,6 +515,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         self.systems = tuple(self.systems)
         self.ks = tuple(sorted(set(self.ks)))
+        self.stated_titles = tuple(sorted(set(self.stated_titles)))
         if not self.systems:
             raise ConfigError("`systems` must name at least one system, got none")
         for name in self.systems:
@@ -480,6 +523,8 @@ class EvalConfig:
                 raise ConfigError(f"`systems`: unknown system {name!r}; allowed: {', '.join(BASELINES)}, llm*, chat*")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"`ks` must be positive integers, got {list(self.ks)}")
+        if any(n < 1 for n in self.stated_titles):
+            raise ConfigError(f"`stated_titles` must be positive integers, got {list(self.stated_titles)}")
         if self.max_users is not None and self.max_users < 1:
             raise ConfigError(f"`max_users` must be >= 1 or None, got {self.max_users}")
         if self.llm_history_len is not None and self.llm_history_len < 1:
@@ -594,6 +639,10 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
     if not cases:
         raise DataError(f"the split has no {config.cases} users (each needs two positives at different times and a history)")
     constraints = make_constraints(cases, catalog, config.seed) if config.conversational else []
+    positive = set(config.target_actions)
+    if not any(a in positive for c in cases for a in c.actions):  # as the split: every action is a positive
+        positive = {a for c in cases for a in c.actions}
+    stated = {n: stated_cases(cases, n, tuple(positive)) for n in config.stated_titles}
     kmax = max(config.ks)
     results: dict[str, Any] = {}
     fit_info: dict[str, Any] = {}
@@ -614,6 +663,8 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
                 scores[key] = fit_info[name][key]
         if config.conversational:
             scores.update(_conversational(system, cases, recs, catalog, constraints, config.ks))
+        for n, few in stated.items():
+            scores.update(_stated(system, few, n, kmax))
         results[name] = scores
         close = getattr(system, "close", None)
         if close is not None:
@@ -639,6 +690,9 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
             "conv_*": "requests naming a genre or decade that the target satisfies; conv_sat = share of the top K "
                       "meeting it; baselines cannot read text and answer as without the request; "
                       "conv_filter_* = baseline with items violating the constraint masked (structured filter)",
+            "stated<N>_*": "the same target from only the user's N most recent liked input items (those excluded); "
+                           "the chat is told their titles in one message; stated<N>_understood = share of users "
+                           "whose every title the chat linked",
         },
         "conversational_requests": len(valid_cons),
         "conv_base_rate": float(np.mean(base)) if base else None,
@@ -705,6 +759,14 @@ def markdown_table(results: dict[str, Any], ks: Sequence[int] = (1, 5, 10, 20)) 
         lines += ["", "| system (text request + history) | " + " | ".join(conv) + " |", "|---|" + "---|" * len(conv)]
         for n in names:
             lines.append(f"| {n} | " + " | ".join(_fmt(results[n].get(c)) for c in conv) + " |")
+    stated = sorted({int(c[6:c.index("_")]) for n in names for c in results[n]
+                     if c.startswith("stated") and c.endswith("_ndcg@10")})
+    if stated:
+        cols = [f"stated{s}_{m}" for s in stated for m in ("ndcg@10", "hr@10", "understood")]
+        heads = [f"{s} title{'s' * (s > 1)}: {m}" for s in stated for m in ("NDCG@10", "HR@10", "all understood")]
+        lines += ["", "| system (stated titles only) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(_fmt(results[n].get(c)) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -741,5 +803,5 @@ def plot(results: dict[str, Any], path: str | Path, ks: Sequence[int] = (1, 5, 1
 __all__ = [
     "Case", "Catalog", "Constraint", "EvalConfig", "Split", "BaselineSystem", "LLMSystem", "evaluate_bundle",
     "leave_last_item_out", "leave_last_out", "make_constraints", "make_split", "markdown_table", "plot", "run",
-    "sample_cases", "score_lists",
+    "sample_cases", "score_lists", "stated_cases",
 ]

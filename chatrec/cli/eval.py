@@ -27,6 +27,9 @@ def eval_command(
                                  "BERT4Rec/HSTU papers)."),
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
+    stated_titles: str = typer.Option("1,3", "--stated-titles", help="Also score each system from only the N most "
+                                      "recent liked input items, for each comma-separated N (a person naming a few "
+                                      "favourites; the chat system is told them in words); '' = skip."),
     engine: str = typer.Option("auto", "--engine", help="Engine for llm systems: auto (vllm when installed: what "
                                "`chatrec serve` serves), vllm or transformers."),
     last_level: str = typer.Option(None, "--last-level", help="LLM retrieval on the SID's last (disambiguation) "
@@ -56,10 +59,13 @@ def eval_command(
 
     try:
         ks = tuple(int(x) for x in _csv(k))
+        stated = tuple(int(x) for x in _csv(stated_titles))
     except ValueError:
-        raise ConfigError(f"`--k` must be comma-separated integers, got {k!r}") from None
+        raise ConfigError(f"`--k` and `--stated-titles` must be comma-separated integers, got {k!r}, "
+                          f"{stated_titles!r}") from None
     config = EvalConfig(systems=tuple(_csv(systems)), ks=ks, max_users=max_users, seed=seed,
                         target_actions=tuple(_csv(target_actions)), protocol=protocol, conversational=conversational,
+                        stated_titles=stated,
                         engine=engine, last_level=last_level or SERVED_LAST_LEVEL,
                         trim_history=trim_history, cases=cases,
                         sasrec=SASRecConfig(epochs=sasrec_epochs, negatives=sasrec_negatives, max_len=sasrec_max_len),

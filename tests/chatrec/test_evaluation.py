@@ -22,6 +22,7 @@ from chatrec.evaluation import (
     markdown_table,
     run,
     sample_cases,
+    stated_cases,
 )
 from tests.conftest import make_catalog, make_interactions
 
@@ -165,6 +166,29 @@ def test_markdown_table_lists_every_system(results: dict) -> None:
     for name in ("random", "popularity", "itemknn", "sasrec"):
         assert f"| {name} | " in table
     assert "ndcg@10" in table and "conv_sat@10" in table
+    assert "| system (stated titles only) | 1 title: NDCG@10 |" in table and "3 titles: HR@10" in table
+
+
+# stated titles -----------------------------------------------------------------------------------
+def test_stated_cases_keep_the_latest_distinct_liked_items_oldest_first() -> None:
+    log = _log([("a", "1", "like", 0), ("a", "2", "like", 1), ("a", "3", "dislike", 2), ("a", "4", "like", 3),
+                ("a", "5", "like", 4), ("a", "6", "like", 5),
+                ("b", "1", "like", 0), ("b", "2", "dislike", 1), ("b", "3", "like", 2), ("b", "4", "like", 3)])
+    a, b = leave_last_out(log).test  # a: input 1..5, target 6; b: input 1..3, target 4
+    three = stated_cases([a, b], 3)
+    assert [c.user_id for c in three] == ["a"]  # b liked only two items before its target
+    assert three[0].items == ("2", "4", "5") and three[0].actions == ("like",) * 3 and three[0].target == "6"
+    assert [c.items for c in stated_cases([a, b], 1)] == [("5",), ("3",)]
+
+
+def test_stated_titles_are_scored_for_every_system(results: dict) -> None:
+    for name in ("popularity", "itemknn", "sasrec"):
+        row = results[name]
+        assert row["stated1_users"] >= row["stated3_users"] > 0
+        assert 0.0 <= row["stated3_ndcg@10"] <= row["stated3_hr@10"] <= 1.0
+        assert "stated1_understood" not in row  # only a system told the titles in words reports it
+    # on the genre-driven generator, three liked items say more than the popular items do
+    assert results["itemknn"]["stated3_hr@10"] > results["random"]["stated3_hr@10"]
 
 
 def test_config_validation() -> None:
@@ -228,8 +252,14 @@ def test_cli_eval(bundle_dir: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "| popularity |" in ok.stdout and "hr@5" in ok.stdout
     assert set(json.loads((bundle_dir / "eval.json").read_text())["split"]["ks"]) == {5, 10}
+    assert "stated3_ndcg@10" in json.loads((bundle_dir / "eval.json").read_text())["itemknn"]
+    two = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--systems", "itemknn", "--max-users", "15",
+                              "--no-conversational", "--stated-titles", "2", "--out", str(bundle_dir / "two.json")])
+    assert two.exit_code == 0, two.output
+    row = json.loads((bundle_dir / "two.json").read_text())["itemknn"]
+    assert "stated2_hr@10" in row and "stated3_hr@10" not in row
     bad_k = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--k", "ten"])
-    assert bad_k.exit_code == 2 and "`--k` must be comma-separated integers" in bad_k.stderr
+    assert bad_k.exit_code == 2 and "`--k` and `--stated-titles` must be comma-separated integers" in bad_k.stderr
     bad_sys = runner.invoke(app, ["eval", "--bundle", str(bundle_dir), "--systems", "bpr"])
     assert bad_sys.exit_code == 2 and "unknown system 'bpr'" in bad_sys.stderr
     missing = runner.invoke(app, ["eval", "--bundle", str(bundle_dir / "nope")])
