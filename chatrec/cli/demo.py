@@ -25,6 +25,8 @@ def demo(
     ui_port: int = typer.Option(7860, "--ui-port", help="Port of the Gradio UI."),
     train_steps: int = typer.Option(None, "--train-steps", help=_help("train_steps")),
     train_minutes: float = typer.Option(None, "--train-minutes", help=_help("train_minutes")),
+    seed: int = typer.Option(0, "--seed", help=_help("seed") + " Another seed gives another SID fit and "
+                             "training run (for means over seeds, with --out)."),
 ) -> None:
     """Import MovieLens-100k, fit SIDs, extend + finetune SmolLM2, evaluate, then serve it with a chat UI.
 
@@ -34,7 +36,7 @@ def demo(
     from chatrec.errors import ConfigError
     from chatrec.paths import default_bundle
 
-    config = DemoConfig(quick=quick, engine=engine)
+    config = DemoConfig(quick=quick, engine=engine, seed=seed)
     if train_minutes is not None:
         if not train_minutes > 0:
             raise ConfigError(f"`--train-minutes` must be > 0, got {train_minutes}")
