@@ -511,11 +511,11 @@ class Conversation:
         lines = [*notes, "I picked them from " + (join(reasons) if reasons else "how popular they are with people in "
                                                    "the data") + ", and how often people had them together:"]
         for m, i in enumerate(state.shown[-1], 1):
-            best, co_best = None, 0
-            for j in dict.fromkeys(state.liked):
-                co = int(self.picker.co.co_counts(j)[i])
-                if co > co_best:
-                    best, co_best = j, co
+            best, co_best, cos_best = None, 0, 0.0
+            for j in list(dict.fromkeys(state.liked))[-10:]:  # the liked title the pick was closest to, as the list said
+                cos, co = self.picker.co.cosine(j)
+                if cos[i] > cos_best:
+                    best, co_best, cos_best = j, int(co[i]), float(cos[i])
             ev = Evidence(tuple(c for c in index.categories[i] if c in wanted), best, co_best)
             facts = self.evidence_text(i, ev).rstrip(".")
             count = int(self.picker.co.count[i])

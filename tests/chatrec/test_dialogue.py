@@ -118,6 +118,29 @@ def test_every_turn_is_answered_in_words_true_to_the_data(shop: Conversation) ->
     assert about.kind == "about" and shop.index.categories[5][0] in about.text and title in about.text
 
 
+def test_why_repeats_the_evidence_the_list_gave() -> None:
+    """"why those?" names, for each pick, the same liked title and co-reader count as the list did:
+    here item 2 was had by 30 of item 0's 100 readers and by all 10 of item 1's, so it is closest to
+    item 1 (cosine), although more people had it with item 0."""
+    import pandas as pd
+
+    catalog = make_book_catalog(144)
+    index = CatalogIndex(catalog)
+    rows = [(f"a{u}", "0") for u in range(100)] + [(f"a{u}", "2") for u in range(30)]
+    rows += [(f"b{u}", i) for u in range(10) for i in ("1", "2")]
+    log = pd.DataFrame(rows, columns=["user_id", "item_id"]).assign(action="like")
+    log["item_id"] = log["item_id"].map(lambda i: index.ids[int(i)])
+    conv = Conversation(index, None, Picker(index.categories, CoOccurrence(index.position, log, ["dislike"])), "book",
+                        catalog["text"].tolist())
+    names = [index.titles[0], index.titles[1]]
+    rec, why = talk(conv, f"I loved {names[0]} and {names[1]}. What should I read next?", "Why those?")
+    assert rec.kind == "recommendation" and why.kind == "why"
+    line = next(x for x in rec.text.splitlines() if index.titles[2] in x)
+    shown_title = line.split(". ", 1)[1].split(":")[0]
+    assert "10 people who had" in line  # closest to item 1
+    assert line.split("; ")[-1].rstrip(".") in next(x for x in why.text.splitlines() if shown_title in x), why.text
+
+
 def test_listed_titles_may_hold_a_colon(shop: Conversation) -> None:
     """A shown list is read back from the answer's text: "1. Mission: Impossible (1996): facts"."""
     title, pos = next(iter(shop.by_shown.items()))
