@@ -170,13 +170,17 @@ def reason_from_answer(title: str, answer: str) -> str:
     """The words the answer says about `title`: the rest of the sentence or line after the title."""
     if not title or not answer:
         return ""
-    pos = answer.find(title)
+    from chatrec.chat import shown
+
+    pos = -1
+    # as catalogued, as the chat writes it ("Love Bug, The (1969)" -> "The Love Bug (1969)"), or without the year
+    for form in dict.fromkeys([title, shown(title), re.sub(r"\s*\(\d{4}\)\s*$", "", title)]):
+        pos = answer.find(form) if form else -1
+        if pos >= 0:
+            title = form
+            break
     if pos < 0:
-        bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title)  # "Alien (1979)" written as "Alien"
-        pos = answer.find(bare) if bare and bare != title else -1
-        if pos < 0:
-            return ""
-        title = bare
+        return ""
     rest = answer[pos + len(title):]
     rest = re.split(r"\n|(?<=[.!?])\s", rest, maxsplit=1)[0]
     rest = re.sub(r"^[\s)\]\-–—:,;]+", "", rest).strip()

@@ -86,6 +86,9 @@ def test_reason_from_answer() -> None:
     assert reason_from_answer("Fargo (1996)", answer) == ""
     assert reason_from_answer("Heat", "Also Heat.") == ""  # nothing but punctuation after it
     assert reason_from_answer("Alien (1979)", "Alien is great, scary too.") == "is great, scary too."
+    # the chat writes a catalogued "Love Bug, The (1969)" as a person does
+    chat = "1. The Love Bug (1969): Comedy, Children's; 28 people who had Aladdin also had it."
+    assert reason_from_answer("Love Bug, The (1969)", chat) == "Comedy, Children's; 28 people who had Aladdin also had it."
 
 
 def test_make_cards_use_catalog_metadata_and_fall_back_to_rank() -> None:
