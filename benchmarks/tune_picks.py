@@ -4,10 +4,12 @@ The served chat turn (`chatrec.chat_eval.ChatSystem`, the code `/v1/chat/complet
 every validation case twice, as `chatrec eval` does: the plain "What should I watch next?" and the
 case's conversational request (a genre or a decade its target satisfies). The model's retrieval
 does not depend on the weights, so it is computed once per case and cached; each weight setting
-then re-runs only the picking. Prints HR@10 / NDCG@10 per setting, plain and conversational, with
-item-kNN (with the request as a hard filter) on the same users.
+then re-runs only the picking. With `--stated 1,3` every setting is also scored on the stated-titles
+protocol (`chatrec eval --stated-titles`: the case's N most recent liked titles, told in one
+message). Prints HR@10 / NDCG@10 per setting, plain, conversational and stated, with item-kNN (with
+the request as a hard filter; from the same N items) on the same users.
 
-    .venv/bin/python benchmarks/tune_picks.py --bundle BUNDLE [--engine vllm]
+    .venv/bin/python benchmarks/tune_picks.py --bundle BUNDLE [--engine vllm] [--stated 1,3] [--grid JSON]
 
 Writes benchmarks/results/tune_picks.json.
 """
@@ -34,7 +36,13 @@ def main() -> None:
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--max-users", type=int, default=None)
+    ap.add_argument("--stated", default="", help="Also score the stated-titles protocol for these N (e.g. 1,3).")
+    ap.add_argument("--grid", default=None, help='Weights to try, as JSON: {"neighbours": [3, 6], ...} '
+                                                 "(default: the module's GRID).")
+    ap.add_argument("--out", default=str(RESULTS / "tune_picks.json"))
     args = ap.parse_args()
+    grid = {k: tuple(v) for k, v in json.loads(args.grid).items()} if args.grid else GRID
+    stated_n = [int(x) for x in args.stated.split(",") if x.strip()]
 
     import pandas as pd
 
@@ -47,6 +55,7 @@ def main() -> None:
         make_split,
         sample_cases,
         score_lists,
+        stated_cases,
     )
 
     bundle = Bundle(args.bundle)
@@ -74,26 +83,36 @@ def main() -> None:
                                                                           (10,)).items() if "@" in k},
              **{f"conv_{k}": round(v, 4) for k, v in score_lists(knn_conv, [c for c, _ in pairs], catalog, (10,)).items()
                 if "@" in k}}]
+    stated = {n: stated_cases(cases, n) for n in stated_n}
+    for n, few in stated.items():
+        rows[0].update({f"stated{n}_{k}": round(v, 4) for k, v in score_lists(knn.recommend(few, 10), few, catalog,
+                                                                                (10,)).items() if "@" in k})
     config = system.conversation.picker.config
-    for values in itertools.product(*GRID.values()):
-        for name, value in zip(GRID, values, strict=True):
+    for values in itertools.product(*grid.values()):
+        for name, value in zip(grid, values, strict=True):
             setattr(config, name, value)
         t0 = time.perf_counter()
         plain = system.recommend(cases, 10)
         conv = system.recommend([c for c, _ in pairs], 10, [con for _, con in pairs])
-        row = {"setting": ", ".join(f"{n}={v}" for n, v in zip(GRID, values, strict=True)),
+        row = {"setting": ", ".join(f"{n}={v}" for n, v in zip(grid, values, strict=True)),
                **{k: round(v, 4) for k, v in score_lists(plain, cases, catalog, (10,)).items() if "@" in k},
                **{f"conv_{k}": round(v, 4) for k, v in score_lists(conv, [c for c, _ in pairs], catalog, (10,)).items()
-                  if "@" in k}, "s": round(time.perf_counter() - t0, 1)}
+                  if "@" in k}}
+        for n, few in stated.items():
+            recs, understood = system.recommend_stated(few, 10)
+            row.update({f"stated{n}_{k}": round(v, 4) for k, v in score_lists(recs, few, catalog, (10,)).items()
+                        if "@" in k}, **{f"stated{n}_understood": round(understood, 4)})
+        row["s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(row, flush=True)
-    print("| setting | HR@10 | NDCG@10 | conv HR@10 | conv NDCG@10 |\n|---|---|---|---|---|")
+    heads = ["HR@10", "NDCG@10", "conv HR@10", "conv NDCG@10", *[f"{n} title(s) NDCG@10" for n in stated]]
+    print("| setting | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
     for r in rows:
-        print(f"| {r['setting']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['conv_hr@10']:.4f} | "
-              f"{r['conv_ndcg@10']:.4f} |")
-    (RESULTS / "tune_picks.json").write_text(json.dumps({"split": "valid", "users": len(cases),
-                                                         "conversational_users": len(pairs), "rows": rows},
-                                                        indent=1) + "\n")
+        cells = [r["hr@10"], r["ndcg@10"], r["conv_hr@10"], r["conv_ndcg@10"], *[r[f"stated{n}_ndcg@10"] for n in stated]]
+        print(f"| {r['setting']} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+    Path(args.out).write_text(json.dumps({"split": "valid", "users": len(cases), "conversational_users": len(pairs),
+                                          "stated_users": {str(n): len(f) for n, f in stated.items()}, "rows": rows},
+                                         indent=1) + "\n")
     system.close()
 
 

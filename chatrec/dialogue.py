@@ -513,7 +513,7 @@ class Conversation:
         for m, i in enumerate(state.shown[-1], 1):
             best, co_best, cos_best = None, 0, 0.0
             for j in list(dict.fromkeys(state.liked))[-10:]:  # the liked title the pick was closest to, as the list said
-                cos, co = self.picker.co.cosine(j)
+                cos, co = self.picker.co.cosine(j, self.picker.config.shrink)
                 if cos[i] > cos_best:
                     best, co_best, cos_best = j, int(co[i]), float(cos[i])
             ev = Evidence(tuple(c for c in index.categories[i] if c in wanted), best, co_best)

@@ -41,12 +41,21 @@ class PickConfig:
     neighbours: float = field(default=3.0, metadata={"help": "Weight of co-occurrence with the liked titles."})
     model: float = field(default=0.75, metadata={"help": "Weight of the model's retrieval rank."})
     popularity: float = field(default=0.25, metadata={"help": "Weight of log popularity."})
+    recency: float = field(default=1.0, metadata={
+        "help": "Weight of the liked title n places before the last-named one in the neighbours signal: recency**n "
+                "(1.0 = every liked title counts the same)."})
+    shrink: float = field(default=0.0, metadata={
+        "help": "Added to the co-occurrence cosine's denominator (damps pairs of rare items), as item-kNN does."})
     model_k: int = field(default=5, metadata={
         "help": "Items asked of the model's retrieval per turn (5 keeps its beam at 10, as a plain top-3 had)."})
 
     def __post_init__(self) -> None:
         if self.model_k < 1:
             raise ConfigError(f"`model_k` must be >= 1, got {self.model_k}")
+        if not 0.0 < self.recency <= 1.0:
+            raise ConfigError(f"`recency` must be in (0, 1], got {self.recency}")
+        if self.shrink < 0:
+            raise ConfigError(f"`shrink` must be >= 0, got {self.shrink}")
 
 
 @dataclass(frozen=True)
@@ -91,11 +100,11 @@ class CoOccurrence:
         users = self.matrix[:, item]  # [U, 1]
         return np.asarray((self.matrix.T @ users).todense()).ravel().astype(np.float32)
 
-    def cosine(self, item: int) -> tuple[np.ndarray, np.ndarray]:
-        """([N] co-occurrence cosine to `item`, [N] co-counts)."""
+    def cosine(self, item: int, shrink: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """([N] co-occurrence cosine to `item`, `shrink` added to its denominator, [N] co-counts)."""
         co = self.co_counts(item)
         denom = np.sqrt(np.maximum(self.count, 1.0) * max(float(self.count[item]), 1.0))
-        return co / denom, co
+        return co / (denom + shrink), co
 
 
 def _z(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -147,9 +156,9 @@ class Picker:
         if liked or disliked:
             near = np.zeros(len(mask), np.float32)
             best_cos = np.zeros(len(mask), np.float32)
-            for j in liked[-10:]:
-                cos, co = self.co.cosine(j)
-                near += cos
+            for n, j in enumerate(reversed(liked[-10:])):  # the last-named first
+                cos, co = self.co.cosine(j, c.shrink)
+                near += c.recency ** n * cos
                 better = cos > best_cos
                 best_cos[better], co_best[better], co_users[better] = cos[better], j, co[better]
             for j in disliked[-10:]:
