@@ -67,12 +67,31 @@ POSITIVE = r"(?:loved|love|liked|enjoyed|adored|like|similar to|such as|fan of|b
 NEGATIVE = r"(?:hated|hate|disliked|didn't like|did not like|couldn't stand|could not stand)"
 EXCLUDE = r"(?:not|except|other than|no more|besides|apart from|already seen|already watched|seen|watched)"
 NAMED = r"(?:called|titled|named|what is|what's|tell me about|who directed|who made|when was|have you seen)"
-# the phrase runs to the sentence's end: a list of titles after one trigger ("loved Heat, Fargo and Alien")
-MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>[^.;!?\n]+)", re.I)
-_NEXT_TRIGGER = re.compile(rf"\s*\b(?:but|and|or)?\s*\b(?:{NEGATIVE}|{EXCLUDE}|{POSITIVE})\b", re.I)
+# the phrase runs to the sentence's end: a list of titles after one trigger ("loved Heat, Fargo and Alien");
+# a period inside a word ("G.I. Jane", "L.A."), after an initial ("E.T.") or an abbreviation ("Mr.", "vs.")
+# does not end the sentence
+_ABBREVIATION = "(?:" + "|".join(rf"(?<=\b{a})" for a in (  # one look-behind each: Python's must be fixed-width
+    "Mr", "Mrs", "Ms", "Dr", "St", "Jr", "Sr", "vs", "Vs", "Sgt", "Lt", "Col", "Gen", "Capt", "Prof", "Mt", "No", "Vol",
+    "Pt")) + ")"
+_PHRASE = rf"(?:[^.;!?\n]|\.(?=[^\s.])|(?<=\b[A-Z])\.|{_ABBREVIATION}\.)+"
+MENTION = re.compile(rf"\b(?P<kind>{NEGATIVE}|{POSITIVE}|{EXCLUDE}|{NAMED})\s+(?P<phrase>{_PHRASE})", re.I)
+_NEXT_TRIGGER = re.compile(rf"\s*\b(?:but|and|or)?\s*\b(?P<kind>{NEGATIVE}|{EXCLUDE}|{POSITIVE})\b", re.I)
+_SENTENCE_START = re.compile(r"(?:^|[.!?;:,(\n]\s*)$")
+
+
+def _in_title(text: str, start: int, word: str) -> bool:
+    """A capitalised trigger inside a sentence is part of a title ("Some Like It Hot", "Everyone Says I
+    Love You"), not a verb; at a sentence's start ("Loved Heat.") it is the verb."""
+    return word[:1].isupper() and not _SENTENCE_START.search(text[:start])
 _TRAILING = re.compile(r"\s+(?:about|made|released|out)\s*$", re.I)
 QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{2,120})[\"“”«»]|(?<!\w)'([^']{2,120})'(?!\w)")
 DETERMINERS = re.compile(r"^(?:a|an|some|any|more|another|other|the movie|the film|movies|films|one)\s+", re.I)
+
+
+def _undetermined(text: str) -> str:
+    """`text` without a leading determiner ("some comedies"), unless capitalised: inside a sentence
+    that starts a title ("Some Like It Hot", "One Fine Day", "A Clockwork Orange")."""
+    return text if text[:1].isupper() else DETERMINERS.sub("", text)
 _ARTICLE = re.compile(r"^(?P<rest>.+), (?P<art>The|A|An|Les|La|Le|Il|Das|Der|Die|El)$")
 LARGE_CATALOG = 20_000  # titles; above it a title lookup also needs a shared word (CatalogIndex._candidates)
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
@@ -284,7 +303,7 @@ class CatalogIndex:
             budget[0] -= 1
             return self.link(text)
 
-        phrase = DETERMINERS.sub("", phrase.strip(" \"'"))
+        phrase = _undetermined(phrase.strip(" \"'"))
         whole = link(phrase)
         if whole is not None:
             return (phrase, *whole)
@@ -295,14 +314,14 @@ class CatalogIndex:
         out: list[tuple[str, int, float]] = []
         i = 0
         while i < len(parts) and budget[0] > 0:
-            text = DETERMINERS.sub("", parts[i].strip())
+            text = _undetermined(parts[i].strip())
             hit = link(text)
             if hit is not None and hit[1] >= 100.0:
                 out.append((text, *hit))
                 i += 1
                 continue
             for j in range(min(len(parts), i + MAX_JOIN), i + 1, -1):
-                joined = DETERMINERS.sub("", (parts[i] + "".join(seps[m] + parts[m + 1] for m in range(i, j - 1))).strip())
+                joined = _undetermined((parts[i] + "".join(seps[m] + parts[m + 1] for m in range(i, j - 1))).strip())
                 run = link(joined)
                 if run is not None and run[1] >= JOIN_SCORE:  # a fuzzy run would swallow the next title
                     out.append((joined, *run))
@@ -386,9 +405,14 @@ def understand(text: str, index: CatalogIndex) -> Understanding:
     pos = 0
     budget = [MAX_LINKS]  # shared by every phrase of this message
     while (found := MENTION.search(rest, pos)) is not None and lookups < MAX_MENTIONS and budget[0] > 0:
-        lookups += 1
         kind, phrase = found.group("kind"), found.group("phrase")
-        cut = _NEXT_TRIGGER.search(phrase, 1)  # "loved X but hated Y": X ends where the next trigger starts
+        if _in_title(rest, found.start("kind"), kind):
+            pos = found.end("kind")
+            continue
+        lookups += 1
+        # "loved X but hated Y": X ends where the next trigger starts
+        cut = next((c for c in _NEXT_TRIGGER.finditer(phrase, 1)
+                    if not _in_title(phrase, c.start("kind"), c.group("kind"))), None)
         if cut is not None:
             phrase = phrase[: cut.start()]
         pos = found.start("phrase") + max(1, len(phrase))

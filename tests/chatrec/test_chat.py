@@ -66,6 +66,30 @@ def test_a_list_of_titles_after_one_verb_links_every_title() -> None:
     assert [x.item_id for x in u.linked] == ["t5"] and "Comedy" in u.categories
 
 
+def test_titles_with_periods_and_trigger_words_inside_a_list() -> None:
+    """Abbreviations and initials do not end the sentence; a capitalised "Like"/"Love" or "Some"/"One"
+    inside a list starts a title (these cut 15% of 3-title messages on ML-100k short)."""
+    import pandas as pd
+
+    cat = make_catalog(10)
+    titles = ["Mr. Holland's Opus (1995)", "G.I. Jane (1997)", "Some Like It Hot (1959)", "One Fine Day (1996)",
+              "Everyone Says I Love You (1996)", "E.T. the Extra-Terrestrial (1982)", "Heat (1995)"]
+    extra = cat.iloc[: len(titles)].copy()
+    extra["item_id"] = [f"t{i}" for i in range(len(titles))]
+    extra["title"] = titles
+    index = CatalogIndex(pd.concat([cat, extra], ignore_index=True))
+
+    def liked(text: str) -> list[str]:
+        return [x.item_id for x in understand(text, index).linked if x.action == "like"]
+
+    assert liked("I loved Mr. Holland's Opus, G.I. Jane and Heat. What should I watch next?") == ["t0", "t1", "t6"]
+    assert liked("I loved Heat, Some Like It Hot and One Fine Day.") == ["t6", "t2", "t3"]
+    assert liked("I loved Everyone Says I Love You and E.T. the Extra-Terrestrial. Any ideas?") == ["t4", "t5"]
+    assert liked("Loved Heat. Like Some Like It Hot too.") == ["t6", "t2"]  # a sentence's first word is the verb
+    u = understand("I'd like some comedies. I loved Heat.", index)
+    assert [x.item_id for x in u.linked] == ["t6"] and "Comedy" in u.categories
+
+
 def test_unknown_titles_are_reported_never_guessed(movies: CatalogIndex) -> None:
     u = understand("a movie called Zzyzx Qwerty 2099", movies)
     assert u.linked == [] and u.unmatched == ["Zzyzx Qwerty 2099"] and not u.recommend
