@@ -15,7 +15,8 @@ The API is stateless, so the state is rebuilt from the messages every turn, in o
     an implied one ranks its items first); one under a negation ("not a comedy", "less violent",
     "no horror") is avoided from then on (a hard filter), until it is asked for again;
   - a year or decade replaces the active years ("nothing from before 2000" means from 2000 on); "older / earlier" means before the oldest item of
-    the last list, "newer / more recent" after the newest one;
+    the last list, "newer / more recent" after the newest one (when nothing that fits is, before the
+    newest / after the oldest, and the answer says so);
   - "not those / different ones / something else / others" asks again with the same filters (the
     shown items are left out anyway); "only ones I haven't seen" leaves out every item of the
     conversation, liked or shown.
@@ -91,6 +92,7 @@ class DialogueState:
     implied: list[str] = field(default_factory=list)          # from the words: ranked first
     avoid: list[str] = field(default_factory=list)            # never shown
     years: tuple[int, int] | None = None
+    years_loose: tuple[int, int] | None = None                # "newer" when nothing is newer than the whole last list
     unseen_only: bool = False
     mentioned: int | None = None                              # the last item asked about
     events: list[tuple[str, str]] = field(default_factory=list)  # the client's history (item id, action)
@@ -272,16 +274,16 @@ class Conversation:
             state.categories, state.implied = named, implied
             state.avoid = [c for c in state.avoid if c not in named and c not in implied]
         if u.years:
-            state.years = u.years
+            state.years, state.years_loose = u.years, None
             lo, hi = u.years
             if NOT_YEARS.search(text) and (lo <= 0 or hi >= 9999):  # "nothing from before 2000": the other side
                 state.years = (hi + 1, 9999) if lo <= 0 else (0, lo - 1)
         shown_years = [int(self.years[i]) for i in last if self.years[i] > 0]
-        if OLDER.search(text) and shown_years and not u.years:
-            state.years = (0, min(shown_years) - 1)
+        if OLDER.search(text) and shown_years and not u.years:  # before the oldest shown, else before the newest
+            state.years, state.years_loose = (0, min(shown_years) - 1), (0, max(shown_years) - 1)
             found["follow_up"].append("older")
-        elif NEWER.search(text) and shown_years and not u.years:
-            state.years = (max(shown_years) + 1, 9999)
+        elif NEWER.search(text) and shown_years and not u.years:  # after the newest shown, else after the oldest
+            state.years, state.years_loose = (max(shown_years) + 1, 9999), (min(shown_years) + 1, 9999)
             found["follow_up"].append("newer")
         if DIFFERENT.search(text) and last:
             found["follow_up"].append("different")
@@ -405,7 +407,11 @@ class Conversation:
                 mask &= (self.years >= years[0]) & (self.years <= years[1])
             if mask.any():
                 break
-            if years:
+            if years and state.years_loose and years != state.years_loose:
+                years = state.years_loose
+                notes = [*notes, f"Nothing that fits is {'older' if years[0] <= 0 else 'newer'} than the whole "
+                                 f"last list, so these are{years_phrase(years)}."]
+            elif years:
                 years, relaxed = None, [*relaxed, "the years"]
             elif avoid:
                 avoid, relaxed = [], [*relaxed, "the categories to avoid"]

@@ -30,8 +30,9 @@ FIRST_TIER = 1e6  # added to the sort key of items carrying the surest asked cat
 class PickConfig:
     """Weights of the signals `Picker.pick` adds up (each signal is a z-score over the candidates).
 
-    Neighbours and popularity were chosen on ML-100k's validation users (`benchmarks/tune_picks.py`,
-    16 settings); words stays at 1.0, since that validation's requests are genres and decades only
+    Neighbours and popularity were chosen on ML-100k's validation users (`benchmarks/tune_picks.py`:
+    16 settings, then popularity 0.25 -> 0.1 with the stated-titles protocol, `tune_picks_stated*.json`:
+    3 stated titles 0.0471 -> 0.0493, every other row level); words stays at 1.0, since that validation's requests are genres and decades only
     and the words signal is what steers a request by theme. Whatever the weights, the items
     carrying the surest implied category come first (`FIRST_TIER`).
     """
@@ -40,7 +41,7 @@ class PickConfig:
     categories: float = field(default=3.0, metadata={"help": "Weight of carrying the implied categories."})
     neighbours: float = field(default=3.0, metadata={"help": "Weight of co-occurrence with the liked titles."})
     model: float = field(default=0.75, metadata={"help": "Weight of the model's retrieval rank."})
-    popularity: float = field(default=0.25, metadata={"help": "Weight of log popularity."})
+    popularity: float = field(default=0.1, metadata={"help": "Weight of log popularity."})
     recency: float = field(default=1.0, metadata={
         "help": "Weight of the liked title n places before the last-named one in the neighbours signal: recency**n "
                 "(1.0 = every liked title counts the same)."})

@@ -91,6 +91,23 @@ def test_follow_ups_act_on_the_state_rebuilt_from_the_messages(shop: Conversatio
     assert no_romance.items and not any("Romance" in c for c in cats(shop, no_romance))
 
 
+def test_newer_than_the_newest_falls_back_to_newer_than_the_oldest(shop: Conversation) -> None:
+    """The last list held the newest mystery: "more recent" then means newer than its oldest, and says so."""
+    from chatrec.chat import shown
+
+    idx = shop.index
+    mystery = [i for i in range(len(idx.ids)) if "Mystery" in idx.categories[i] and idx.years[i]]
+    newest, oldest = max(mystery, key=lambda i: idx.years[i]), min(mystery, key=lambda i: idx.years[i])
+    listing = (f"Here are 2 Mystery books for you:\n1. {shown(idx.titles[newest])}: Mystery.\n"
+               f"2. {shown(idx.titles[oldest])}: Mystery.")
+    turn = shop.answer([("user", "Recommend a mystery."), ("assistant", listing), ("user", "Something more recent.")],
+                       Recorder())
+    assert turn.kind == "recommendation" and turn.items
+    assert all(idx.years[i] > idx.years[oldest] and "Mystery" in idx.categories[i] for i, _ in turn.items)
+    assert turn.extra["filters"]["years"] == [idx.years[oldest] + 1, 9999]
+    assert "newer than the whole last list" in turn.text and "left out the years" not in turn.text
+
+
 def test_the_retrieval_is_asked_under_the_hard_filters(shop: Conversation) -> None:
     rec = Recorder()
     shop.answer([("user", "Suggest two books, but no poetry and nothing from before 2000.")], rec)
