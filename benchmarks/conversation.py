@@ -91,13 +91,24 @@ def _years(ids: Sequence[str], c: Catalog) -> list[int]:
 
 
 def older_same_category(a: list[Any], c: Catalog, cat: str) -> bool:
+    """Older than every item of the last list (or than its newest, when it held the category's oldest)."""
     prev, last = _years(_items(a[-2][1]), c), _items(a[-1][1])
-    return bool(prev) and _carry(last, cat, c) and all(y < min(prev) for y in _years(last, c))
+    if not prev:
+        return False
+    older = [y for i, y in c.year.items() if y is not None and cat in c.cats[i]]
+    bar = min(prev) if any(y < min(prev) for y in older) else max(prev)
+    return _carry(last, cat, c) and all(y < bar for y in _years(last, c))
 
 
 def newer_same_category(a: list[Any], c: Catalog, cat: str) -> bool:
+    """Newer than every item of the last list; when the catalog has nothing of the category newer than
+    its newest (it held the newest), newer than its oldest, which is the best that can be done."""
     prev, last = _years(_items(a[-2][1]), c), _items(a[-1][1])
-    return bool(prev) and _carry(last, cat, c) and all(y > max(prev) for y in _years(last, c))
+    if not prev:
+        return False
+    newer = [y for i, y in c.year.items() if y is not None and cat in c.cats[i]]
+    bar = max(prev) if any(y > max(prev) for y in newer) else min(prev)
+    return _carry(last, cat, c) and all(y > bar for y in _years(last, c))
 
 
 def liked_excluded(a: list[Any], c: Catalog, title: str) -> bool:
