@@ -241,3 +241,45 @@ def test_page_says_plainly_when_the_server_is_down(live_ui: dict[str, Any], page
     body = page.locator("body").inner_text()
     assert "Traceback" not in body and "Exception" not in body
     page.screenshot(path=str(tmp_path / "ui-down.png"), full_page=True)
+
+
+# the README's screenshot -------------------------------------------------------------------------
+SCREENSHOT_BUNDLE = os.environ.get("CHATREC_SCREENSHOT_BUNDLE")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui_ml100k.png"
+
+
+@pytest.mark.browser
+@needs_chromium
+@pytest.mark.skipif(not SCREENSHOT_BUNDLE, reason="retakes README's screenshot (docs/ui_ml100k.png) on a trained "
+                    "MovieLens bundle: CHATREC_SCREENSHOT_BUNDLE=~/.cache/chatrec/bundles/default")
+def test_readme_screenshot_on_the_demo_bundle(browser: Any, tmp_path: Path) -> None:
+    """The UI on the default demo as `chatrec demo` serves it (engine auto): two titles and a mood,
+    then a follow-up; the screenshot shows the answers' words, the cards and what was understood."""
+    bundle = Path(str(SCREENSHOT_BUNDLE)).expanduser()
+    catalog = pd.read_parquet(bundle / "catalog.parquet")
+    titles = set(catalog["title"])
+    with LocalServer(bundle, engine="auto", start_timeout=600) as server:
+        ui_proc, ui_url = _start_ui(server.url, bundle, tmp_path / "ui.log")
+        try:
+            _wait_ui(ui_proc, ui_url, tmp_path / "ui.log")
+            context = browser.new_context(viewport={"width": 1280, "height": 1100})
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(ui_url)
+            expect(page.locator("#chatrec-status")).to_contain_text("Connected to", timeout=60_000)
+            status = page.locator("#chatrec-status")
+            page.locator("#chatrec-input textarea").fill(
+                "I loved Toy Story and Aladdin. Something funny the whole family can watch, please.")
+            page.locator("#chatrec-send").click()
+            expect(status).to_contain_text("liked: Toy Story (1995), Aladdin (1992)", timeout=120_000)
+            page.locator("#chatrec-input textarea").fill("Not those. Something older, from before 1970.")
+            page.locator("#chatrec-send").click()
+            expect(status).to_contain_text("before 1970", timeout=120_000)
+            cards = [t.split(". ", 1)[1] for t in page.locator(".chatrec-card-title").all_inner_texts()]
+            assert cards and set(cards) <= titles, cards
+            chat = page.locator("#chatrec-chat").inner_text()
+            assert "Toy Story" in chat and "<think>" not in chat
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            context.close()
+        finally:
+            _stop(ui_proc)
