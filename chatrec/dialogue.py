@@ -92,7 +92,7 @@ class DialogueState:
     implied: list[str] = field(default_factory=list)          # from the words: ranked first
     avoid: list[str] = field(default_factory=list)            # never shown
     years: tuple[int, int] | None = None
-    years_loose: tuple[int, int] | None = None                # "newer" when nothing is newer than the whole last list
+    years_loose: tuple[int, int] | None = None                # "older"/"newer" when no item passes the strict years
     unseen_only: bool = False
     mentioned: int | None = None                              # the last item asked about
     events: list[tuple[str, str]] = field(default_factory=list)  # the client's history (item id, action)
