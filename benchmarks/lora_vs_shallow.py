@@ -69,7 +69,7 @@ def chat_samples(bundle: Path) -> list[dict[str, Any]]:
         svc.close()
 
 
-def summary(label: str, bundle: Path, cpu_seconds: float) -> dict[str, Any]:
+def summary(label: str, bundle: Path, cpu_seconds: float, every_min: float = 10.0) -> dict[str, Any]:
     manifest = json.loads((bundle / "manifest.json").read_text())["stages"]
     counts = manifest["finetune"]["counts"]
     llm = json.loads((bundle / "eval.json").read_text())["llm"]
@@ -81,7 +81,7 @@ def summary(label: str, bundle: Path, cpu_seconds: float) -> dict[str, Any]:
         "first_loss": counts["first_loss"], "final_loss": counts["final_loss"], "peak_rss_mb": counts["peak_rss_mb"],
         "users": llm["users"], "engine": llm.get("engine"), "hr@10": llm["hr@10"], "ndcg@10": llm["ndcg@10"],
         "ndcg@10_per_cpu_minute": llm["ndcg@10"] / cpu_min if cpu_min else None,
-        "loss_curve": loss_curve(bundle), "chat": chat_samples(bundle),
+        "loss_curve": loss_curve(bundle, every_min), "chat": chat_samples(bundle),
     }
 
 
@@ -89,11 +89,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", action="append", required=True, help="LABEL=BUNDLE (trained, exported, evaluated)")
     ap.add_argument("--cpu-seconds", action="append", required=True, help="LABEL=SECONDS of training CPU time")
+    ap.add_argument("--every-min", type=float, default=10.0, help="span of each point of the loss curve, minutes")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lora_vs_shallow.json"))
     args = ap.parse_args()
     bundles = dict(x.split("=", 1) for x in args.bundle)
     cpu = {k: float(v) for k, v in (x.split("=", 1) for x in args.cpu_seconds)}
-    rows = [summary(label, Path(path), cpu[label]) for label, path in bundles.items()]
+    rows = [summary(label, Path(path), cpu[label], args.every_min) for label, path in bundles.items()]
     print("| run | layers | steps | CPU min | tokens/s | loss first -> last | NDCG@10 | HR@10 | NDCG@10 per CPU min |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -102,7 +103,7 @@ def main() -> None:
               f"{r['tokens_per_s']:.0f} | {r['first_loss']:.2f} -> {r['final_loss']:.2f} | {r['ndcg@10']:.4f} | "
               f"{r['hr@10']:.4f} | {r['ndcg@10_per_cpu_minute']:.5f} |")
     for r in rows:
-        print(f"\n{r['label']}: loss per 10 min {[round(c['mean_loss'], 3) for c in r['loss_curve']]}")
+        print(f"\n{r['label']}: loss per {args.every_min:g} min {[round(c['mean_loss'], 3) for c in r['loss_curve']]}")
         for c in r["chat"]:
             print(f"  > {c['request']}\n    {c['answer']!r}")
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

@@ -307,7 +307,8 @@ class BaselineSystem:
         if checks:
             best = max(checks, key=lambda h: h["valid_ndcg@10"])
             info.update(epochs_run=int(history[-1]["epoch"]), best_epoch=int(best["epoch"]),
-                        best_valid_ndcg10=best["valid_ndcg@10"])
+                        best_valid_ndcg10=best["valid_ndcg@10"],
+                        valid_curve=[[int(h["epoch"]), round(h["valid_ndcg@10"], 5)] for h in checks])
         return info
 
     def recommend(self, cases: Sequence[Case], k: int, constraints: Sequence[Constraint] | None = None,

@@ -40,6 +40,9 @@ class SASRecConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)."})
     eval_every: int = field(default=2, metadata={"help": "Epochs between validation checks (>= 1)."})
     patience: int = field(default=5, metadata={"help": "Validation checks without improvement before stopping (>= 1)."})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "Stop after the epoch that ends past this many training minutes (the best validated weights are "
+                "kept; None = no time limit)."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, dropout and shuffling."})
     threads: int | None = field(default=1, metadata={
         "help": "torch CPU threads while training and scoring (None = torch's default). One thread is far faster "
@@ -53,6 +56,7 @@ class SASRecConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"), ("lr", self.lr > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"), ("eval_every", self.eval_every >= 1, ">= 1"),
             ("patience", self.patience >= 1, ">= 1"),
+            ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "> 0 or None"),
             ("negatives", self.negatives is None or self.negatives >= 1, ">= 1 or None"), ("threads", self.threads is None or self.threads >= 1, ">= 1 or None"),
         ]
         for name, ok, allowed in checks:
@@ -170,10 +174,13 @@ class SASRec(Baseline):
         return self
 
     def _train(self, sequences: Sequences, n_items: int, valid: tuple[Sequences, Sequence[int]] | None) -> None:
+        import time
+
         import torch
         from tqdm.auto import tqdm
 
         cfg = self.cfg
+        started = time.monotonic()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.n_items = n_items
@@ -197,7 +204,8 @@ class SASRec(Baseline):
                 opt.step()
                 total, steps = total + loss.item(), steps + 1
             record = {"epoch": float(epoch), "loss": total / max(steps, 1)}
-            if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            out_of_time = cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60
+            if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time):
                 record["valid_ndcg@10"] = self._valid_ndcg(*valid)
                 if record["valid_ndcg@10"] > best_score:
                     best_score, bad_checks = record["valid_ndcg@10"], 0
@@ -206,7 +214,7 @@ class SASRec(Baseline):
                     bad_checks += 1
             self.history.append(record)
             bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
-            if bad_checks >= cfg.patience:
+            if bad_checks >= cfg.patience or out_of_time:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)

@@ -48,6 +48,10 @@ def eval_command(
                                                 "published ML-1M setting and far cheaper on a large catalog)."),
     sasrec_max_len: int = typer.Option(50, "--sasrec-max-len", help="Most recent items SASRec reads (the published "
                                        "ML-1M setting is 200)."),
+    sasrec_max_minutes: float = typer.Option(None, "--sasrec-max-minutes", help="Stop SASRec's training after the "
+                                             "epoch that ends past this many minutes (best validated weights kept)."),
+    sasrec_threads: int = typer.Option(1, "--sasrec-threads", help="torch CPU threads for SASRec (one is far faster "
+                                       "than two on a busy shared CPU; use the machine's cores when it is idle)."),
     llm_model_dir: Path = typer.Option(None, "--llm-model-dir", help="Model folder for llm systems (default: "
                                        "BUNDLE/export), e.g. a training snapshot BUNDLE/checkpoints/seq-015.0min."),
 ) -> None:
@@ -68,7 +72,8 @@ def eval_command(
                         stated_titles=stated,
                         engine=engine, last_level=last_level or SERVED_LAST_LEVEL,
                         trim_history=trim_history, cases=cases,
-                        sasrec=SASRecConfig(epochs=sasrec_epochs, negatives=sasrec_negatives, max_len=sasrec_max_len),
+                        sasrec=SASRecConfig(epochs=sasrec_epochs, negatives=sasrec_negatives, max_len=sasrec_max_len,
+                                            threads=sasrec_threads, max_minutes=sasrec_max_minutes),
                         llm_model_dir=str(llm_model_dir) if llm_model_dir else None)
     results = evaluate_bundle(bundle, config, log=lambda msg: typer.echo(msg, err=True), out=out)
     typer.echo(markdown_table(results, config.ks))

@@ -79,11 +79,11 @@ def test_cli_eval_protocol(tmp_path: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--systems", "popularity,sasrec", "--protocol",
                              "last-item", "--no-conversational", "--sasrec-epochs", "2", "--sasrec-negatives", "8",
-                             "--sasrec-max-len", "6"])
+                             "--sasrec-max-len", "6", "--sasrec-threads", "2"])
     assert ok.exit_code == 0, ok.output
     split = json.loads((tmp_path / "eval.json").read_text())["split"]
     assert split["protocol"] == "last-item" and split["method"].startswith("leave-last-item-out")
     sasrec = split["systems"]["sasrec"]["config"]
-    assert (sasrec["negatives"], sasrec["max_len"], sasrec["epochs"]) == (8, 6, 2)
+    assert (sasrec["negatives"], sasrec["max_len"], sasrec["epochs"], sasrec["threads"]) == (8, 6, 2, 2)
     bad = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--protocol", "last"])
     assert bad.exit_code == 2 and "`protocol` must be one of liked, last-item" in bad.stderr

@@ -81,6 +81,17 @@ def test_sasrec_early_stopping_keeps_history() -> None:
     assert checks and all(0.0 <= h["valid_ndcg@10"] <= 1.0 for h in checks)
 
 
+def test_sasrec_time_budget_stops_after_the_epoch_and_validates_it() -> None:
+    n = 6
+    seqs = [[(s + i) % n for i in range(8)] for s in range(n)] * 2
+    valid = ([[0, 1, 2], [3, 4]], [3, 5])
+    cfg = SASRecConfig(hidden=8, max_len=6, epochs=50, eval_every=10, lr=1e-2, max_minutes=1e-9)
+    model = SASRec(cfg, progress=False).fit(seqs, n, valid=valid)
+    assert [h["epoch"] for h in model.history] == [1.0] and "valid_ndcg@10" in model.history[0]
+    with pytest.raises(ConfigError, match="`max_minutes` must be > 0 or None"):
+        SASRecConfig(max_minutes=0)
+
+
 def test_training_windows_cover_every_transition_once() -> None:
     x, y = _training_windows([[0, 1, 2, 3, 4, 5, 6]], max_len=3)
     pairs = {(int(a) - 1, int(b)) for xa, ya in zip(x, y, strict=True) for a, b in zip(xa, ya, strict=True) if b >= 0}
