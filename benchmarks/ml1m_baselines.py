@@ -3,6 +3,7 @@
     nice -n 19 .venv/bin/python benchmarks/ml1m_baselines.py --bundle BUNDLE
     .venv/bin/python benchmarks/ml1m_baselines.py --liked A/eval.json --last-item B/eval.json \\
         --cpu-s liked=SECONDS --cpu-s last-item=SECONDS          # assemble runs made by `chatrec eval`
+        [--add liked=C.json --add last-item=D.json]            # and systems scored in other runs (SASRec, LLM)
 
 With `--bundle`: imports MovieLens-1M into BUNDLE when it has no catalog (`chatrec data import
 movielens-1m`, timed), copies the two tables into BUNDLE-last-item, then runs `chatrec eval
@@ -71,9 +72,31 @@ def run_all(bundle: Path) -> tuple[dict[str, Path], dict[str, dict[str, float]]]
     return paths, timings
 
 
-def assemble(evals: dict[str, dict[str, Any]], timings: dict[str, dict[str, float]]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """`base` with the systems of `extra` (a `chatrec eval` result of the same protocol and bundle) added;
+    a system in both keeps `extra`'s row, and the split records which file each added row came from."""
+    if extra["split"].get("protocol", "liked") != base["split"].get("protocol", "liked"):
+        raise SystemExit(f"{source}: protocol {extra['split'].get('protocol')!r} is not the base run's")
+    for key in ("test_users", "catalog_items", "seed"):
+        if extra["split"].get(key) != base["split"].get(key):
+            raise SystemExit(f"{source}: {key} {extra['split'].get(key)!r} differs from the base run's "
+                             f"{base['split'].get(key)!r} (not the same split)")
+    out = dict(base)
+    systems = dict(base["split"].get("systems", {}))
+    added = dict(base["split"].get("added_from", {}))
+    for name, row in extra.items():
+        if name != "split" and isinstance(row, dict):
+            out[name] = row
+            systems[name] = extra["split"].get("systems", {}).get(name)
+            added[name] = source
+    out["split"] = {**base["split"], "systems": systems, "added_from": added}
+    return out
+
+
+def assemble(evals: dict[str, dict[str, Any]], timings: dict[str, dict[str, float]], machine: str = ""
+             ) -> dict[str, Any]:
     """ml1m_eval.json: our protocol's rows on top (as ml100k_eval.json), last-item rows and the published ones."""
-    machine = f"{platform.processor() or platform.machine()}, 2 cores shared with other jobs, nice 19"
+    machine = machine or f"{platform.processor() or platform.machine()}, 2 cores shared with other jobs, nice 19"
     out: dict[str, Any] = dict(evals["liked"])
     out["split"] = {**evals["liked"]["split"], "machine": machine, "process": timings.get("liked")}
     out["last-item"] = {**evals["last-item"],
@@ -86,8 +109,6 @@ def assemble(evals: dict[str, dict[str, Any]], timings: dict[str, dict[str, floa
     }
     if "import" in timings:
         out["import"] = timings["import"]
-    out["llm"] = ("not run on ML-1M here: the sequence recipe needs a ~150-minute CPU run the shared 2-core "
-                  "machine could not give in this session")
     return out
 
 
@@ -98,6 +119,9 @@ def main() -> None:
     ap.add_argument("--last-item", type=Path, help="eval.json of `chatrec eval --protocol last-item`.")
     ap.add_argument("--cpu-s", action="append", default=[], metavar="PROTOCOL=SECONDS",
                     help="CPU seconds of an assembled run (e.g. from /usr/bin/time), per protocol.")
+    ap.add_argument("--add", action="append", default=[], metavar="PROTOCOL=PATH",
+                    help="Also take the systems of this `chatrec eval` result (same split), per protocol.")
+    ap.add_argument("--machine", default="", help="What the runs ran on (default: this CPU, shared, nice 19).")
     ap.add_argument("--out", type=Path, default=RESULTS / "ml1m_eval.json")
     args = ap.parse_args()
     timings: dict[str, dict[str, float]] = {}
@@ -117,14 +141,21 @@ def main() -> None:
         got = evals[protocol]["split"].get("protocol", "liked")
         if got != protocol:
             ap.error(f"{paths[protocol]} was made with protocol {got!r}, not {protocol!r}")
-    result = assemble(evals, timings)
+    for pair in args.add:
+        protocol, _, path = pair.partition("=")
+        if protocol not in PROTOCOLS:
+            ap.error(f"--add takes PROTOCOL=PATH with PROTOCOL in {PROTOCOLS}, got {pair!r}")
+        evals[protocol] = merge(evals[protocol], json.loads(Path(path).read_text()), path)
+    result = assemble(evals, timings, args.machine)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     rows = [(p, name, r) for p, src in (("liked", result), ("last-item", result["last-item"]))
             for name, r in src.items() if isinstance(r, dict) and "ndcg@10" in r]
-    print("| protocol | system | HR@10 | NDCG@10 | users | fit_s |")
-    print("|---|---|---|---|---|---|")
+    print("| protocol | system | HR@10 | NDCG@10 | users | fit_s | train minutes |")
+    print("|---|---|---|---|---|---|---|")
     for p, name, r in rows:
-        print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['users']} | {r['fit_s']:.0f} |")
+        minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
+        print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['users']} | {r['fit_s']:.0f} | "
+              f"{minutes} |")
     for name in ("sasrec", "hstu-large"):
         pub = PUBLISHED[name]
         print(f"| last-item (published) | {name} | {pub['hr@10']:.4f} | {pub['ndcg@10']:.4f} | 6040 | – |")
