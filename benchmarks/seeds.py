@@ -127,7 +127,12 @@ def main() -> None:
     root = Path(args.root) if args.root else default_bundle().parent
     suffix = "" if args.cases == "test" else "_valid"
     path = RESULTS / f"seeds_ml100k{suffix}{'_' + args.variant if args.variant else ''}.json"
-    done = {r["seed"]: r for r in json.loads(path.read_text())["runs"]} if path.exists() else {}
+    kept = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    wanted = {"name": args.variant, "sid": sid, "demo": demo} if args.variant else None
+    if kept["runs"] and kept.get("variant") != wanted:  # its seeds would be reused as if they were this recipe
+        raise SystemExit(f"seeds.py: {path} holds the variant {kept.get('variant')}, not {wanted}: "
+                         "name this one differently")
+    done = {r["seed"]: r for r in kept["runs"]}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         if seed in done:
@@ -140,7 +145,7 @@ def main() -> None:
         done[seed] = score_seed(seed, bundle_dir, args.cases, lambda m: print(m, file=sys.stderr), systems,
                                 demo=demo, sid=sid)
         report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cases": args.cases,
-                  "variant": {"name": args.variant, "sid": sid, "demo": demo} if args.variant else None,
+                  "variant": wanted,
                   "runs": [done[s] for s in sorted(done)]}
         path.write_text(json.dumps(report) + "\n")  # after every seed: a long run keeps what it finished
     runs = [done[s] for s in seeds]
