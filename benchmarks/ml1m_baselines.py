@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/ml1m_baselines.py --liked A/eval.json --last-item B/eval.json \\
         --cpu-s liked=SECONDS --cpu-s last-item=SECONDS          # assemble runs made by `chatrec eval`
         [--add liked=C.json --add last-item=D.json]            # and systems scored in other runs (SASRec, LLM)
+        [--add-seeds liked:NAME=S0.json,S1.json,S2.json]       # one LLM recipe over seeds, as one row NAME
 
 With `--bundle`: imports MovieLens-1M into BUNDLE when it has no catalog (`chatrec data import
 movielens-1m`, timed), copies the two tables into BUNDLE-last-item, then runs `chatrec eval
@@ -26,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -93,6 +96,34 @@ def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str,
     return out
 
 
+def seeds_row(paths: list[str], source: str) -> dict[str, Any]:
+    """One row from `chatrec eval` results of the same recipe over seeds (one LLM system each): every
+    metric's mean, the spread (sample std) of the headline ones, and each seed's row and training run."""
+    runs = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        names = [n for n, r in result.items() if n != "split" and isinstance(r, dict)]
+        if len(names) != 1:
+            raise SystemExit(f"{path}: expected one system, found {names}")
+        runs.append((path, result[names[0]], result["split"].get("systems", {}).get(names[0], {}), result["split"]))
+    splits = {(s.get("test_users"), s.get("catalog_items"), s.get("cases"), s.get("protocol", "liked"))
+              for _, _, _, s in runs}
+    if len(splits) != 1:
+        raise SystemExit(f"{source}: the seeds were scored on different splits: {sorted(map(str, splits))}")
+    numeric = [k for k, v in runs[0][1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    row: dict[str, Any] = {k: float(np.mean([r[k] for _, r, _, _ in runs])) for k in numeric}
+    row["users"] = runs[0][1]["users"]
+    row["seeds"] = len(runs)
+    row["std"] = {k: float(np.std([r[k] for _, r, _, _ in runs], ddof=1)) if len(runs) > 1 else 0.0
+                  for k in ("ndcg@10", "hr@10")}
+    for key in ("engine", "search", "last_level"):
+        row[key] = runs[0][1].get(key)
+    row["per_seed"] = [{"file": path, "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"],
+                        **{k: cfg.get(k) for k in ("steps", "epochs_seen", "train_minutes", "layers", "bundle")}}
+                       for path, r, cfg, _ in runs]
+    return row
+
+
 def assemble(evals: dict[str, dict[str, Any]], timings: dict[str, dict[str, float]], machine: str = ""
              ) -> dict[str, Any]:
     """ml1m_eval.json: our protocol's rows on top (as ml100k_eval.json), last-item rows and the published ones."""
@@ -121,6 +152,11 @@ def main() -> None:
                     help="CPU seconds of an assembled run (e.g. from /usr/bin/time), per protocol.")
     ap.add_argument("--add", action="append", default=[], metavar="PROTOCOL=PATH",
                     help="Also take the systems of this `chatrec eval` result (same split), per protocol.")
+    ap.add_argument("--add-seeds", action="append", default=[], metavar="PROTOCOL:NAME=PATH,PATH,...",
+                    help="Add one row NAME: the mean over these `chatrec eval` results (one LLM recipe, one seed "
+                         "each), with the spread and each seed's row; --describe NAME=TEXT says what it is.")
+    ap.add_argument("--describe", action="append", default=[], metavar="NAME=TEXT",
+                    help="What an --add-seeds row is (engine, machine, training budget), stored with it.")
     ap.add_argument("--machine", default="", help="What the runs ran on (default: this CPU, shared, nice 19).")
     ap.add_argument("--out", type=Path, default=RESULTS / "ml1m_eval.json")
     args = ap.parse_args()
@@ -146,19 +182,33 @@ def main() -> None:
         if protocol not in PROTOCOLS:
             ap.error(f"--add takes PROTOCOL=PATH with PROTOCOL in {PROTOCOLS}, got {pair!r}")
         evals[protocol] = merge(evals[protocol], json.loads(Path(path).read_text()), path)
+    notes = dict(pair.partition("=")[::2] for pair in args.describe)
+    for spec in args.add_seeds:
+        where, _, paths = spec.partition("=")
+        protocol, _, name = where.partition(":")
+        if protocol not in PROTOCOLS or not name or not paths:
+            ap.error(f"--add-seeds takes PROTOCOL:NAME=PATH,PATH,... with PROTOCOL in {PROTOCOLS}, got {spec!r}")
+        row = seeds_row(paths.split(","), spec)
+        if name in notes:
+            row["about"] = notes[name]
+        evals[protocol] = {**evals[protocol], name: row}
+        added = dict(evals[protocol]["split"].get("added_from", {}))
+        added[name] = paths
+        evals[protocol]["split"] = {**evals[protocol]["split"], "added_from": added}
     result = assemble(evals, timings, args.machine)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     rows = [(p, name, r) for p, src in (("liked", result), ("last-item", result["last-item"]))
             for name, r in src.items() if isinstance(r, dict) and "ndcg@10" in r]
-    print("| protocol | system | HR@10 | NDCG@10 | users | fit_s | train minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| protocol | system | HR@10 | NDCG@10 | seeds (NDCG@10 std) | users | fit_s | train minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for p, name, r in rows:
         minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
-        print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['users']} | {r['fit_s']:.0f} | "
-              f"{minutes} |")
+        seeds = f"{r['seeds']} ({r['std']['ndcg@10']:.4f})" if "seeds" in r else "1"
+        print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {seeds} | {r['users']} | "
+              f"{r['fit_s']:.0f} | {minutes} |")
     for name in ("sasrec", "hstu-large"):
         pub = PUBLISHED[name]
-        print(f"| last-item (published) | {name} | {pub['hr@10']:.4f} | {pub['ndcg@10']:.4f} | 6040 | – |")
+        print(f"| last-item (published) | {name} | {pub['hr@10']:.4f} | {pub['ndcg@10']:.4f} | – | 6040 | – | – |")
     print(f"wrote {args.out}")
 
 
