@@ -96,9 +96,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str,
     return out
 
 
-def seeds_row(paths: list[str], source: str) -> dict[str, Any]:
+def seeds_row(paths: list[str], source: str, base_split: dict[str, Any]) -> dict[str, Any]:
     """One row from `chatrec eval` results of the same recipe over seeds (one LLM system each): every
-    metric's mean, the spread (sample std) of the headline ones, and each seed's row and training run."""
+    metric's mean, the spread (sample std) of the headline ones, and each seed's row and training run.
+    Each seed must have been scored on `base_split`'s users (same protocol, test users and catalog)."""
     runs = []
     for path in paths:
         result = json.loads(Path(path).read_text())
@@ -106,10 +107,14 @@ def seeds_row(paths: list[str], source: str) -> dict[str, Any]:
         if len(names) != 1:
             raise SystemExit(f"{path}: expected one system, found {names}")
         runs.append((path, result[names[0]], result["split"].get("systems", {}).get(names[0], {}), result["split"]))
-    splits = {(s.get("test_users"), s.get("catalog_items"), s.get("cases"), s.get("protocol", "liked"))
-              for _, _, _, s in runs}
-    if len(splits) != 1:
-        raise SystemExit(f"{source}: the seeds were scored on different splits: {sorted(map(str, splits))}")
+    def split_key(split: dict[str, Any]) -> tuple[Any, ...]:
+        return (split.get("test_users"), split.get("catalog_items"), split.get("cases", "test"),
+                split.get("protocol", "liked"))
+
+    splits = {split_key(s) for _, _, _, s in runs}
+    if splits != {split_key(base_split)}:
+        raise SystemExit(f"{source}: the seeds were not all scored on the base run's split {split_key(base_split)} "
+                         f"(test users, catalog items, cases, protocol): {sorted(map(str, splits))}")
     numeric = [k for k, v in runs[0][1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     row: dict[str, Any] = {k: float(np.mean([r[k] for _, r, _, _ in runs])) for k in numeric}
     row["users"] = runs[0][1]["users"]
@@ -188,7 +193,7 @@ def main() -> None:
         protocol, _, name = where.partition(":")
         if protocol not in PROTOCOLS or not name or not paths:
             ap.error(f"--add-seeds takes PROTOCOL:NAME=PATH,PATH,... with PROTOCOL in {PROTOCOLS}, got {spec!r}")
-        row = seeds_row(paths.split(","), spec)
+        row = seeds_row(paths.split(","), spec, evals[protocol]["split"])
         if name in notes:
             row["about"] = notes[name]
         evals[protocol] = {**evals[protocol], name: row}
