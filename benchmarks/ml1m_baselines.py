@@ -119,8 +119,8 @@ def seeds_row(paths: list[str], source: str, base_split: dict[str, Any]) -> dict
     row: dict[str, Any] = {k: float(np.mean([r[k] for _, r, _, _ in runs])) for k in numeric}
     row["users"] = runs[0][1]["users"]
     row["seeds"] = len(runs)
-    row["std"] = {k: float(np.std([r[k] for _, r, _, _ in runs], ddof=1)) if len(runs) > 1 else 0.0
-                  for k in ("ndcg@10", "hr@10")}
+    if len(runs) > 1:  # one seed has no spread to report
+        row["std"] = {k: float(np.std([r[k] for _, r, _, _ in runs], ddof=1)) for k in ("ndcg@10", "hr@10")}
     for key in ("engine", "search", "last_level"):
         row[key] = runs[0][1].get(key)
     row["per_seed"] = [{"file": path, "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"],
@@ -208,7 +208,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for p, name, r in rows:
         minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
-        seeds = f"{r['seeds']} ({r['std']['ndcg@10']:.4f})" if "seeds" in r else "1"
+        seeds = f"{r['seeds']} ({r['std']['ndcg@10']:.4f})" if "std" in r else "1"
         print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {seeds} | {r['users']} | "
               f"{r['fit_s']:.0f} | {minutes} |")
     for name in ("sasrec", "hstu-large"):
