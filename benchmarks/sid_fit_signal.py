@@ -6,9 +6,9 @@
 Every bundle given shares one catalog and log (the split is made once, from `--split-bundle`) and has
 its own `sids.parquet`. item-kNN (the `chatrec eval` baseline, fitted on the training split) scores
 each held-out user; its non-negative scores, normalised to sum to one, stand in for a model's
-next-item distribution, and are then searched as `chatrec serve` searches the LLM: beam width 20 over
-the SID levels (the mass of each prefix is the sum over its items), the last level from the
-popularity prior (exponent 0.5). If a fit groups items that the log uses together, fewer targets fall
+next-item distribution, and are then searched as `chatrec serve` searches the LLM: retrieval's
+default beam width (20) over the SID levels (the mass of each prefix is the sum over its items), the
+last level from its popularity prior (exponent 0.5). If a fit groups items that the log uses together, fewer targets fall
 out of the beam and the prior ranks cells better, so its NDCG@10 is higher. With `--llm` (results
 files of `benchmarks/seeds.py`), the signal is set beside each fit's LLM NDCG@10 and their Pearson
 and Spearman correlations are printed. The question is whether the signal predicts the trained
@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chatrec import metrics
 from chatrec.evaluation import BaselineSystem, Catalog, make_split
+from chatrec.retrieval import PRIOR_EXPONENT, RetrievalConfig
 
-WIDTH = 20  # RetrievalConfig's default beam width (2 k, k = 10)
-PRIOR_EXPONENT = 0.5  # RetrievalConfig's default last-level prior
+WIDTH = RetrievalConfig().width  # the beam width retrieval keeps per level by default
 
 
 def knn_scores(bundle: Path, cases: str) -> tuple[Catalog, np.ndarray, np.ndarray]:
@@ -58,7 +59,7 @@ def tree_ndcg(catalog: Catalog, scores: np.ndarray, targets: np.ndarray, sids: P
     prior = (codes[:, 2] + 1.0) ** -PRIOR_EXPONENT
     probs = np.clip(np.where(np.isfinite(scores), scores, 0.0), 0.0, None)
     probs /= np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
-    gains = []
+    ranks: list[int | None] = []
     for row, target in enumerate(targets):
         p, allowed = probs[row], np.isfinite(scores[row])
         alive = np.isin(first, np.argsort(-np.bincount(first, weights=p))[:WIDTH])
@@ -66,9 +67,8 @@ def tree_ndcg(catalog: Catalog, scores: np.ndarray, targets: np.ndarray, sids: P
         alive &= np.isin(cell, np.argsort(-cell_mass)[:WIDTH]) & allowed
         cell_prior = np.bincount(cell, weights=prior * allowed)
         score = np.where(alive, cell_mass[cell] * prior / np.maximum(cell_prior[cell], 1e-12), -1.0)
-        rank = int((score > score[target]).sum()) if alive[target] else 10**6
-        gains.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
-    return float(np.mean(gains))
+        ranks.append(int((score > score[target]).sum()) if alive[target] else None)
+    return metrics.ndcg(ranks, 10)
 
 
 def llm_ndcg(paths: list[Path]) -> dict[str, float]:
@@ -91,8 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     catalog, scores, targets = knn_scores(args.split_bundle, args.cases)
-    ranks = (scores > scores[np.arange(len(targets)), targets][:, None]).sum(axis=1)
-    flat = float(np.where(ranks < 10, 1 / np.log2(ranks + 2), 0.0).mean())
+    flat = metrics.ndcg((scores > scores[np.arange(len(targets)), targets][:, None]).sum(axis=1).tolist(), 10)
     llm = llm_ndcg(args.llm)
     rows: list[dict[str, Any]] = []
     print(f"item-kNN without the tree: NDCG@10 {flat:.4f} ({len(targets)} {args.cases} users)")
