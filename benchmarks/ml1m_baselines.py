@@ -75,15 +75,20 @@ def run_all(bundle: Path) -> tuple[dict[str, Path], dict[str, dict[str, float]]]
     return paths, timings
 
 
+def check_same_split(base: dict[str, Any], other: dict[str, Any], source: str) -> None:
+    """Stop unless `other` (a `chatrec eval` result's split) scored the same users as `base`: the same
+    protocol, cases, test users, catalog and sampling seed."""
+    defaults = {"protocol": "liked", "cases": "test"}
+    for key in ("protocol", "cases", "test_users", "catalog_items", "seed"):
+        mine, theirs = other.get(key, defaults.get(key)), base.get(key, defaults.get(key))
+        if mine != theirs:
+            raise SystemExit(f"{source}: {key} {mine!r} differs from the base run's {theirs!r} (not the same split)")
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
     """`base` with the systems of `extra` (a `chatrec eval` result of the same protocol and bundle) added;
     a system in both keeps `extra`'s row, and the split records which file each added row came from."""
-    if extra["split"].get("protocol", "liked") != base["split"].get("protocol", "liked"):
-        raise SystemExit(f"{source}: protocol {extra['split'].get('protocol')!r} is not the base run's")
-    for key in ("test_users", "catalog_items", "seed"):
-        if extra["split"].get(key) != base["split"].get(key):
-            raise SystemExit(f"{source}: {key} {extra['split'].get(key)!r} differs from the base run's "
-                             f"{base['split'].get(key)!r} (not the same split)")
+    check_same_split(base["split"], extra["split"], source)
     out = dict(base)
     systems = dict(base["split"].get("systems", {}))
     added = dict(base["split"].get("added_from", {}))
@@ -96,36 +101,30 @@ def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str,
     return out
 
 
-def seeds_row(paths: list[str], source: str, base_split: dict[str, Any]) -> dict[str, Any]:
+def seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
     """One row from `chatrec eval` results of the same recipe over seeds (one LLM system each): every
     metric's mean, the spread (sample std) of the headline ones, and each seed's row and training run.
-    Each seed must have been scored on `base_split`'s users (same protocol, test users and catalog)."""
-    runs = []
+    Each seed must have been scored on `base_split`'s users."""
+    rows, configs = [], []
     for path in paths:
         result = json.loads(Path(path).read_text())
         names = [n for n, r in result.items() if n != "split" and isinstance(r, dict)]
         if len(names) != 1:
             raise SystemExit(f"{path}: expected one system, found {names}")
-        runs.append((path, result[names[0]], result["split"].get("systems", {}).get(names[0], {}), result["split"]))
-    def split_key(split: dict[str, Any]) -> tuple[Any, ...]:
-        return (split.get("test_users"), split.get("catalog_items"), split.get("cases", "test"),
-                split.get("protocol", "liked"))
-
-    splits = {split_key(s) for _, _, _, s in runs}
-    if splits != {split_key(base_split)}:
-        raise SystemExit(f"{source}: the seeds were not all scored on the base run's split {split_key(base_split)} "
-                         f"(test users, catalog items, cases, protocol): {sorted(map(str, splits))}")
-    numeric = [k for k, v in runs[0][1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    row: dict[str, Any] = {k: float(np.mean([r[k] for _, r, _, _ in runs])) for k in numeric}
-    row["users"] = runs[0][1]["users"]
-    row["seeds"] = len(runs)
-    if len(runs) > 1:  # one seed has no spread to report
-        row["std"] = {k: float(np.std([r[k] for _, r, _, _ in runs], ddof=1)) for k in ("ndcg@10", "hr@10")}
+        check_same_split(base_split, result["split"], path)
+        rows.append(result[names[0]])
+        configs.append(result["split"].get("systems", {}).get(names[0], {}))
+    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    row: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in numeric}
+    row["users"] = rows[0]["users"]
+    row["seeds"] = len(rows)
+    if len(rows) > 1:  # one seed has no spread to report
+        row["std"] = {k: float(np.std([r[k] for r in rows], ddof=1)) for k in ("ndcg@10", "hr@10")}
     for key in ("engine", "search", "last_level"):
-        row[key] = runs[0][1].get(key)
+        row[key] = rows[0].get(key)
     row["per_seed"] = [{"file": path, "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"],
                         **{k: cfg.get(k) for k in ("steps", "epochs_seen", "train_minutes", "layers", "bundle")}}
-                       for path, r, cfg, _ in runs]
+                       for path, r, cfg in zip(paths, rows, configs, strict=True)]
     return row
 
 
@@ -193,7 +192,7 @@ def main() -> None:
         protocol, _, name = where.partition(":")
         if protocol not in PROTOCOLS or not name or not paths:
             ap.error(f"--add-seeds takes PROTOCOL:NAME=PATH,PATH,... with PROTOCOL in {PROTOCOLS}, got {spec!r}")
-        row = seeds_row(paths.split(","), spec, evals[protocol]["split"])
+        row = seeds_row(paths.split(","), evals[protocol]["split"])
         if name in notes:
             row["about"] = notes[name]
         evals[protocol] = {**evals[protocol], name: row}
