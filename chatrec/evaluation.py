@@ -216,6 +216,23 @@ def leave_last_item_out(
     return Split(train, valid, test, cutoffs, description)
 
 
+TRAINED_PROTOCOL = "liked"  # the split `chatrec data build` trains the LLM on
+
+
+def drop_trained_targets(split: Split, trained: pd.DataFrame, why: str) -> Split:
+    """`split` without the held-out cases whose (user, target item) is a row of `trained`.
+
+    A model trained on another protocol's split may have seen some of this split's targets (on
+    ML-1M, 4 of the last-item protocol's test targets are training rows of the liked split: users
+    with fewer than two liked events train on every event). Every system is then scored on the
+    remaining cases alone, so the comparison stays paired; the counts go into the description."""
+    seen = set(zip(trained["user_id"].astype(str), trained["item_id"].astype(str), strict=True))
+    test = [c for c in split.test if (c.user_id, c.target) not in seen]
+    valid = [c for c in split.valid if (c.user_id, c.target) not in seen]
+    dropped = {"test": len(split.test) - len(test), "valid": len(split.valid) - len(valid), "why": why}
+    return replace(split, test=test, valid=valid, description={**split.description, "dropped_trained_targets": dropped})
+
+
 def make_split(interactions: pd.DataFrame, protocol: str, *, target_actions: Sequence[str] = ("like",),
                known_items: Sequence[str] | None = None) -> Split:
     """The split `protocol` names: `liked` (`leave_last_out`) or `last-item` (`leave_last_item_out`)."""
@@ -702,6 +719,23 @@ def run(split: Split, catalog: Catalog, config: EvalConfig, bundle: Bundle | Non
     return results
 
 
+def split_for(inter: pd.DataFrame, catalog: Catalog, protocol: str, systems: Sequence[str],
+              target_actions: Sequence[str] = ("like",), log: Callable[[str], None] = print) -> Split:
+    """The `protocol` split the systems are scored on; with an LLM on another protocol than the one it
+    trained on, without the cases whose target it trained on (`drop_trained_targets`)."""
+    split = make_split(inter, protocol, target_actions=target_actions, known_items=catalog.ids)
+    if protocol == TRAINED_PROTOCOL or not any(s.startswith(("llm", "chat")) for s in systems):
+        return split
+    trained = make_split(inter, TRAINED_PROTOCOL, known_items=catalog.ids).train
+    split = drop_trained_targets(split, trained, f"the LLM trained on the {TRAINED_PROTOCOL} split's training rows, "
+                                                 "which hold these targets")
+    dropped = split.description["dropped_trained_targets"]
+    if dropped["test"] or dropped["valid"]:
+        log(f"dropped {dropped['test']} test and {dropped['valid']} validation cases whose target the LLM trained on "
+            f"(the {TRAINED_PROTOCOL} split's training rows); every system is scored without them")
+    return split
+
+
 def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = None,
                     log: Callable[[str], None] = print, out: str | Path | None = None) -> dict[str, Any]:
     """`chatrec eval`: split the bundle's log, run every system, write eval.json, table and plot.
@@ -713,7 +747,7 @@ def evaluate_bundle(bundle: Bundle | str | Path, config: EvalConfig | None = Non
     catalog_df = pd.read_parquet(bundle.require("catalog.parquet"))
     inter = pd.read_parquet(bundle.require("interactions.parquet"))
     catalog = Catalog(catalog_df)
-    split = make_split(inter, config.protocol, target_actions=config.target_actions, known_items=catalog.ids)
+    split = split_for(inter, catalog, config.protocol, config.systems, config.target_actions, log)
     results = run(split, catalog, config, bundle, log)
     if out is not None:
         atomic_write_json(Path(out), results)
@@ -803,6 +837,6 @@ def plot(results: dict[str, Any], path: str | Path, ks: Sequence[int] = (1, 5, 1
 
 __all__ = [
     "Case", "Catalog", "Constraint", "EvalConfig", "Split", "BaselineSystem", "LLMSystem", "evaluate_bundle",
-    "leave_last_item_out", "leave_last_out", "make_constraints", "make_split", "markdown_table", "plot", "run",
-    "sample_cases", "score_lists", "stated_cases",
+    "drop_trained_targets", "leave_last_item_out", "leave_last_out", "make_constraints", "make_split",
+    "markdown_table", "plot", "run", "sample_cases", "score_lists", "split_for", "stated_cases",
 ]

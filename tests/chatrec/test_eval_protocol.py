@@ -87,3 +87,46 @@ def test_cli_eval_protocol(tmp_path: Path) -> None:
     assert (sasrec["negatives"], sasrec["max_len"], sasrec["epochs"], sasrec["threads"]) == (8, 6, 2, 2)
     bad = runner.invoke(app, ["eval", "--bundle", str(tmp_path), "--protocol", "last"])
     assert bad.exit_code == 2 and "`protocol` must be one of liked, last-item" in bad.stderr
+
+
+def test_targets_a_model_trained_on_are_dropped() -> None:
+    from chatrec.evaluation import drop_trained_targets
+
+    # a and d have one liked event each: the liked split trains on all their events, the last-item split
+    # holds out their last two (a: "4" and "3"; d: "9" and "8"); c's last-item test target repeats its input
+    log = pd.concat([LOG, _log([("d", "7", "watch", 0), ("d", "8", "like", 1), ("d", "9", "watch", 2)])])
+    last = make_split(log, "last-item")
+    trained = make_split(log, "liked").train
+    kept = drop_trained_targets(last, trained, "why")
+    assert {c.user_id for c in last.test} - {c.user_id for c in kept.test} == {"a", "d"}
+    assert {c.user_id for c in last.valid} - {c.user_id for c in kept.valid} == {"a", "d"}
+    assert {c.user_id for c in kept.valid} == {"c"}
+    assert kept.description["dropped_trained_targets"] == {"test": 2, "valid": 2, "why": "why"}
+    assert all((c.user_id, c.target) not in set(zip(trained["user_id"], trained["item_id"], strict=True))
+               for c in kept.test + kept.valid)
+    assert kept.train is last.train  # the baselines still train on the protocol's own rows
+
+
+def test_eval_scores_every_system_without_the_llms_training_targets(tmp_path: Path) -> None:
+    """`chatrec eval --protocol last-item` with an LLM (trained on the liked split): no target it trained on."""
+    from chatrec.evaluation import evaluate_bundle
+    from chatrec.testing import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "b", n_users=20)
+    inter = pd.read_parquet(bundle.interactions_path)
+    a, b, c = inter["item_id"].unique()[:3]
+    solo = pd.DataFrame({"user_id": "solo", "item_id": [a, b, c], "action": ["watch", "like", "watch"],
+                         "timestamp": inter["timestamp"].max() + pd.to_timedelta([1, 2, 3], unit="h")})
+    pd.concat([inter, solo.astype(inter.dtypes.to_dict())], ignore_index=True).to_parquet(bundle.interactions_path)
+    logged: list[str] = []
+    config = EvalConfig(systems=("popularity", "llm-tiny"), protocol="last-item", ks=(5, 10), conversational=False,
+                        stated_titles=(), progress=False, engine="transformers")
+    out = evaluate_bundle(bundle, config, log=logged.append, out=tmp_path / "eval.json")
+    dropped = out["split"]["dropped_trained_targets"]
+    assert dropped["test"] >= 1 and dropped["valid"] >= 1
+    assert out["popularity"]["users"] == out["llm-tiny"]["users"] == out["split"]["test_users"] - dropped["test"]
+    assert any("whose target the LLM trained on" in line for line in logged)
+    baselines = evaluate_bundle(bundle, EvalConfig(systems=("popularity",), protocol="last-item", conversational=False,
+                                                   stated_titles=(), progress=False), log=logged.append,
+                                out=tmp_path / "base.json")
+    assert "dropped_trained_targets" not in baselines["split"]  # no LLM: the published protocol as it is
