@@ -24,7 +24,8 @@ def eval_command(
     target_actions: str = typer.Option("like", "--target-actions", help="Comma-separated actions that count as targets."),
     protocol: str = typer.Option("liked", "--protocol", help="Split: liked (each user's last liked event is the "
                                  "target) or last-item (the last event whatever its rating, as in the SASRec/"
-                                 "BERT4Rec/HSTU papers)."),
+                                 "BERT4Rec/HSTU papers; with an LLM, which trains on the liked split, cases "
+                                 "whose target it trained on are left out for every system)."),
     conversational: bool = typer.Option(True, "--conversational/--no-conversational",
                                         help="Also score text requests with a checkable constraint."),
     stated_titles: str = typer.Option("1,3", "--stated-titles", help="Also score each system from only the N most "
