@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,27 @@ def load_extended(model_dir: str | os.PathLike[str], *, dtype: Any = None, num_l
             if getattr(config, "layer_types", None):
                 config.layer_types = list(config.layer_types)[:num_layers]
             kwargs["config"] = config
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    if "config" not in kwargs:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs), tokenizer, token_map
+    # The layers above `num_layers` are left in the file by design; transformers would print them as a
+    # scary "UNEXPECTED" load report, so check the load ourselves and keep the report for real surprises.
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), output_loading_info=True, **kwargs)
+        model, info = loaded
+    finally:
+        hf_logging.set_verbosity(level)
+    dropped, keep = re.compile(r"model\.layers\.(\d+)\."), int(num_layers or 0)
+    surprises = [k for k in info.get("unexpected_keys", ())
+                 if not ((m := dropped.match(k)) and int(m.group(1)) >= keep)]
+    surprises += [f"missing {k}" for k in info.get("missing_keys", ())]
+    surprises += [f"size mismatch {k}" for k in info.get("mismatched_keys", ())]
+    if surprises:
+        raise BundleError(f"{model_dir}: loading the bottom {num_layers} layers did not match the checkpoint: "
+                          f"{len(surprises)} keys, e.g. {sorted(map(str, surprises))[0]}")
     return model, tokenizer, token_map
 
 

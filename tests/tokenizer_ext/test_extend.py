@@ -271,3 +271,26 @@ def test_make_tiny_bundle_variants(tmp_path: Path) -> None:
     assert len(pd.read_parquet(b.catalog_path)) == 20
     stages = b.manifest()["stages"]
     assert {"data", "sids", "tokenizer"} <= set(stages)
+
+
+def test_load_bottom_layers_is_quiet_and_checks_the_rest(tmp_path, caplog):  # type: ignore[no-untyped-def]
+    """Loading fewer layers than saved skips the upper layers silently; any other key mismatch is an error."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from chatrec.errors import BundleError
+    from chatrec.testing import make_tiny_bundle
+    from tokenizer_ext import load_extended
+
+    b = make_tiny_bundle(tmp_path / "b", layers=2)
+    with caplog.at_level(logging.WARNING):
+        model, _, _ = load_extended(b.model_dir, num_layers=1)
+    assert len(model.model.layers) == 1 and "LOAD REPORT" not in caplog.text
+
+    weights = b.model_dir / "model.safetensors"
+    state = load_file(str(weights))
+    state.pop("model.layers.0.mlp.up_proj.weight")
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(BundleError, match="missing model.layers.0.mlp.up_proj.weight"):
+        load_extended(b.model_dir, num_layers=1)
