@@ -17,6 +17,9 @@ bootstrap interval over the (seed, user) pairs:
     python benchmarks/score_gains.py report --cases test --llm A.json,B.json,C.json \
         --baselines X.json,Y.json,Z.json [--model seq-last] [--against OTHER_LLM_FILES --against-model M] \
         --out report.json
+
+With one baselines file for several LLM seeds (baselines trained once, e.g. a 45-minute SASRec on
+MovieLens-1M), each user's baseline score is paired with that user in every seed's LLM run.
 """
 
 from __future__ import annotations
@@ -70,9 +73,11 @@ def score(args: argparse.Namespace) -> None:
         cases = sample_cases(split.test if cases_name == "test" else split.valid, args.max_users, args.seed)
         for model in args.model or ["final"]:
             model_dir = None if model == "final" else str(bundle.path("checkpoints", model))
-            config = EvalConfig(systems=tuple(systems), seed=args.seed, conversational=False, stated_titles=(),
-                                cases=cases_name, engine=args.engine, llm_model_dir=model_dir)
+            config = EvalConfig(systems=tuple(systems), seed=args.seed, protocol=args.protocol, conversational=False,
+                                stated_titles=(), cases=cases_name, engine=args.engine, llm_model_dir=model_dir)
             config.sasrec.epochs = args.sasrec_epochs
+            config.sasrec.max_len = args.sasrec_max_len
+            config.sasrec.threads = args.sasrec_threads
             run: dict[str, Any] = {"cases": cases_name, "model": model, "users": len(cases),
                                    "train_minutes": trained.get("train_minutes"), "steps": trained.get("steps"),
                                    "systems": {}}
@@ -109,6 +114,8 @@ def report(args: argparse.Namespace) -> None:
     seeds = [r["seed"] for r in llm]
     base = {r["seed"]: r for r in (pick(p, args.cases, "final") for p in args.baselines.split(","))} \
         if args.baselines else {}
+    if len(base) == 1 and len(seeds) > 1:  # baselines trained once: each user's score beside every seed's LLM
+        base = {seed: next(iter(base.values())) for seed in seeds}
     if base and sorted(base) != sorted(seeds):
         raise SystemExit(f"score_gains.py: baselines hold seeds {sorted(base)}, the LLM runs {sorted(seeds)}")
     rows: dict[str, list[np.ndarray]] = {}
@@ -185,13 +192,16 @@ def main() -> None:
                                                     "vllm or transformers.")
     s.add_argument("--max-users", type=int, default=None, help="A seeded sample of this many users (default all).")
     s.add_argument("--sasrec-epochs", type=int, default=50, help="Most SASRec epochs (early-stopped on validation).")
+    s.add_argument("--sasrec-max-len", type=int, default=50, help="Most recent items SASRec reads.")
+    s.add_argument("--sasrec-threads", type=int, default=1, help="torch CPU threads for SASRec.")
     s.add_argument("--out", required=True)
     s.add_argument("--append", action="store_true", help="Add these runs to OUT's instead of replacing them.")
     r = sub.add_parser("report", help="Pool per-seed runs into a table with paired intervals.")
     r.add_argument("--cases", default="test")
     r.add_argument("--llm", required=True, help="Comma-separated `score` files of the LLM, one per seed.")
     r.add_argument("--model", default="final", help="Which of the LLM files' models to report.")
-    r.add_argument("--baselines", default=None, help="Comma-separated `score` files of the baselines, same seeds.")
+    r.add_argument("--baselines", default=None, help="Comma-separated `score` files of the baselines, same seeds; "
+                                                     "one file (baselines trained once) pairs with every seed.")
     r.add_argument("--against", default=None, help="Comma-separated `score` files of another LLM run, same seeds.")
     r.add_argument("--against-model", default="final")
     r.add_argument("--out", default=None)
