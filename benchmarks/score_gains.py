@@ -79,6 +79,7 @@ def score(args: argparse.Namespace) -> None:
             config.sasrec.max_len = args.sasrec_max_len
             config.sasrec.threads = args.sasrec_threads
             run: dict[str, Any] = {"cases": cases_name, "model": model, "users": len(cases),
+                                   "user_ids": [c.user_id for c in cases],  # what report pairs by
                                    "train_minutes": trained.get("train_minutes"), "steps": trained.get("steps"),
                                    "systems": {}}
             for name in systems:
@@ -109,21 +110,37 @@ def pick(path: str, cases: str, model: str) -> dict[str, Any]:
     raise SystemExit(f"score_gains.py: {path} holds no {cases} run of model {model!r}")
 
 
+def aligned(base: dict[str, Any], llm: dict[str, Any]) -> slice | list[int]:
+    """Positions of the LLM run's users in a baseline run. A baseline scored without an LLM keeps the
+    few cases an LLM trained on another protocol drops (`drop_trained_targets`); pairing by user id
+    scores it on the LLM's users alone."""
+    if "user_ids" not in base or "user_ids" not in llm or base["user_ids"] == llm["user_ids"]:
+        return slice(None)
+    where = {u: i for i, u in enumerate(base["user_ids"])}
+    missing = [u for u in llm["user_ids"] if u not in where]
+    if missing:
+        raise SystemExit(f"score_gains.py: the baselines have no case for users {missing[:5]}: not a paired comparison")
+    return [where[u] for u in llm["user_ids"]]
+
+
 def report(args: argparse.Namespace) -> None:
     llm = [pick(p, args.cases, args.model) for p in args.llm.split(",")]
     seeds = [r["seed"] for r in llm]
     base = {r["seed"]: r for r in (pick(p, args.cases, "final") for p in args.baselines.split(","))} \
         if args.baselines else {}
-    if len(base) == 1 and len(seeds) > 1:  # baselines trained once: each user's score beside every seed's LLM
+    once = len(base) == 1 and len(seeds) > 1
+    if once:  # baselines trained once: each user's score beside every seed's LLM
         base = {seed: next(iter(base.values())) for seed in seeds}
     if base and sorted(base) != sorted(seeds):
         raise SystemExit(f"score_gains.py: baselines hold seeds {sorted(base)}, the LLM runs {sorted(seeds)}")
     rows: dict[str, list[np.ndarray]] = {}
     for run in llm:
         name = next(n for n in run["systems"] if n.startswith("llm"))
-        for sys_name, entry in [("llm", run["systems"][name]),
-                                *base.get(run["seed"], {"systems": {}})["systems"].items()]:
-            rows.setdefault(sys_name, []).append(np.array(entry["gains"]))
+        other = base.get(run["seed"], {"systems": {}})
+        keep = aligned(other, run)
+        for sys_name, entry in [("llm", run["systems"][name]), *other["systems"].items()]:
+            gains = np.array(entry["gains"])
+            rows.setdefault(sys_name, []).append(gains if sys_name == "llm" else gains[keep])
     for sys_name, per in rows.items():
         if any(len(g) != len(llm_g) for g, llm_g in zip(per, rows["llm"], strict=True)):
             raise SystemExit(f"score_gains.py: {sys_name} scored other users than the LLM: not a paired comparison")
@@ -136,6 +153,8 @@ def report(args: argparse.Namespace) -> None:
     summary: dict[str, Any] = {}
     for name, per in rows.items():
         means = [float(g.mean()) for g in per]
+        if once and name != "llm":
+            means = means[:1]  # one run, repeated for the pairing: no spread over seeds
         ratio = float(pooled["llm"].mean() / max(pooled[name].mean(), 1e-12))
         lo, hi = ratio_interval(pooled["llm"], pooled[name])
         summary[name] = {"per_seed": means, "mean": float(np.mean(means)),
@@ -147,7 +166,7 @@ def report(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"cases": args.cases, "model": args.model, "seeds": seeds, "users": llm[0]["users"],
                            "llm_files": args.llm.split(","), "baseline_files": args.baselines.split(",")
                            if args.baselines else [], "summary": summary,
-                           "llm_runs": [{k: v for k, v in r.items() if k != "systems"} for r in llm]}
+                           "llm_runs": [{k: v for k, v in r.items() if k not in ("systems", "user_ids")} for r in llm]}
     if args.against:
         other = {r["seed"]: r for r in (pick(p, args.cases, args.against_model) for p in args.against.split(","))}
         mine, theirs = [], []
