@@ -75,9 +75,9 @@ def score(args: argparse.Namespace) -> None:
             model_dir = None if model == "final" else str(bundle.path("checkpoints", model))
             config = EvalConfig(systems=tuple(systems), seed=args.seed, protocol=args.protocol, conversational=False,
                                 stated_titles=(), cases=cases_name, engine=args.engine, llm_model_dir=model_dir)
-            config.sasrec.epochs = args.sasrec_epochs
-            config.sasrec.max_len = args.sasrec_max_len
-            config.sasrec.threads = args.sasrec_threads
+            for key in ("epochs", "max_len", "threads"):  # given ones only: SASRecConfig keeps its own defaults
+                if getattr(args, f"sasrec_{key}") is not None:
+                    setattr(config.sasrec, key, getattr(args, f"sasrec_{key}"))
             run: dict[str, Any] = {"cases": cases_name, "model": model, "users": len(cases),
                                    "user_ids": [c.user_id for c in cases],  # what report pairs by
                                    "train_minutes": trained.get("train_minutes"), "steps": trained.get("steps"),
@@ -210,9 +210,12 @@ def main() -> None:
     s.add_argument("--engine", default="auto", help="LLM engine: auto (vLLM when installed, as served), "
                                                     "vllm or transformers.")
     s.add_argument("--max-users", type=int, default=None, help="A seeded sample of this many users (default all).")
-    s.add_argument("--sasrec-epochs", type=int, default=50, help="Most SASRec epochs (early-stopped on validation).")
-    s.add_argument("--sasrec-max-len", type=int, default=50, help="Most recent items SASRec reads.")
-    s.add_argument("--sasrec-threads", type=int, default=1, help="torch CPU threads for SASRec.")
+    s.add_argument("--sasrec-epochs", type=int, default=None, help="Most SASRec epochs (early-stopped on validation; "
+                                                                   "default: SASRecConfig's).")
+    s.add_argument("--sasrec-max-len", type=int, default=None, help="Most recent items SASRec reads (default: "
+                                                                    "SASRecConfig's).")
+    s.add_argument("--sasrec-threads", type=int, default=None, help="torch CPU threads for SASRec (default: "
+                                                                    "SASRecConfig's).")
     s.add_argument("--out", required=True)
     s.add_argument("--append", action="store_true", help="Add these runs to OUT's instead of replacing them.")
     r = sub.add_parser("report", help="Pool per-seed runs into a table with paired intervals.")
