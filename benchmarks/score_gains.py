@@ -119,7 +119,7 @@ def aligned(base: dict[str, Any], llm: dict[str, Any]) -> slice | list[int]:
     where = {u: i for i, u in enumerate(base["user_ids"])}
     missing = [u for u in llm["user_ids"] if u not in where]
     if missing:
-        raise SystemExit(f"score_gains.py: the baselines have no case for users {missing[:5]}: not a paired comparison")
+        raise SystemExit(f"score_gains.py: the paired run has no case for users {missing[:5]}: not a paired comparison")
     return [where[u] for u in llm["user_ids"]]
 
 
@@ -175,8 +175,9 @@ def report(args: argparse.Namespace) -> None:
         for run in llm:
             if run["seed"] not in other:
                 continue
+            them = other[run["seed"]]
             a = np.array(next(e for n, e in run["systems"].items() if n.startswith("llm"))["gains"])
-            b = np.array(next(e for n, e in other[run["seed"]]["systems"].items() if n.startswith("llm"))["gains"])
+            b = np.array(next(e for n, e in them["systems"].items() if n.startswith("llm"))["gains"])[aligned(them, run)]
             if len(a) != len(b):
                 raise SystemExit("score_gains.py: --against scored other users: not a paired comparison")
             mine.append(a)

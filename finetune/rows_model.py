@@ -139,6 +139,13 @@ def padded_targets(pred: Any, target: Any, multiple: int = 256) -> tuple[Any, An
     return F.pad(pred, (0, 0, 0, extra)), F.pad(target, (0, extra), value=-100)
 
 
+def padded_tokens(windows: Sequence[Sequence[int]], micro_batch_size: int | None = None) -> int:
+    """Token slots a batch fills once each micro-batch is right-padded (`right_padded`): real + padding."""
+    size = micro_batch_size or len(windows)
+    return sum(len(part) * padded_width(max(len(w) for w in part))
+               for part in (windows[i:i + size] for i in range(0, len(windows), size)))
+
+
 def sequence_loss(net: Any, windows: Sequence[Sequence[int]], pad_id: int, device: str,
                   head_rows_multiple: int = 256) -> tuple[Any, int]:
     """Mean cross-entropy of every next token of every window, over the added-token rows; (loss, targets).

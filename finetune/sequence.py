@@ -98,6 +98,9 @@ class SequenceConfig:
     micro_batch_size: int | None = field(default=None, metadata={"help": "Windows per forward/backward pass "
                                          "(gradients accumulate over the batch; smaller needs less activation memory, "
                                          "same update). None = the whole batch."})
+    group_by_length: bool = field(default=False, metadata={"help": "Draw each step's windows from a shuffled pool of "
+                                  "`batch_size` x 50 windows sorted by length, so a batch pads little (long windows: "
+                                  "`--window-tokens` above the default); the batches' order stays shuffled."})
     chat_share: float = field(default=0.1, metadata={"help": "Share of steps that train on chat conversations (train.jsonl), in [0, 1)."})
     chat_batch_size: int = field(default=4, metadata={"help": "Conversations per chat step, over all processes."})
     chat_max_tokens: int = field(default=384, metadata={"help": "Chat conversations are cut to this many tokens."})
@@ -283,11 +286,29 @@ def lr_factor(progress: float, step: int, warmup: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def window_order(n: int, seed: int) -> Iterator[int]:
-    """An endless stream of window indices, a fresh seeded permutation each epoch."""
+GROUP_POOL = 50  # batches per length-sorted pool (HF transformers' LengthGroupedSampler uses the same multiple)
+
+
+def window_order(n: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1) -> Iterator[int]:
+    """An endless stream of window indices, a fresh seeded permutation each epoch. With `lengths`, every
+    pool of `batch_size` x GROUP_POOL consecutive indices of that permutation is sorted by length, cut
+    into batches of `batch_size` and the batches shuffled: each batch holds windows of similar length
+    (little padding) while the run still sees the windows in random order. Written out rather than
+    taken from HF's LengthGroupedSampler: that one puts the longest batch first and yields one epoch,
+    and the resumable loop needs an endless stream that is a pure function of (seed, windows taken)."""
     epoch = 0
     while True:
-        yield from np.random.default_rng(seed + epoch).permutation(n).tolist()
+        rng = np.random.default_rng(seed + epoch)
+        perm = rng.permutation(n)
+        if lengths is None:
+            yield from perm.tolist()
+        else:
+            pool = batch_size * GROUP_POOL
+            for start in range(0, n, pool):
+                part = sorted(perm[start:start + pool].tolist(), key=lambda i: -lengths[i])
+                batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+                for b in rng.permutation(len(batches)).tolist():
+                    yield from batches[b]
         epoch += 1
 
 
@@ -421,7 +442,8 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     accelerator.wait_for_everyone()
     net = accelerator.prepare(rm)  # DistributedDataParallel over several processes; `rm` itself in one
     no_sync = (lambda: accelerator.no_sync(net)) if world > 1 else None
-    order = window_order(len(windows), cfg.seed)
+    order = window_order(len(windows), cfg.seed, [len(w) for w in windows] if cfg.group_by_length else None,
+                         cfg.batch_size)
     for _ in range(progress.windows_taken):  # the data order is a pure function of the windows taken
         next(order)
     pending_saves = [m for m in sorted(cfg.save_minutes) if m * 60 > progress.elapsed_s]
@@ -460,6 +482,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
                 (loss * (world * n_local / n_targets)).backward()  # DDP averages: the global batch's gradient
                 part = loss.detach().float().cpu() * (n_local / n_targets)
                 n_tokens = sum(len(r) for r in batch)
+                n_padded = sum(rmod.padded_tokens([c.input_ids for c in shard(batch, r, world)]) for r in range(world))
             else:
                 batch_w = [windows[next(order)] for _ in range(cfg.batch_size)]
                 progress.windows_taken += cfg.batch_size
@@ -471,6 +494,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
                                                  no_sync=no_sync)
                 part = part * (n_local / n_targets)
                 n_tokens = sum(len(w) for w in batch_w)
+                n_padded = sum(rmod.padded_tokens(shard(batch_w, r, world), cfg.micro_batch_size) for r in range(world))
             if step < cfg.rows_steps:  # first stage: the added rows alone
                 for p in rm.trunk:
                     p.grad = None
@@ -492,8 +516,8 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
                 release_free_memory()
             if log is not None:
                 log.write(json.dumps({"step": step, "kind": kind, "loss": value, "lr": optimizer.param_groups[1]["lr"],
-                                      "tokens": n_tokens, "targets": n_targets, "elapsed_s": round(elapsed, 2),
-                                      "rss_mb": rss}) + "\n")
+                                      "tokens": n_tokens, "padded": n_padded, "targets": n_targets,
+                                      "elapsed_s": round(elapsed, 2), "rss_mb": rss}) + "\n")
                 log.flush()
             bar.update(1 if planned else int(elapsed) - bar.n)
             bar.set_postfix(loss=f"{progress.ema:.3f}", tok_s=f"{progress.tokens_seen / max(elapsed, 1e-9):.0f}")

@@ -113,6 +113,7 @@ def finetune_cmd(
     save_minutes: str = typer.Option(None, "--save-minutes", help=_seq("save_minutes") + " Comma-separated, e.g. 15,30,60."),
     batch_size: int = typer.Option(None, "--batch-size", help=_seq("batch_size")),
     micro_batch_size: int = typer.Option(None, "--micro-batch-size", help=_seq("micro_batch_size")),
+    group_by_length: bool = typer.Option(None, "--group-by-length/--no-group-by-length", help=_seq("group_by_length")),
     lr: float = typer.Option(None, "--lr", help=_seq("learning_rate")),
     warmup_steps: int = typer.Option(None, "--warmup-steps", help=_seq("warmup_steps")),
     chat_share: float = typer.Option(None, "--chat-share", help=_seq("chat_share")),
@@ -140,7 +141,8 @@ def finetune_cmd(
     overrides = {
         "keep_layers": keep_layers, "max_minutes": max_minutes, "max_steps": max_steps, "epochs": epochs,
         "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "batch_size": batch_size, "micro_batch_size": micro_batch_size, "learning_rate": lr,
+        "batch_size": batch_size, "micro_batch_size": micro_batch_size, "group_by_length": group_by_length,
+        "learning_rate": lr,
         "warmup_steps": warmup_steps, "chat_share": chat_share, "chat_batch_size": chat_batch_size,
         "rows_learning_rate": rows_lr, "rows_steps": rows_steps, "dropout": dropout,
         "attention_dropout": attention_dropout, "weight_decay": weight_decay, "average_from": average_from,

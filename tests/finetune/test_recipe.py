@@ -163,3 +163,48 @@ def test_served_weights_are_the_mean_of_the_tail_steps(tmp_path, monkeypatch: py
     assert not torch.equal(seen[0][position], seen[1][position])
     with pytest.raises(ConfigError, match="average_from"):
         seq.SequenceConfig(average_from=1.0)
+
+
+def test_length_grouped_order_pads_less_and_still_visits_every_window_each_epoch() -> None:
+    """`group_by_length`: each epoch is still a permutation of all windows, each batch holds windows of
+    similar length (far less padding than the plain shuffle), the batch order is not sorted, and the
+    stream is a pure function of the seed (what `--resume` relies on)."""
+    import itertools
+
+    import numpy as np
+
+    from finetune.rows_model import padded_tokens
+    from finetune.sequence import window_order
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(8, 800, size=1000).tolist()
+    windows = [[1] * n for n in lengths]
+    batch = 7
+
+    def slots(order: list[int]) -> int:
+        return sum(padded_tokens([windows[i] for i in order[b:b + batch]]) for b in range(0, len(order) - batch, batch))
+
+    plain = list(itertools.islice(window_order(1000, 3), 2000))
+    grouped = list(itertools.islice(window_order(1000, 3, lengths, batch), 2000))
+    assert sorted(grouped[:1000]) == sorted(grouped[1000:]) == list(range(1000))
+    assert grouped[:1000] != grouped[1000:]  # a fresh shuffle each epoch
+    real = sum(lengths)
+    assert real / slots(grouped[:1000]) > 0.9 > 0.75 > real / slots(plain[:1000])
+    firsts = [lengths[grouped[b]] for b in range(0, 350, batch)]  # one pool: 50 batches
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    assert list(itertools.islice(window_order(1000, 3, lengths, batch), 2000)) == grouped
+
+
+def test_training_log_counts_padded_slots_and_grouping_fills_them(bundle: Bundle) -> None:
+    """Every logged step holds its real tokens and the token slots the padded batch filled."""
+    import finetune.sequence as seq
+
+    def fill(group: bool) -> float:
+        seq.train_sequences(bundle, seq.SequenceConfig(max_steps=6, batch_size=2, keep_layers=1, rows_steps=1,
+                                                       warmup_steps=1, eval_users=0, bf16="off", num_threads=1,
+                                                       chat_share=0.0, group_by_length=group), quiet=True)
+        rows = read_jsonl(bundle.path("checkpoints", seq.TRAIN_LOG))
+        assert len(rows) == 6 and all(r["padded"] >= r["tokens"] > 0 for r in rows)
+        return sum(r["tokens"] for r in rows) / sum(r["padded"] for r in rows)
+
+    assert 0 < fill(False) <= fill(True) <= 1
