@@ -139,11 +139,15 @@ def padded_targets(pred: Any, target: Any, multiple: int = 256) -> tuple[Any, An
     return F.pad(pred, (0, 0, 0, extra)), F.pad(target, (0, extra), value=-100)
 
 
+def micro_batches(windows: Sequence[Sequence[int]], micro_batch_size: int | None = None) -> list[Sequence[Sequence[int]]]:
+    """The consecutive parts of `micro_batch_size` windows that `sequence_backward` runs (one part: None)."""
+    size = micro_batch_size or len(windows)
+    return [windows[i:i + size] for i in range(0, len(windows), size)]
+
+
 def padded_tokens(windows: Sequence[Sequence[int]], micro_batch_size: int | None = None) -> int:
     """Token slots a batch fills once each micro-batch is right-padded (`right_padded`): real + padding."""
-    size = micro_batch_size or len(windows)
-    return sum(len(part) * padded_width(max(len(w) for w in part))
-               for part in (windows[i:i + size] for i in range(0, len(windows), size)))
+    return sum(len(part) * padded_width(max(len(w) for w in part)) for part in micro_batches(windows, micro_batch_size))
 
 
 def sequence_loss(net: Any, windows: Sequence[Sequence[int]], pad_id: int, device: str,
@@ -164,15 +168,14 @@ def sequence_backward(net: Any, windows: Sequence[Sequence[int]], pad_id: int, d
     batch); `no_sync()` (DDP's) defers the all-reduce to the last part. Returns (the batch's mean
     loss, detached; targets)."""
     n_targets = sum(len(w) - 1 for w in windows)
-    size = micro_batch_size or len(windows)
     total = torch.zeros(())
-    starts = range(0, len(windows), size)
-    for i in starts:
-        last = i == starts[-1]
+    parts = micro_batches(windows, micro_batch_size)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
         sync = no_sync() if no_sync is not None and not last else contextlib.nullcontext()
         with sync:
             with autocast if autocast is not None else contextlib.nullcontext():
-                part_loss, part_targets = sequence_loss(net, windows[i:i + size], pad_id, device, head_rows_multiple)
+                part_loss, part_targets = sequence_loss(net, part, pad_id, device, head_rows_multiple)
             (part_loss * (weight * part_targets / n_targets)).backward()
         total = total + part_loss.detach().float().cpu() * (part_targets / n_targets)
     return total, n_targets
