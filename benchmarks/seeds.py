@@ -1,7 +1,7 @@
 """The default demo recipe over seeds: each seed its own SID fit, training run and SASRec, all test users.
 
 For each seed, `chatrec demo`'s pipeline (MovieLens-100k, SmolLM2, sequence recipe, the demo's
-fixed 280 steps) builds a bundle without its evaluation; then popularity, item-kNN, SASRec (the
+fixed 532 steps) builds a bundle without its evaluation; then popularity, item-kNN, SASRec (the
 demo's 15 epochs, seeded) and the LLM on the served path (`chatrec serve`'s engine and search) rank
 the whole catalog for every test user of the leave-last-out split. Per-user NDCG@10 is kept, so
 the report gives each system's mean and spread over seeds and, for the LLM against each baseline,
@@ -104,6 +104,13 @@ def score_seed(seed: int, bundle_dir: Path, cases_name: str, log: Any, systems: 
     return out
 
 
+def resolved_recipe(demo: Any) -> dict[str, Any]:
+    """The demo fields that shape the trained model, as resolved today: a results file records them, so a
+    later change of a default cannot pass its runs off as the new default's."""
+    return {k: getattr(demo, k) for k in ("keep_layers", "train_steps", "train_minutes", "history_len", "levels",
+                                          "codebook_size")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="0,1,2")
@@ -134,9 +141,13 @@ def main() -> None:
     path = results_path(args.cases, args.variant)
     kept = json.loads(path.read_text()) if path.exists() else {"runs": []}
     wanted = {"name": args.variant, "sid": sid, "demo": demo} if args.variant else None
+    recipe = resolved_recipe(DemoConfig(**demo))
     if kept["runs"] and kept.get("variant") != wanted:  # its seeds would be reused as if they were this recipe
         raise SystemExit(f"seeds.py: {path} holds the variant {kept.get('variant')}, not {wanted}: "
                          "name this one differently")
+    if kept["runs"] and kept.get("recipe") != recipe:  # a default changed since: "default" names another recipe now
+        raise SystemExit(f"seeds.py: {path} was run with {kept.get('recipe')}, today's recipe is {recipe}: "
+                         "move that file aside (or name it as a variant) before running this one")
     done = {r["seed"]: r for r in kept["runs"]}
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
@@ -150,7 +161,7 @@ def main() -> None:
         done[seed] = score_seed(seed, bundle_dir, args.cases, lambda m: print(m, file=sys.stderr), systems,
                                 demo=demo, sid=sid)
         report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cases": args.cases,
-                  "variant": wanted,
+                  "variant": wanted, "recipe": recipe,
                   "runs": [done[s] for s in sorted(done)]}
         path.write_text(json.dumps(report) + "\n")  # after every seed: a long run keeps what it finished
     runs = [done[s] for s in seeds]

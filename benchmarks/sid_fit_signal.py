@@ -1,7 +1,7 @@
 """Can a cheap signal pick the better SID fit before training? item-kNN through the SID tree.
 
     nice -n 10 .venv/bin/python benchmarks/sid_fit_signal.py --split-bundle B0 --cases valid B0 B1 B2 ... \\
-        [--llm benchmarks/results/seeds_ml100k_valid.json ...] [--out benchmarks/results/sid_fit_signal_ml100k.json]
+        [--llm benchmarks/results/seeds_ml100k_valid_layers4.json ...] [--out benchmarks/results/sid_fit_signal_ml100k.json]
 
 Every bundle given shares one catalog and log (the split is made once, from `--split-bundle`) and has
 its own `sids.parquet`. item-kNN (the `chatrec eval` baseline, fitted on the training split) scores

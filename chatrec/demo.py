@@ -28,13 +28,14 @@ class DemoConfig:
     codebook_size: int = field(default=0, metadata={"help": "Codes per SID level (0 = sized to the catalog)."})
     train_users: int | None = field(default=None, metadata={"help": "Users whose logs become training data (None = all)."})
     history_len: int = field(default=10, metadata={"help": "Most recent events in a chat prompt (older ones are summarised)."})
-    train_steps: int = field(default=280, metadata={
-        "help": "Optimizer steps of the sequence recipe (15.1 training minutes measured on an idle 2-core CPU): the same "
+    train_steps: int = field(default=532, metadata={
+        "help": "Optimizer steps of the sequence recipe (6.5 training minutes measured on an idle 2-core CPU): the same "
                 "number of steps whatever the machine's load, so its eval.json is reproducible."})
     train_minutes: float | None = field(default=None, metadata={
         "help": "Train for this many wall-clock minutes instead of `train_steps` (the model then depends on the "
                 "machine's speed and load)."})
-    keep_layers: int = field(default=4, metadata={"help": "Decoder layers of SmolLM2 kept by the sequence recipe."})
+    keep_layers: int = field(default=2, metadata={
+        "help": "Decoder layers of SmolLM2 kept by the sequence recipe (2: chosen on validation users, BENCHMARKS.md)."})
     eval_users: int | None = field(default=None, metadata={"help": "Test users scored by `chatrec eval` (None = all)."})
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})

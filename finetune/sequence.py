@@ -71,8 +71,8 @@ class SequenceConfig:
     """The sequence recipe: finetuning of a (shallow) copy of the model on user sequences, the kept
     layers themselves or, with `lora`, peft LoRA adapters on them."""
 
-    keep_layers: int | None = field(default=4, metadata={
-        "help": "Decoder layers kept from the bottom (None = all); 4 = the demo's and the reported recipe's."})
+    keep_layers: int | None = field(default=2, metadata={
+        "help": "Decoder layers kept from the bottom (None = all); 2 = the demo's, chosen on validation users."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate of the kept layers "
                                         f"(None = {LEARNING_RATE:g}, or {LORA_LEARNING_RATE:g} for the LoRA matrices "
                                         "with `lora`)."})
