@@ -16,6 +16,7 @@ from typing import Any
 
 from chatrec.bundle import Bundle, to_jsonable
 from chatrec.errors import ConfigError
+from finetune.sequence import KEEP_LAYERS  # one default for the demo and `chatrec finetune`
 
 
 @dataclass
@@ -34,8 +35,9 @@ class DemoConfig:
     train_minutes: float | None = field(default=None, metadata={
         "help": "Train for this many wall-clock minutes instead of `train_steps` (the model then depends on the "
                 "machine's speed and load)."})
-    keep_layers: int = field(default=2, metadata={
-        "help": "Decoder layers of SmolLM2 kept by the sequence recipe (2: chosen on validation users, BENCHMARKS.md)."})
+    keep_layers: int = field(default=KEEP_LAYERS, metadata={
+        "help": "Decoder layers of SmolLM2 kept by the sequence recipe (the same default as `chatrec finetune`, "
+                "chosen on validation users, BENCHMARKS.md)."})
     eval_users: int | None = field(default=None, metadata={"help": "Test users scored by `chatrec eval` (None = all)."})
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec training epochs in the eval."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})

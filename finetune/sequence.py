@@ -62,6 +62,7 @@ CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 LAST = "seq-last"  # snapshot of the last step's weights when the served model is a tail average
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+KEEP_LAYERS = 2  # decoder layers kept, the demo's and `chatrec finetune`'s (chosen on validation, BENCHMARKS.md)
 LEARNING_RATE = 5e-4  # peak learning rate of the kept layers (full finetune)
 LORA_LEARNING_RATE = 2e-3  # peak learning rate of the LoRA matrices
 
@@ -71,8 +72,8 @@ class SequenceConfig:
     """The sequence recipe: finetuning of a (shallow) copy of the model on user sequences, the kept
     layers themselves or, with `lora`, peft LoRA adapters on them."""
 
-    keep_layers: int | None = field(default=2, metadata={
-        "help": "Decoder layers kept from the bottom (None = all); 2 = the demo's, chosen on validation users."})
+    keep_layers: int | None = field(default=KEEP_LAYERS, metadata={
+        "help": f"Decoder layers kept from the bottom (None = all); {KEEP_LAYERS} = the demo's, chosen on validation users."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate of the kept layers "
                                         f"(None = {LEARNING_RATE:g}, or {LORA_LEARNING_RATE:g} for the LoRA matrices "
                                         "with `lora`)."})
