@@ -51,6 +51,7 @@ def main() -> None:
     rows = read_jsonl(seq_path)[:args.windows]
     bf16 = use_bf16("auto", "cpu")
     cfg = SequenceConfig()  # the default recipe's learning rate and head padding
+    assert cfg.learning_rate is not None  # __post_init__ resolves the default
     results: dict[str, object] = {"bundle": str(bundle.root), "batch_size": args.batch_size, "bf16": bf16,
                                   "threads": torch.get_num_threads(), "depths": {}}
     print(f"{len(rows)} windows of {seq_path}, batch {args.batch_size}, bf16 {bf16}, "
