@@ -107,6 +107,17 @@ def merge(base: dict[str, Any], extra: dict[str, Any], source: str) -> dict[str,
     return out
 
 
+def llm_system(result: dict[str, Any], source: str) -> str:
+    """The name of the one LLM row of a `chatrec eval` result (its only system, or the `llm*` one
+    among baselines scored beside it on the same users)."""
+    names = [n for n, r in result.items() if n != "split" and isinstance(r, dict)]
+    if len(names) > 1:  # an LLM scored beside baselines on the same users: its row
+        names = [n for n in names if n.startswith("llm")]
+    if len(names) != 1:
+        raise SystemExit(f"{source}: expected one (LLM) system, found {names}")
+    return names[0]
+
+
 def seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
     """One row from `chatrec eval` results of the same recipe over seeds (one LLM system each): every
     metric's mean, the spread (sample std) of the headline ones, and each seed's row and training run.
@@ -114,14 +125,10 @@ def seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
     rows, configs = [], []
     for path in paths:
         result = json.loads(Path(path).read_text())
-        names = [n for n, r in result.items() if n != "split" and isinstance(r, dict)]
-        if len(names) > 1:  # an LLM scored beside baselines on the same users: its row
-            names = [n for n in names if n.startswith("llm")]
-        if len(names) != 1:
-            raise SystemExit(f"{path}: expected one (LLM) system, found {names}")
+        name = llm_system(result, path)
         check_same_split(base_split, result["split"], path)
-        rows.append(result[names[0]])
-        configs.append(result["split"].get("systems", {}).get(names[0], {}))
+        rows.append(result[name])
+        configs.append(result["split"].get("systems", {}).get(name, {}))
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     row: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in numeric}
     row["users"] = rows[0]["users"]

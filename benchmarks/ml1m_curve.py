@@ -20,14 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ml1m_baselines import check_same_split, llm_system  # benchmarks/ is sys.path[0] when run as a script
+
 METRIC = "ndcg@10"
-
-
-def llm_row(result: dict[str, Any], source: str) -> dict[str, Any]:
-    names = [n for n in result if n.startswith("llm") and isinstance(result[n], dict)]
-    if len(names) != 1:
-        raise SystemExit(f"{source}: expected one LLM row, found {names or 'none'}")
-    return result[names[0]]
 
 
 def parse_series(spec: str) -> tuple[str, list[tuple[float, int, str]]]:
@@ -51,15 +46,12 @@ def main() -> None:
     series: dict[str, list[dict[str, Any]]] = {}
     for spec in args.series:
         name, points = parse_series(spec)
-        users = None
+        first_split = None
         for minutes, steps, path in points:
             result = json.loads(Path(path).read_text())
-            row = llm_row(result, path)
-            split = result.get("split", {})
-            key = (split.get("evaluated_users"), split.get("max_users"), split.get("seed"), split.get("protocol"))
-            if users is not None and key != users:
-                raise SystemExit(f"{path}: scored other users {key} than the series' first point {users}")
-            users = key
+            row = result[llm_system(result, path)]
+            first_split = first_split or result["split"]
+            check_same_split(first_split, result["split"], path)  # one series, one set of users
             series.setdefault(name, []).append({"minutes": minutes, "steps": steps, "users": row.get("users"),
                                                 METRIC: row[METRIC], "hr@10": row["hr@10"], "file": path})
     lines = {}
@@ -69,8 +61,8 @@ def main() -> None:
         lines[name] = {METRIC: json.loads(Path(path).read_text())[system][METRIC], "file": path, "system": system}
 
     print("| series | minutes | steps | users | NDCG@10 | HR@10 |\n|---|---|---|---|---|---|")
-    for name, points in series.items():
-        for p in points:
+    for name, curve in series.items():
+        for p in curve:
             print(f"| {name} | {p['minutes']:g} | {p['steps']:,} | {p['users']} | {p[METRIC]:.4f} | {p['hr@10']:.4f} |")
     for name, line in lines.items():
         print(f"| {name} | | | | {line[METRIC]:.4f} | |")
@@ -84,9 +76,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, points in series.items():
-        ax.plot([p["minutes"] for p in points], [p[METRIC] for p in points], marker="o", label=name)
-        for p in points:
+    for name, curve in series.items():
+        ax.plot([p["minutes"] for p in curve], [p[METRIC] for p in curve], marker="o", label=name)
+        for p in curve:
             ax.annotate(f"{p['steps']:,}", (p["minutes"], p[METRIC]), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=7)
     for i, (name, line) in enumerate(lines.items()):

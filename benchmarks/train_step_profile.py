@@ -18,10 +18,27 @@ import json
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
+
+
+def train_step(rm: Any, opt: Any, windows: list[list[int]], rng: random.Random, batch_size: int, bf16: bool,
+               head_rows_multiple: int) -> int:
+    """One training step as `chatrec finetune` takes it on a sequence batch; returns its tokens."""
+    import torch
+
+    from finetune import rows_model as rmod
+
+    batch = [windows[rng.randrange(len(windows))] for _ in range(batch_size)]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    rmod.sequence_backward(rm, batch, 0, "cpu", None, autocast, head_rows_multiple)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return sum(len(w) for w in batch)
 
 
 def main() -> None:
@@ -52,8 +69,9 @@ def main() -> None:
     bf16 = use_bf16("auto", "cpu")
     cfg = SequenceConfig()  # the default recipe's learning rate and head padding
     assert cfg.learning_rate is not None  # __post_init__ resolves the default
-    results: dict[str, object] = {"bundle": str(bundle.root), "batch_size": args.batch_size, "bf16": bf16,
-                                  "threads": torch.get_num_threads(), "depths": {}}
+    depths: dict[str, dict[str, float]] = {}
+    results: dict[str, Any] = {"bundle": str(bundle.root), "batch_size": args.batch_size, "bf16": bf16,
+                               "threads": torch.get_num_threads(), "depths": depths}
     print(f"{len(rows)} windows of {seq_path}, batch {args.batch_size}, bf16 {bf16}, "
           f"{torch.get_num_threads()} threads")
     print("| layers | tokens/s | s/step | x the first |\n|---|---|---|---|")
@@ -68,17 +86,8 @@ def main() -> None:
             p.requires_grad_(True)
         windows = tokenize_windows(rows, tokenizer, set(new_ids), str(seq_path))
         opt = torch.optim.AdamW([{"params": [rm.new_rows]}, {"params": rm.trunk}], lr=cfg.learning_rate)
-        rng = random.Random(0)
 
-        def step(rm: object = rm, opt: object = opt, windows: list = windows, rng: random.Random = rng) -> int:
-            """One training step as `chatrec finetune` takes it; returns its tokens."""
-            batch = [windows[rng.randrange(len(windows))] for _ in range(args.batch_size)]
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-            rmod.sequence_backward(rm, batch, 0, "cpu", None, autocast, cfg.head_rows_multiple)
-            opt.step()  # type: ignore[attr-defined]
-            opt.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
-            return sum(len(w) for w in batch)
-
+        step = partial(train_step, rm, opt, windows, random.Random(0), args.batch_size, bf16, cfg.head_rows_multiple)
         for _ in range(5):
             step()
         t0 = time.perf_counter()
@@ -86,7 +95,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         rate = tokens / seconds
         first_rate = first_rate or rate
-        results["depths"][str(layers)] = {"tokens_per_s": rate, "s_per_step": seconds / args.steps}  # type: ignore[index]
+        depths[str(layers)] = {"tokens_per_s": rate, "s_per_step": seconds / args.steps}
         print(f"| {layers} | {rate:,.0f} | {seconds / args.steps:.3f} | {rate / first_rate:.2f} |")
         if args.profile and n == 0:
             from torch.profiler import ProfilerActivity, profile
