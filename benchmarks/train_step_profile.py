@@ -56,10 +56,8 @@ def main() -> None:
     import torch
 
     from chatrec.bundle import Bundle
-    from finetune import rows_model as rmod
     from finetune.data import read_jsonl
-    from finetune.sequence import SequenceConfig, tokenize_windows, truncate_layers, use_bf16
-    from tokenizer_ext import load_extended
+    from finetune.sequence import SequenceConfig, optimizer_groups, recipe_model, tokenize_windows, use_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,8 +65,7 @@ def main() -> None:
     seq_path = bundle.require("train") / "sequences.jsonl"
     rows = read_jsonl(seq_path)[:args.windows]
     bf16 = use_bf16("auto", "cpu")
-    cfg = SequenceConfig()  # the default recipe's learning rate and head padding
-    assert cfg.learning_rate is not None  # __post_init__ resolves the default
+    head_rows_multiple = SequenceConfig().head_rows_multiple
     depths: dict[str, dict[str, float]] = {}
     results: dict[str, Any] = {"bundle": str(bundle.root), "batch_size": args.batch_size, "bf16": bf16,
                                "threads": torch.get_num_threads(), "depths": depths}
@@ -78,16 +75,12 @@ def main() -> None:
     first_rate = None
     for n, layers in enumerate(int(x) for x in args.layers.split(",")):
         torch.manual_seed(0)
-        model, tokenizer, token_map = load_extended(bundle.require("model"), num_layers=layers)
-        truncate_layers(model, layers)
-        new_ids = token_map.all_ids()
-        rm = rmod.RowsModel(model, min(new_ids))
-        for p in (rm.new_rows, *rm.trunk):
-            p.requires_grad_(True)
-        windows = tokenize_windows(rows, tokenizer, set(new_ids), str(seq_path))
-        opt = torch.optim.AdamW([{"params": [rm.new_rows]}, {"params": rm.trunk}], lr=cfg.learning_rate)
+        cfg = SequenceConfig(keep_layers=layers)  # the default recipe at this depth
+        rm, _peft, tokenizer, token_map = recipe_model(bundle.require("model"), cfg)
+        windows = tokenize_windows(rows, tokenizer, set(token_map.all_ids()), str(seq_path))
+        opt = torch.optim.AdamW(optimizer_groups(rm, cfg))
 
-        step = partial(train_step, rm, opt, windows, random.Random(0), args.batch_size, bf16, cfg.head_rows_multiple)
+        step = partial(train_step, rm, opt, windows, random.Random(0), args.batch_size, bf16, head_rows_multiple)
         for _ in range(5):
             step()
         t0 = time.perf_counter()

@@ -346,6 +346,39 @@ def save_adapter(peft_model: Any, bundle: Bundle, base: Path) -> Path:
     return bundle.adapter_dir
 
 
+def recipe_model(source: str | Path, cfg: SequenceConfig, device: str = "cpu") -> tuple[Any, Any, Any, Any]:
+    """The recipe's trainable model from an extended model folder: its bottom `keep_layers` layers,
+    peft LoRA on them with `lora`, wrapped as a `RowsModel` with the recipe's dropouts, every trained
+    tensor requiring grad (the rows stage drops the trunk's grads itself). Returns (rows model, peft
+    model or None, tokenizer, token map); `train_sequences` and the benchmarks build it here alike."""
+    from finetune import rows_model as rmod
+    from tokenizer_ext import load_extended
+
+    model, tokenizer, token_map = load_extended(source, num_layers=cfg.keep_layers)
+    new_ids = token_map.all_ids()
+    first = min(new_ids)
+    if new_ids != list(range(first, len(tokenizer))):
+        raise BundleError(f"{source}: the added tokens are not the last ids of the vocabulary; "
+                          "re-run `chatrec tokenizer extend`")
+    truncate_layers(model, cfg.keep_layers)
+    peft_model = rmod.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) if cfg.lora \
+        else None
+    model.to(device)
+    rm = rmod.RowsModel(model, first, cfg.dropout, cfg.attention_dropout)
+    for p in (rm.new_rows, *rm.trunk):
+        p.requires_grad_(True)
+    return rm, peft_model, tokenizer, token_map
+
+
+def optimizer_groups(rm: Any, cfg: SequenceConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: the added rows at `rows_learning_rate` without weight decay, the trunk
+    (kept layers or LoRA matrices) at `learning_rate` with `weight_decay`; `peak` is what the schedule scales."""
+    return [
+        {"params": [rm.new_rows], "lr": cfg.rows_learning_rate, "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
+        {"params": rm.trunk, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate},
+    ]
+
+
 def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None = None, *,
                     quiet: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train `BUNDLE/model` on the bundle's sequences (+ chat share) into `BUNDLE/trained/` (and, with
@@ -368,7 +401,6 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
 
     from chatrec.conversation import ConversationError, render_conversation
     from finetune import rows_model as rmod
-    from tokenizer_ext import load_extended
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -382,20 +414,10 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = str(accelerator.device)
-    model, tokenizer, token_map = load_extended(source, num_layers=cfg.keep_layers)
-    new_ids = token_map.all_ids()
-    first = min(new_ids)
-    if new_ids != list(range(first, len(tokenizer))):
-        raise BundleError(f"{source}: the added tokens are not the last ids of the vocabulary; "
-                          "re-run `chatrec tokenizer extend`")
-    layers = truncate_layers(model, cfg.keep_layers)
-    peft_model = rmod.add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) if cfg.lora \
-        else None
-    model.to(device)
-    rm = rmod.RowsModel(model, first, cfg.dropout, cfg.attention_dropout)
-    params = [rm.new_rows, *rm.trunk]
-    for p in params:  # fixed for the whole run (DDP registers them once); the rows stage drops trunk grads
-        p.requires_grad_(True)
+    rm, peft_model, tokenizer, token_map = recipe_model(source, cfg, device)
+    model, new_ids = rm.model, token_map.all_ids()
+    layers = model.config.num_hidden_layers
+    params = [rm.new_rows, *rm.trunk]  # fixed for the whole run (DDP registers them once)
     windows = tokenize_windows(read_jsonl(seq_path), tokenizer, set(new_ids), str(seq_path))
     if not windows:
         raise DataError(f"{seq_path}: no window holds two tokens; users need at least two events")
@@ -423,11 +445,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
 
     seq_steps = math.ceil(cfg.epochs * len(windows) / cfg.batch_size)
     planned = cfg.max_steps or (None if cfg.max_minutes else math.ceil(seq_steps / (1 - cfg.chat_share)))
-    groups: list[dict[str, Any]] = [
-        {"params": [rm.new_rows], "lr": cfg.rows_learning_rate, "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
-        {"params": rm.trunk, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate},
-    ]
-    optimizer = torch.optim.AdamW(groups)
+    optimizer = torch.optim.AdamW(optimizer_groups(rm, cfg))
     ckpt_root = bundle.path(CHECKPOINTS)
     log_path = ckpt_root / TRAIN_LOG
     average = TailAverage(params)
