@@ -84,6 +84,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--rows-lr", type=float, default=5e-3)
     p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--dropout", type=float, default=0.0, help="Dropout on the event embeddings and the last hidden "
+                   "states while training (the recipe's `dropout`; SASRec's default is 0.2).")
+    p.add_argument("--no-residual", action="store_true", help="Items' output vectors are their code rows' sum alone.")
     p.add_argument("--max-users", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -117,10 +120,10 @@ def main() -> None:
     code_rows = torch.tensor([[token_map.code_id(level, int(c)) - first for level, c in enumerate(codes_of[i])]
                               for i in catalog.ids])  # [I, levels]
     n_items, hidden = len(catalog), model.config.hidden_size
-    residual = torch.nn.Parameter(torch.zeros(n_items, hidden))
+    residual = torch.nn.Parameter(torch.zeros(n_items, hidden), requires_grad=not args.no_residual)
     shift = torch.nn.Parameter(torch.zeros(len(action_names), hidden))
     opt = torch.optim.AdamW([{"params": rm.trunk, "lr": args.lr},
-                             {"params": [rm.new_rows, residual, shift], "lr": args.rows_lr}], weight_decay=0.0)
+                             {"params": [p for p in (rm.new_rows, residual, shift) if p.requires_grad], "lr": args.rows_lr}], weight_decay=0.0)
     peaks = [g["lr"] for g in opt.param_groups]
     bf16 = cpu_has_bf16()
 
@@ -132,8 +135,11 @@ def main() -> None:
         return rm.new_rows[code_rows].sum(-2) + residual
 
     def hidden_states(items: Any, acts: Any, mask: Any) -> Any:
+        training = rm.model.training and args.dropout > 0
+        x = F.dropout(event_embeddings(items, acts), args.dropout, training)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return rm.model.model(inputs_embeds=event_embeddings(items, acts), attention_mask=mask).last_hidden_state
+            h = rm.model.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        return F.dropout(h, args.dropout, training)
 
     seqs = user_sequences(split.train, catalog.index, actions)
     wins = windows(seqs, args.max_len)
