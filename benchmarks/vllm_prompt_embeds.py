@@ -39,6 +39,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
     from vllm import LLM, SamplingParams
 
@@ -47,7 +48,7 @@ def main() -> None:
     model, _tok, token_map = load_extended(args.model_dir)
     emb = model.get_input_embeddings().weight.detach().float()
     rng = np.random.default_rng(0)
-    levels = token_map.level_sizes()
+    levels = token_map.level_sizes
     like = token_map.action_id("like")
     ids: list[int] = []
     for _ in range(args.events):  # a random history in the served format: ACTION s0 s1 s2
