@@ -47,32 +47,6 @@ sys.path[0] = str(REPO)
 K = 10
 
 
-def user_sequences(train: pd.DataFrame, index: dict[str, int], actions: dict[str, int]
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each training user's (item indices, action indices), oldest first (log order kept on ties)."""
-    frame = train.assign(_row=np.arange(len(train))).sort_values(["user_id", "timestamp", "_row"], kind="stable")
-    items = frame["item_id"].astype(str).map(index).to_numpy()
-    acts = frame["action"].astype(str).map(actions).to_numpy()
-    bounds = np.flatnonzero(np.r_[True, frame["user_id"].to_numpy()[1:] != frame["user_id"].to_numpy()[:-1], True])
-    return [(items[a:b].astype(np.int64), acts[a:b].astype(np.int64)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            if b - a >= 2]
-
-
-def windows(seqs: list[tuple[np.ndarray, np.ndarray]], max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """SASRec's cut: from each sequence's end, windows of `max_len` + 1 events overlapping by one, so
-    every event after a user's first is a target exactly once per pass."""
-    out = []
-    for items, acts in seqs:
-        end = len(items)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
-            out.append((items[start:end], acts[start:end]))
-            end = start + 1
-            if start == 0:
-                break
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", required=True)
@@ -100,6 +74,7 @@ def main() -> None:
     from chatrec import metrics
     from chatrec.bundle import Bundle
     from chatrec.evaluation import Catalog, sample_cases, split_for, target_ranks
+    from finetune.events import padded, user_sequences, windows
     from finetune.sequence import SequenceConfig, cpu_has_bf16, lr_factor, recipe_model, window_order
 
     if args.threads:
@@ -148,17 +123,6 @@ def main() -> None:
     print(f"{len(seqs):,} users, {len(wins):,} windows, {targets_per_pass:,} targets a pass; "
           f"{len(cases):,} validation users; bf16 {bf16}", file=sys.stderr)
 
-    def batch(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, Any, Any]:
-        width = max(len(r[0]) for r in rows)
-        items = torch.zeros(len(rows), width, dtype=torch.long)
-        acts = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for j, (it, ac) in enumerate(rows):
-            items[j, :len(it)] = torch.from_numpy(it)
-            acts[j, :len(ac)] = torch.from_numpy(ac)
-            mask[j, :len(it)] = 1
-        return items, acts, mask
-
     @torch.no_grad()
     def evaluate() -> tuple[float, list[float], float]:
         rm.model.eval()
@@ -170,7 +134,7 @@ def main() -> None:
             chunk = cases[s:s + 64]
             rows = [(np.array([catalog.index[i] for i in c.items[-args.max_len:]]),
                      np.array([actions[a] for a in c.actions[-args.max_len:]])) for c in chunk]
-            items, acts, mask = batch(rows)
+            items, acts, mask = padded(rows)
             h = hidden_states(items, acts, mask).float()
             last = h[torch.arange(len(rows)), mask.sum(1) - 1] + shift[like]
             scores = (last @ mat.T).numpy()
@@ -195,7 +159,7 @@ def main() -> None:
     bar = tqdm(total=int(budget), unit="s", desc="compact events", file=sys.stderr)
     while True:
         t0 = time.perf_counter()
-        items, acts, mask = batch([wins[next(stream)] for _ in range(args.batch_size)])
+        items, acts, mask = padded([wins[next(stream)] for _ in range(args.batch_size)])
         for g, peak in zip(opt.param_groups, peaks, strict=True):
             g["lr"] = peak * lr_factor(trained_s / budget, step, args.warmup_steps)
         h = hidden_states(items, acts, mask)

@@ -39,17 +39,20 @@ class SpanTokens:
     sid_begin: int
     sid_end: int
     code_ids: np.ndarray  # [C] int64, ascending: every `<|sL_C|>` token id
+    event_range: tuple[int, int] = (0, 0)  # [start, stop) of the events reading's `<|ev_A_i|>` ids, if any
 
     @classmethod
     def from_token_map(cls, token_map: Any) -> SpanTokens:
-        """From a `tokenizer_ext.TokenMap` (`sid_begin`, `sid_end`, `codes: {"L_C": id}`)."""
+        """From a `tokenizer_ext.TokenMap` (`sid_begin`, `sid_end`, `codes: {"L_C": id}`, `event_range`)."""
         codes = np.unique(np.asarray(list(token_map.codes.values()), dtype=np.int64))
-        return cls(int(token_map.sid_begin), int(token_map.sid_end), codes)
+        return cls(int(token_map.sid_begin), int(token_map.sid_end), codes,
+                   tuple(getattr(token_map, "event_range", (0, 0))))  # type: ignore[arg-type]
 
     @property
     def banned_in_text(self) -> np.ndarray:
-        """Tokens that may not appear outside a span: every code token and `<|sid_end|>`."""
-        return np.union1d(self.code_ids, [self.sid_end]).astype(np.int64)
+        """Tokens that may not appear outside a span: every code token, `<|sid_end|>` and every event token."""
+        events = np.arange(*self.event_range, dtype=np.int64)
+        return np.union1d(np.union1d(self.code_ids, [self.sid_end]), events).astype(np.int64)
 
 
 class ConstraintCore:

@@ -127,6 +127,19 @@ class Recommender:
         self.search = "beam"  # or "best_first" (chatrec.retrieval.best_first)
         self.last_level = SERVED_LAST_LEVEL  # "prior" or "model" (chatrec.retrieval.RetrievalConfig.last_level)
         self.prior_exponent = PRIOR_EXPONENT  # RetrievalConfig.prior_exponent
+        # a model finetuned with `--reading events`: one token per (action, item), ranked in one prefill
+        self.event_bias: np.ndarray | None = None
+        if token_map.events:
+            bias_path = model_dir / "event_bias.npy"
+            if not bias_path.exists():
+                raise BundleError(f"{bias_path} does not exist, but chatrec_tokens.json names event tokens; "
+                                  "export the model again")
+            self.event_bias = np.load(bias_path)
+            ev = token_map.events
+            self.event_items = {str(i): j for j, i in enumerate(ev["item_ids"])}
+            self.event_actions = {str(a): j for j, a in enumerate(ev["actions"])}
+            position = {str(i): j for j, i in enumerate(core.trie.item_ids)}
+            self.event_trie_index = np.array([position.get(str(i), -1) for i in ev["item_ids"]], dtype=np.int64)
 
     # construction ------------------------------------------------------------------------------
     @classmethod
@@ -227,6 +240,35 @@ class Recommender:
         return self.prompt_ids(next_item_messages(events, request, summary=summary, domain=self.domain),
                                [self.token_map.sid_begin])
 
+    def event_prompt(self, history: HistoryLike) -> list[int]:
+        """The events reading's prompt: one `<|ev_ACTION_i|>` token per event the model knows, the last
+        `max_len` of them (an item or action added after training has no token and is left out)."""
+        ev = self.token_map.events
+        assert ev is not None
+        first, n = int(ev["first"]), len(ev["item_ids"])
+        ids = self.history_item_ids(history)
+        actions = [e.action for e in self.events(history)]
+        out = [first + self.event_actions[a] * n + self.event_items[i] for i, a in zip(ids, actions, strict=True)
+               if i in self.event_items and a in self.event_actions]
+        return out[-int(ev.get("max_len", 200)):]
+
+    def _recommend_events(self, prompt: list[int], k: int, allowed: np.ndarray | None) -> list[Recommendation]:
+        """Top-`k` allowed items by the log-probability of the positive action's event token after
+        `prompt`, plus that action's per-item bias (finetune.events)."""
+        assert self.event_bias is not None and self.token_map.events is not None
+        action = next((a for a in self.positive_actions if a in self.event_actions),
+                      next(iter(self.event_actions)))
+        ids = self.token_map.event_ids(action)
+        scorer = getattr(self.engine, "next_token_scores", None) or self.engine.next_token_logprobs
+        scores = np.asarray(scorer(prompt, [[]], ids.tolist()), dtype=np.float64)[0]
+        scores = scores + self.event_bias[self.event_actions[action]]
+        ok = self.event_trie_index >= 0
+        if allowed is not None:
+            ok &= allowed[np.maximum(self.event_trie_index, 0)]
+        scores = np.where(ok, scores, -np.inf)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [self.item(int(self.event_trie_index[t]), float(scores[t])) for t in top if np.isfinite(scores[t])]
+
     def item(self, index: int, score: float) -> Recommendation:
         item_id = str(self.core.trie.item_ids[index])
         codes = self.codes.get(item_id, ())
@@ -251,6 +293,11 @@ class Recommender:
             raise ConfigError(f"`k` must be >= 1, got {k}")
         exclude = list(exclude_item_ids) + (self.history_item_ids(history) if exclude_history else [])
         allowed = self.allowed(exclude, categories, include_item_ids)
+        if request is None and history and self.event_bias is not None:
+            prompt = self.event_prompt(history)
+            if prompt:
+                self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")
+                return self._recommend_events(prompt, k, allowed)
         prompt = self.retrieval_prompt(history, request)
         width = beam_width or max(2 * k, 10)
         self.limits.check("prompt tokens", len(prompt), "max_prompt_tokens")

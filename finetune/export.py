@@ -30,7 +30,7 @@ from chatrec.errors import BundleError, ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-SIDECAR_FILES = ("chatrec_tokens.json", "trie.npz")
+SIDECAR_FILES = ("chatrec_tokens.json", "trie.npz", "event_bias.npy")  # the last: `--reading events` only
 
 
 @dataclass

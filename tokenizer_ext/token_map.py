@@ -7,6 +7,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from chatrec import tokens
 from chatrec.errors import BundleError, DataError
@@ -23,6 +26,9 @@ class TokenMap:
     codes: dict[str, int] = field(default_factory=dict)    # "L_C" -> token id of <|sL_C|>
     actions: dict[str, int] = field(default_factory=dict)  # action name -> token id of <|act_NAME|>
     vocab_size: int = 0                                     # len(tokenizer) after extension
+    # the events reading (finetune.events): {"first": id of <|ev_A0_0|>, "actions": [A names], "item_ids": [I ids],
+    # "max_len": events a prompt holds}; token id of (action a, item i) = first + a * I + i
+    events: dict[str, Any] | None = None
 
     # lookups ---------------------------------------------------------------------------------
     def code_id(self, level: int, code: int) -> int:
@@ -76,10 +82,29 @@ class TokenMap:
         """Code token ids of one item's codes (no span markers)."""
         return [self.code_id(level, c) for level, c in enumerate(codes)]
 
+    def event_ids(self, action: str) -> np.ndarray:
+        """Token ids of `<|ev_ACTION_i|>` for every item i of the events vocabulary, in its item order."""
+        if not self.events:
+            raise DataError("this model has no event tokens (it was not finetuned with `--reading events`)")
+        actions = list(self.events["actions"])
+        if action not in actions:
+            raise DataError(f"action {action!r} has no event tokens (known: {actions})")
+        n = len(self.events["item_ids"])
+        return int(self.events["first"]) + actions.index(action) * n + np.arange(n, dtype=np.int64)
+
+    @property
+    def event_range(self) -> tuple[int, int]:
+        """[start, stop) of the event token ids ((0, 0) without them)."""
+        if not self.events:
+            return (0, 0)
+        first = int(self.events["first"])
+        return (first, first + len(self.events["actions"]) * len(self.events["item_ids"]))
+
     # persistence -----------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"format_version": FORMAT_VERSION, "sid_begin": self.sid_begin, "sid_end": self.sid_end,
-                "codes": dict(self.codes), "actions": dict(self.actions), "vocab_size": self.vocab_size}
+                "codes": dict(self.codes), "actions": dict(self.actions), "vocab_size": self.vocab_size,
+                **({"events": self.events} if self.events else {})}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write JSON to `path` (atomic)."""
@@ -102,4 +127,4 @@ class TokenMap:
         return cls(sid_begin=int(data["sid_begin"]), sid_end=int(data["sid_end"]),
                    codes={k: int(v) for k, v in data["codes"].items()},
                    actions={k: int(v) for k, v in data["actions"].items()},
-                   vocab_size=int(data.get("vocab_size", 0)))
+                   vocab_size=int(data.get("vocab_size", 0)), events=data.get("events"))

@@ -101,6 +101,8 @@ def finetune_cmd(
     out: Path = typer.Option(None, "--out", help="Continual run: the new bundle to write."),
     items: Path = typer.Option(None, "--items", help="Continual run: catalog rows of items new in the logs."),
     replay_fraction: float = typer.Option(0.5, "--replay-fraction", help=_help(ContinualConfig, "replay_fraction")),
+    reading: str = typer.Option(None, "--reading", help=_seq("reading")),
+    events_max_len: int = typer.Option(None, "--events-max-len", help=_seq("events_max_len")),
     keep_layers: int = typer.Option(None, "--keep-layers", help=_seq("keep_layers")),
     full_depth: bool = typer.Option(False, "--full-depth", help="Keep every decoder layer (--keep-layers all)."),
     lora: bool = typer.Option(False, "--lora", help=_seq("lora")),
@@ -139,6 +141,7 @@ def finetune_cmd(
     if full_depth and keep_layers is not None:
         raise ConfigError("use either --keep-layers N or --full-depth")
     overrides = {
+        "reading": reading, "events_max_len": events_max_len,
         "keep_layers": keep_layers, "max_minutes": max_minutes, "max_steps": max_steps, "epochs": epochs,
         "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
         "batch_size": batch_size, "micro_batch_size": micro_batch_size, "group_by_length": group_by_length,
@@ -175,6 +178,7 @@ def finetune_cmd(
         return
     metrics = {k: round(v, 4) for k, v in counts.items() if k.startswith("valid_") and isinstance(v, float)}
     kind = f"LoRA on {counts['layers']} layers" if counts["lora"] else f"{counts['layers']} layers"
+    kind += ", one position per event" if counts.get("reading") == "events" else ""
     typer.echo(f"trained {counts['steps']} steps in {counts['train_minutes']:.1f} min ({kind}, "
                f"{counts['processes']} process(es), bf16 {counts['bf16']}): loss {counts['first_loss']:.3f} -> "
                f"{counts['final_loss']:.3f}, {counts['targets_per_s']:.0f} targets/s, "

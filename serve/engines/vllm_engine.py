@@ -51,6 +51,7 @@ class VLLMEngine:
         from serve.vllm_processor import ChatrecLogitsProcessor, register_core
 
         self.model_dir = Path(model_dir)
+        self._full_rows = (self.model_dir / "event_bias.npy").exists()
         self.core = core
         self.core_key = f"core-{uuid.uuid4().hex[:12]}"
         if core is not None:
@@ -76,6 +77,9 @@ class VLLMEngine:
             # Instead the plain retrieval prompt drops up to an eighth of its oldest events so that it
             # ends one token past a block (chatrec.prompts.block_trimmed), on every engine alike.
             block_size=KV_BLOCK,
+            # a model finetuned with `--reading events` ranks its thousands of item tokens from one
+            # full-vocabulary log-prob row (`logprob_token_ids` takes 128 ids a request)
+            max_logprobs=-1 if self._full_rows else 20,
             gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes, seed=0,
         )
         self.engine = self.llm.llm_engine
@@ -261,6 +265,8 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         token_ids = [int(t) for t in token_ids]
+        if len(token_ids) > _MAX_SCORED_IDS and self._full_rows:
+            return self._full_row_logprobs(prefix_ids, continuations, token_ids)
         chunks = [token_ids[i:i + _MAX_SCORED_IDS] for i in range(0, len(token_ids), _MAX_SCORED_IDS)]
         out = np.full((len(continuations), len(token_ids)), -np.inf)
         where: list[tuple[int, int, list[int]]] = []
@@ -273,17 +279,23 @@ class VLLMEngine:
                 requests.append((prompt, sp))
         subs = [(*w, q) for w, (_rid, q) in zip(where, self._submit_all(requests), strict=True)]
         for b, offset, chunk, q in subs:
-            lps = None
-            while (item := q.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise ChatrecError(f"the vLLM engine failed: {item}")
-                if item[1]:
-                    lps = item[1][0]
-            if lps is None:
-                raise ChatrecError("vLLM returned no log-probs for a scoring request")
+            lps = _scored_logprobs(q)
             for j, tid in enumerate(chunk):
                 if tid in lps:
                     out[b, offset + j] = lps[tid].logprob
+        return out
+
+    def _full_row_logprobs(self, prefix_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                           token_ids: list[int]) -> np.ndarray:
+        """`next_token_logprobs` for many ids: one request per continuation, the whole vocabulary's row."""
+        from vllm import SamplingParams
+
+        sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1, detokenize=False)
+        subs = self._submit_all([([*prefix_ids, *cont], sp) for cont in continuations])
+        out = np.full((len(continuations), len(token_ids)), -np.inf)
+        for b, (_rid, q) in enumerate(subs):
+            lps = _scored_logprobs(q)
+            out[b] = [lps[t].logprob if t in lps else -np.inf for t in token_ids]
         return out
 
     def close(self) -> None:
@@ -301,3 +313,16 @@ class VLLMEngine:
             self.engine.engine_core.shutdown()
         self.llm = self.engine = None  # type: ignore[assignment]
         gc.collect()
+
+
+def _scored_logprobs(q: queue.Queue[Any]) -> Any:
+    """The first generated position's log-probs of a one-token scoring request, once it is done."""
+    lps = None
+    while (item := q.get()) is not _DONE:
+        if isinstance(item, BaseException):
+            raise ChatrecError(f"the vLLM engine failed: {item}")
+        if item[1]:
+            lps = item[1][0]
+    if lps is None:
+        raise ChatrecError("vLLM returned no log-probs for a scoring request")
+    return lps

@@ -1,0 +1,377 @@
+"""The events reading of the sequence recipe: one trunk position per event, one softmax over the items.
+
+The token reading (`finetune.sequence`) spells every event as `ACTION s0 s1 s2` and predicts each next
+token, so a pass costs 4 trunk positions an event. Here the same trunk (the extended model's bottom
+`keep_layers` layers) reads each event as ONE position, its action row plus its SID code rows (summed,
+halved to keep the rows' scale), and scores the next item with a softmax over the whole catalog, an
+item's output vector being the sum of its code rows (tied to the input rows) plus a residual of its own
+that starts at zero; a learned vector per action shifts the last hidden state, so the model is asked for
+the item the user will take the next event's action on (at serving time: the positive action). The loss
+is SASRec's full-catalog cross-entropy, over SASRec's windows (up to `events_max_len` events, every event
+after a user's first a target once per pass). On ML-1M validation this read 1.5 x the token reading at
+the same CPU (BENCHMARKS.md, "One position per event").
+
+Served without new engine code: the trained model is written out ("materialised") as an ordinary causal
+LM whose vocabulary has one token per (action, item), `<|ev_ACTION_INDEX|>`, with an untied head: the
+input row of `<|ev_a_i|>` is the event's embedding, its output row item i's vector, and the action shift
+becomes a per-item bias (`event_bias.npy`, since (h + s_a) . m_i = h . m_i + s_a . m_i). A history is
+then a prompt of one token per event, and retrieval is one prefill: the next-token log-probabilities of
+the positive action's event tokens, plus the bias (`chatrec.recommender.Recommender`). Free text never
+emits an event token (they are banned outside SID spans like the code tokens).
+
+What this reading does not do (yet): chat steps (a request with words is served by the SID beam search
+over rows that were trained only inside event embeddings), LoRA, tail averaging, resuming, several
+processes. `SequenceConfig.__post_init__` refuses the settings that would be silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chatrec.bundle import Bundle, atomic_path
+from chatrec.errors import BundleError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from finetune.sequence import SequenceConfig
+
+EVENT_BIAS = "event_bias.npy"  # [actions, items] float32: s_a . m_i, added to the event tokens' log-probs
+
+
+# data -----------------------------------------------------------------------------------------
+def user_sequences(train: Any, index: dict[str, int], actions: dict[str, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each user's (item indices, action indices), oldest first (log order kept on ties), users with >= 2 events."""
+    frame = train.assign(_row=np.arange(len(train))).sort_values(["user_id", "timestamp", "_row"], kind="stable")
+    frame = frame[frame["item_id"].astype(str).isin(index.keys()) & frame["action"].astype(str).isin(actions.keys())]
+    items = frame["item_id"].astype(str).map(index).to_numpy()
+    acts = frame["action"].astype(str).map(actions).to_numpy()
+    users = frame["user_id"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True]) if len(frame) else np.array([0])
+    return [(items[a:b].astype(np.int64), acts[a:b].astype(np.int64))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b - a >= 2]
+
+
+def windows(seqs: Sequence[tuple[np.ndarray, np.ndarray]], max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """SASRec's cut: from each sequence's end, windows of `max_len` + 1 events overlapping by one, so
+    every event after a user's first is a target exactly once per pass."""
+    out = []
+    for items, acts in seqs:
+        end = len(items)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            out.append((items[start:end], acts[start:end]))
+            if start == 0:
+                break
+            end = start + 1
+    return out
+
+
+def padded(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[Any, Any, Any]:
+    """Right-padded [B, T] item indices, action indices and attention mask."""
+    import torch
+
+    width = max(len(r[0]) for r in rows)
+    items = torch.zeros(len(rows), width, dtype=torch.long)
+    acts = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for j, (it, ac) in enumerate(rows):
+        items[j, :len(it)] = torch.from_numpy(np.asarray(it, dtype=np.int64))
+        acts[j, :len(ac)] = torch.from_numpy(np.asarray(ac, dtype=np.int64))
+        mask[j, :len(it)] = 1
+    return items, acts, mask
+
+
+# the model ------------------------------------------------------------------------------------
+def _module_base() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
+class EventsModel(_module_base()):  # type: ignore[misc]
+    """The trunk of a `RowsModel` reading one position per event and scoring every catalog item."""
+
+    def __init__(self, rm: Any, code_rows: Any, action_rows: Any, dropout: float, bf16: bool = False):
+        import torch
+
+        super().__init__()
+        self.rm = rm
+        self.register_buffer("code_rows", code_rows, persistent=False)  # [I, L] indices into rm.new_rows
+        self.register_buffer("action_rows", action_rows, persistent=False)  # [A]
+        hidden = rm.model.config.hidden_size
+        self.residual = torch.nn.Parameter(torch.zeros(code_rows.shape[0], hidden))  # [I, H]
+        self.shift = torch.nn.Parameter(torch.zeros(action_rows.shape[0], hidden))  # [A, H]
+        self.dropout = dropout
+        self.bf16 = bf16
+
+    def event_embeddings(self, items: Any, acts: Any) -> Any:  # [B, T] -> [B, T, H]
+        rows = self.rm.new_rows
+        return (rows[self.code_rows[items]].sum(-2) + rows[self.action_rows[acts]]) / 2
+
+    def item_matrix(self) -> Any:  # [I, H]
+        return self.rm.new_rows[self.code_rows].sum(-2) + self.residual
+
+    def hidden(self, items: Any, acts: Any, mask: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        training = self.training and self.dropout > 0
+        x = F.dropout(self.event_embeddings(items, acts), self.dropout, training)
+        with torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16,
+                            enabled=self.bf16):
+            h = self.rm.model.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        return F.dropout(h.float(), self.dropout, training)
+
+    def forward(self, items: Any, acts: Any, mask: Any) -> tuple[Any, int]:
+        """Mean cross-entropy of every next item (given its action) over the catalog, and the target count."""
+        import torch.nn.functional as F
+
+        h = self.hidden(items, acts, mask)
+        keep = mask[:, 1:] > 0
+        pred = h[:, :-1][keep] + self.shift[acts[:, 1:][keep]]
+        logits = pred @ self.item_matrix().T
+        return F.cross_entropy(logits, items[:, 1:][keep]), int(keep.sum())
+
+    def scores(self, items: Any, acts: Any, mask: Any, action: int) -> Any:
+        """[B, I] scores of every item as the next event with `action`, after each row's last event."""
+        import torch
+
+        h = self.hidden(items, acts, mask)
+        last = h[torch.arange(h.shape[0]), mask.sum(1) - 1] + self.shift[action]
+        return last @ self.item_matrix().T
+
+    @property
+    def trunk(self) -> list[Any]:
+        return list(self.rm.trunk)
+
+
+def event_token(action: str, index: int) -> str:
+    return f"<|ev_{action}_{index}|>"
+
+
+def materialise(em: Any, tokenizer: Any, token_map: Any, item_ids: Sequence[str], actions: Sequence[str],
+                max_len: int, source_dir: Path, target: Path) -> Path:
+    """Write the events model as a serveable causal-LM folder (atomically): one added token per (action,
+    item), their input rows the event embeddings and output rows (untied head) the item vectors;
+    `chatrec_tokens.json` records them, `event_bias.npy` holds each action's per-item bias."""
+    import copy
+
+    import torch
+
+    from finetune.export import SIDECAR_FILES
+
+    model = copy.deepcopy(em.rm.write_back())  # the trained code/action/span rows in the tied embedding
+    tokenizer = copy.deepcopy(tokenizer)
+    base = len(tokenizer)
+    names = [event_token(a, i) for a in actions for i in range(len(item_ids))]
+    tokenizer.add_tokens(names, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if ids != list(range(base, base + len(names))):
+        raise BundleError(f"{source_dir}: the event tokens did not get the ids after the vocabulary's last")
+    with torch.no_grad():
+        items = torch.arange(len(item_ids))
+        event_in = torch.cat([em.event_embeddings(items, torch.full_like(items, a)) for a in range(len(actions))])
+        mat = em.item_matrix().float()
+        event_out = mat.repeat(len(actions), 1)  # every action's token of item i predicts item i
+        bias = (em.shift.float() @ mat.T).numpy().astype(np.float32)  # [A, I]
+        emb = model.get_input_embeddings().weight.detach()[:base]
+        hidden = emb.shape[1]
+        size = base + len(names)
+        inputs = torch.nn.Embedding(size, hidden)
+        inputs.weight.copy_(torch.cat([emb, event_in.to(emb.dtype)]))
+        head = torch.nn.Linear(hidden, size, bias=False)
+        head.weight.copy_(torch.cat([emb, event_out.to(emb.dtype)]))
+    model.config.tie_word_embeddings = False
+    if hasattr(model.config, "get_text_config"):
+        model.config.get_text_config().tie_word_embeddings = False
+    model.set_input_embeddings(inputs)
+    model.set_output_embeddings(head)
+    model.config.vocab_size = size
+    tm = copy.deepcopy(token_map)
+    tm.vocab_size = len(tokenizer)
+    tm.events = {"first": base, "actions": list(actions), "item_ids": [str(i) for i in item_ids], "max_len": max_len}
+    with atomic_path(target) as tmp:
+        model.to(torch.float32).save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for name in SIDECAR_FILES:
+            if name != "chatrec_tokens.json" and (source_dir / name).exists():
+                shutil.copy2(source_dir / name, tmp / name)
+        tm.save(tmp / "chatrec_tokens.json")
+        np.save(tmp / EVENT_BIAS, bias)
+    return target
+
+
+# training -------------------------------------------------------------------------------------
+def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) -> dict[str, Any]:
+    """`chatrec finetune --reading events`: train the events model on the bundle's training split (the
+    split `chatrec data build` holds out validation and test targets from) into `BUNDLE/trained/`, with
+    serveable snapshots at `save_minutes` and validation NDCG@K / HR@K on `eval_users` users."""
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split, sample_cases
+    from finetune.sequence import (
+        CHECKPOINTS,
+        TRAINED,
+        lr_factor,
+        peak_memory_mb,
+        recipe_model,
+        use_bf16,
+        window_order,
+    )
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model_dir = bundle.require("model")
+    source = Path(cfg.init_model) if cfg.init_model else model_dir
+    if (source / EVENT_BIAS).exists():
+        raise ConfigError(f"{source} was finetuned with `--reading events`; continuing such a model on new logs "
+                          "is not built yet (finetune BUNDLE/model again with the new logs merged in)")
+    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
+    inter = pd.read_parquet(bundle.require("interactions.parquet"))
+    sids = pd.read_parquet(bundle.require("sids.parquet"))
+    build = (bundle.stage("build") or {}).get("config") or {}
+    positive = [a for a in build.get("positive_actions", ("like",)) if a in set(inter["action"].astype(str))]
+    split = make_split(inter, TRAINED_PROTOCOL, target_actions=positive or ("like",), known_items=catalog.ids)
+    rm, _peft, tokenizer, token_map = recipe_model(source, cfg)
+    action_names = sorted(a for a in token_map.actions if a in set(inter["action"].astype(str)))
+    if not action_names:
+        raise DataError(f"{bundle.interactions_path}: no action of the log has a token in {source}")
+    action_index = {a: i for i, a in enumerate(action_names)}
+    codes_of = dict(zip(sids["item_id"].astype(str), sids["codes"], strict=True))
+    missing = [i for i in catalog.ids if i not in codes_of]
+    if missing:
+        raise BundleError(f"{bundle.root / 'sids.parquet'}: {len(missing)} catalog items have no SID "
+                          f"(first: {missing[0]!r}); run `chatrec sids fit` again")
+    first = rm.first
+    code_rows = torch.tensor([[token_map.code_id(level, int(c)) - first for level, c in enumerate(codes_of[i])]
+                              for i in catalog.ids])
+    action_rows = torch.tensor([token_map.action_id(a) - first for a in action_names])
+    bf16 = use_bf16(cfg.bf16, "cpu")
+    em = EventsModel(rm, code_rows, action_rows, cfg.dropout or 0.0, bf16)
+    max_len = cfg.events_max_len
+    wins = windows(user_sequences(split.train, catalog.index, action_index), max_len)
+    if not wins:
+        raise DataError(f"{bundle.interactions_path}: no training user has two events")
+    targets_per_pass = sum(len(w[0]) - 1 for w in wins)
+    positive_action = next((action_index[a] for a in positive if a in action_index), 0)
+    groups: list[dict[str, Any]] = [
+        {"params": [rm.new_rows, em.residual, em.shift], "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
+        {"params": em.trunk, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate}]
+    opt = torch.optim.AdamW(groups)
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    planned = cfg.max_steps or (None if budget else math.ceil(cfg.epochs * len(wins) / cfg.batch_size))
+    order = window_order(len(wins), cfg.seed, [len(w[0]) for w in wins], cfg.batch_size)  # length-grouped
+    ckpt_root = bundle.path(CHECKPOINTS)
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+    ckpt_root.mkdir(parents=True)
+    pending = sorted(cfg.save_minutes)
+    snapshots: dict[str, Any] = {}
+    # the seeded users `benchmarks/score_gains.py --cases valid --max-users N` scores, so runs pair by user
+    cases = [c for c in sample_cases(split.valid, cfg.eval_users, cfg.seed) if any(
+        i in catalog.index and a in action_index for i, a in zip(c.items, c.actions, strict=True))] if cfg.eval_users else []
+
+    def save(target: Path) -> Path:
+        em.eval()
+        out = materialise(em, tokenizer, token_map, catalog.ids, action_names, max_len, model_dir, target)
+        em.train()
+        return out
+
+    def validate() -> dict[str, float]:
+        return score_cases(em, cases, catalog.index, action_index, positive_action, max_len, cfg.eval_k) if cases else {}
+
+    step, trained_s, targets, losses = 0, 0.0, 0, []
+    em.train()
+    bar = tqdm(total=planned or int(budget or 0), unit="step" if planned else "s", desc="finetune (events)",
+               disable=quiet, file=sys.stderr)
+    while not ((planned is not None and step >= planned) or (budget is not None and trained_s >= budget)):
+        t0 = time.perf_counter()
+        done = step / planned if planned else trained_s / budget  # type: ignore[operator]
+        for g in opt.param_groups:
+            g["lr"] = g["peak"] * lr_factor(done, step, cfg.warmup_steps)
+        items, acts, mask = padded([wins[next(order)] for _ in range(cfg.batch_size)])
+        loss, n = em(items, acts, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if step < cfg.rows_steps:  # first stage: the added rows (and item vectors) alone
+            for p in em.trunk:
+                p.grad = None
+        opt.step()
+        step += 1
+        targets += n
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            raise DataError(f"the loss diverged at step {step} (learning rate {cfg.learning_rate:g})")
+        trained_s += time.perf_counter() - t0
+        bar.update(1 if planned else int(trained_s) - bar.n)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", passes=f"{targets / targets_per_pass:.2f}")
+        while pending and trained_s >= pending[0] * 60:
+            minutes = pending.pop(0)
+            name = f"seq-{minutes:05.1f}min"
+            save(ckpt_root / name)
+            snapshots[name] = {"minutes": minutes, "step": step, **validate()}
+    bar.close()
+    em.eval()
+    trained = save(bundle.path(TRAINED))
+    metrics = validate()
+    counts: dict[str, Any] = {
+        "recipe": "sequence", "reading": "events", "lora": False, "processes": 1, "windows": len(wins),
+        "chat_rows": 0, "steps": step, "layers": rm.model.config.num_hidden_layers, "bf16": bf16,
+        "train_minutes": round(trained_s / 60, 2),
+        "trained_params": sum(p.numel() for p in (rm.new_rows, em.residual, em.shift, *em.trunk)),
+        "first_loss": losses[0] if losses else float("nan"), "final_loss": float(np.mean(losses[-200:])),
+        "targets": targets, "targets_per_s": targets / trained_s if trained_s else 0.0,
+        "events_per_s": targets / trained_s if trained_s else 0.0,
+        "epochs_seen": targets / targets_per_pass, "events_max_len": max_len, "actions": action_names,
+        "peak_rss_mb": peak_memory_mb(), **{f"valid_{k}": v for k, v in metrics.items()},
+    }
+    bundle.record_stage("finetune", config=cfg, inputs={"interactions.parquet": bundle.interactions_path,
+                                                        "model": source},
+                        outputs={"trained": trained}, counts=counts, extra={"snapshots": snapshots})
+    return counts
+
+
+def score_cases(em: Any, cases: Sequence[Any], index: dict[str, int], action_index: dict[str, int], action: int,
+                max_len: int, k: int, batch: int = 64) -> dict[str, float]:
+    """NDCG@k and HR@k of the in-memory model on evaluation cases (history items excluded)."""
+    import torch
+
+    from chatrec import metrics
+
+    ranks: list[int | None] = []
+    was = em.training
+    em.eval()
+    with torch.no_grad():
+        for s in range(0, len(cases), batch):
+            chunk = cases[s:s + batch]
+            rows = [event_rows(c.items, c.actions, index, action_index, max_len) for c in chunk]
+            scores = em.scores(*padded(rows), action).numpy()
+            for row, c in zip(scores, chunk, strict=True):
+                row[[index[i] for i in c.items if i in index]] = -np.inf
+                top = np.argsort(-row)[:k]
+                ranks.append(next((r for r, j in enumerate(top) if j == index.get(c.target, -1)), None))
+    em.train(was)
+    gains = metrics.ndcg_gains(ranks, k)
+    return {f"ndcg@{k}": float(np.mean(gains)), f"hr@{k}": float(np.mean([r is not None for r in ranks])),
+            "users": float(len(cases))}
+
+
+def event_rows(items: Sequence[str], actions: Sequence[str], index: dict[str, int], action_index: dict[str, int],
+               max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item indices, action indices) of the last `max_len` events the model knows (at least one)."""
+    pairs = [(index[i], action_index[a]) for i, a in zip(items, actions, strict=True)
+             if i in index and a in action_index][-max_len:]
+    if not pairs:
+        raise DataError("a history with no event the model knows")
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
