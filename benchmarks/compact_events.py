@@ -21,8 +21,9 @@ It is scored on the same split, the same seeded validation users and the same ND
     python benchmarks/compact_events.py --bundle B --layers 2 --max-minutes 60 --save-minutes 20,40 \\
         --max-users 3000 --out benchmarks/results/ml1m_compact_events_valid.json
 
-No serving path exists for this model yet (vLLM would take the history as prompt embeddings or one
-token per event); its numbers choose whether to build one, and no test number is reported from it.
+Its numbers chose to build it: `chatrec finetune --reading events` (finetune/events.py) trains this model
+and serves it (one token per (action, item)); this script stays as the measurement that chose it, and no
+test number is reported from it.
 """
 
 from __future__ import annotations
