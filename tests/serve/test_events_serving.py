@@ -22,7 +22,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from finetune.export import export_bundle
     from finetune.sequence import SequenceConfig, train_sequences
 
-    bundle = tiny_bundle(tmp_path_factory.mktemp("events") / "bundle", n_items=120, n_users=48)
+    # more items than vLLM's 128 `logprob_token_ids`: the engine takes the full-vocabulary row, as on ML-1M
+    bundle = tiny_bundle(tmp_path_factory.mktemp("events") / "bundle", n_items=160, n_users=48)
     train_sequences(bundle, SequenceConfig(reading="events", max_steps=60, batch_size=8, rows_steps=10,
                                            warmup_steps=5, eval_users=0, bf16="off", num_threads=2), quiet=True)
     export_bundle(bundle)
