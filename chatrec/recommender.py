@@ -18,6 +18,7 @@ from chatrec.bundle import Bundle
 from chatrec.constrained import ConstraintCore, FilterError, SpanTokens
 from chatrec.engine import Engine
 from chatrec.errors import BundleError, ChatrecError, ConfigError
+from chatrec.metrics import top_k_from_scores
 from chatrec.prompts import (
     DEFAULT_HISTORY_LEN,
     DEFAULT_SUMMARY_WORDS,
@@ -265,9 +266,8 @@ class Recommender:
         ok = self.event_trie_index >= 0
         if allowed is not None:
             ok &= allowed[np.maximum(self.event_trie_index, 0)]
-        scores = np.where(ok, scores, -np.inf)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [self.item(int(self.event_trie_index[t]), float(scores[t])) for t in top if np.isfinite(scores[t])]
+        top = top_k_from_scores(scores[None], k, ~ok[None])[0]
+        return [self.item(int(self.event_trie_index[t]), float(scores[t])) for t in top if t >= 0]
 
     def item(self, index: int, score: float) -> Recommendation:
         item_id = str(self.core.trie.item_ids[index])

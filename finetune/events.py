@@ -226,6 +226,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         TRAINED,
         TRIM_EVERY,
         lr_factor,
+        optimizer_groups,
         peak_memory_mb,
         recipe_model,
         release_free_memory,
@@ -270,9 +271,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         raise DataError(f"{bundle.interactions_path}: no training user has two events")
     targets_per_pass = sum(len(w[0]) - 1 for w in wins)
     positive_action = next((action_index[a] for a in positive if a in action_index), 0)
-    groups: list[dict[str, Any]] = [
-        {"params": [rm.new_rows, em.residual, em.shift], "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
-        {"params": em.trunk, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate}]
+    groups = optimizer_groups(rm, cfg)  # the recipe's; the item vectors and action shifts train as rows
+    groups[0]["params"] = [*groups[0]["params"], em.residual, em.shift]
     opt = torch.optim.AdamW(groups)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     planned = cfg.max_steps or (None if budget else math.ceil(cfg.epochs * len(wins) / cfg.batch_size))
@@ -365,14 +365,13 @@ def score_cases(em: Any, cases: Sequence[Any], index: dict[str, int], action_ind
             chunk = cases[s:s + batch]
             rows = [event_rows(c.items, c.actions, index, action_index, max_len) for c in chunk]
             scores = em.scores(*padded(rows), action).numpy()
-            for row, c in zip(scores, chunk, strict=True):
-                row[[index[i] for i in c.items if i in index]] = -np.inf
-                top = np.argsort(-row)[:k]
-                ranks.append(next((r for r, j in enumerate(top) if j == index.get(c.target, -1)), None))
+            seen = np.zeros(scores.shape, dtype=bool)
+            for j, c in enumerate(chunk):
+                seen[j, [index[i] for i in c.items if i in index]] = True
+            for top, c in zip(metrics.top_k_from_scores(scores, k, seen), chunk, strict=True):
+                ranks.append(metrics.target_rank(top.tolist(), index.get(c.target, -1)))
     em.train(was)
-    gains = metrics.ndcg_gains(ranks, k)
-    return {f"ndcg@{k}": float(np.mean(gains)), f"hr@{k}": float(np.mean([r is not None for r in ranks])),
-            "users": float(len(cases))}
+    return {f"ndcg@{k}": metrics.ndcg(ranks, k), f"hr@{k}": metrics.hit_rate(ranks, k), "users": float(len(cases))}
 
 
 def event_rows(items: Sequence[str], actions: Sequence[str], index: dict[str, int], action_index: dict[str, int],
