@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--label", default="server", help="Name of this run (engine and options), for the output file.")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--gains-out", default=None, help="Also write each user's NDCG@10 gain in `score_gains.py`'s "
+                    "format, so `score_gains.py report --llm` pairs the served model with the baselines by user.")
+    ap.add_argument("--seed", type=int, default=0, help="The bundle's seed, recorded in --gains-out (what report pools by).")
     args = ap.parse_args()
     bundle = Path(args.bundle)
     log = pd.read_parquet(bundle / "interactions.parquet")
@@ -135,6 +138,8 @@ def main() -> None:
     order = counts.index.astype(str).tolist() + sorted(set(catalog["item_id"].astype(str)) - set(counts.index))
     popular = [[i for i in order if i not in seen][:K] for seen in ({i for i, _ in c["history"]} for c in cases)]
     s_ndcg, s_hr = gains(served, cases)
+    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").exists() else {}
+    trained = (manifest.get("stages", {}).get("finetune") or {}).get("counts", {})
     p_ndcg, p_hr = gains(popular, cases)
     lo, hi = ratio_interval(s_ndcg, p_ndcg)
     row = {"label": args.label, "split": args.split, "users": len(cases), "history": args.history,
@@ -144,6 +149,7 @@ def main() -> None:
            "ratio_95ci": [round(lo, 3), round(hi, 3)],
            "p50_ms": round(statistics.median(t for _, t in answers) * 1000, 1), "wall_s": round(wall, 1),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "bundle": str(bundle),
+           **{k: trained.get(k) for k in ("train_minutes", "steps")},
            "top10": {c["user"]: a for c, a in zip(cases, served, strict=True)}}
     evaluated = None
     if (bundle / "eval.json").exists() and args.split == "test":
@@ -164,6 +170,14 @@ def main() -> None:
     out = Path(args.out) if args.out else RESULTS / f"http_eval_{args.label}.json"
     out.write_text(json.dumps(row, indent=1) + "\n")
     print(f"wrote {out}")
+    if args.gains_out:
+        run = {"cases": args.split, "model": "final", "users": len(cases), "user_ids": [c["user"] for c in cases],
+               "train_minutes": trained.get("train_minutes"), "steps": trained.get("steps"),
+               "systems": {"llm-served-http": {"ndcg@10": row["ndcg@10"], "hr@10": row["hr@10"], "url": args.url,
+                                               "history": args.history, "gains": [round(float(g), 5) for g in s_ndcg]}}}
+        Path(args.gains_out).write_text(json.dumps({"seed": args.seed, "bundle": str(bundle), "protocol": "liked",
+                                                    "machine": row["machine"], "runs": [run]}) + "\n")
+        print(f"wrote {args.gains_out}")
 
 
 if __name__ == "__main__":

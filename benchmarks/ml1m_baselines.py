@@ -143,6 +143,26 @@ def seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def http_seeds_row(paths: list[str], base_split: dict[str, Any]) -> dict[str, Any]:
+    """One row from `benchmarks/http_eval.py` results (the served model over HTTP from `chatrec serve`), one
+    seed each: NDCG@10 and HR@10 means, their spread and each seed's figures. Each seed must have scored
+    as many users as the base run."""
+    rows = [json.loads(Path(path).read_text()) for path in paths]
+    users = base_split.get("evaluated_users", base_split.get("test_users"))
+    for path, r in zip(paths, rows, strict=True):
+        if r.get("split", "test") != base_split.get("cases", "test") or r["users"] != users:
+            raise SystemExit(f"{path}: {r['users']} {r.get('split')} users, not the base run's split")
+    row: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in ("ndcg@10", "hr@10", "p50_ms")}
+    row.update(users=rows[0]["users"], seeds=len(rows), engine="vllm, over HTTP from chatrec serve",
+               train_minutes=float(np.mean([r.get("train_minutes") or np.nan for r in rows])))
+    if len(rows) > 1:
+        row["std"] = {k: float(np.std([r[k] for r in rows], ddof=1)) for k in ("ndcg@10", "hr@10")}
+    row["per_seed"] = [{"file": path, **{k: r.get(k) for k in ("ndcg@10", "hr@10", "p50_ms", "train_minutes", "steps",
+                                                                "history", "bundle")}}
+                       for path, r in zip(paths, rows, strict=True)]
+    return row
+
+
 def assemble(evals: dict[str, dict[str, Any]], timings: dict[str, dict[str, float]], machine: str = ""
              ) -> dict[str, Any]:
     """ml1m_eval.json: our protocol's rows on top (as ml100k_eval.json), last-item rows and the published ones."""
@@ -174,6 +194,8 @@ def main() -> None:
     ap.add_argument("--add-seeds", action="append", default=[], metavar="PROTOCOL:NAME=PATH,PATH,...",
                     help="Add one row NAME: the mean over these `chatrec eval` results (one LLM recipe, one seed "
                          "each), with the spread and each seed's row; --describe NAME=TEXT says what it is.")
+    ap.add_argument("--add-http-seeds", action="append", default=[], metavar="PROTOCOL:NAME=PATH,PATH,...",
+                    help="As --add-seeds, from benchmarks/http_eval.py results (NDCG@10 and HR@10 over HTTP).")
     ap.add_argument("--describe", action="append", default=[], metavar="NAME=TEXT",
                     help="What an --add-seeds row is (engine, machine, training budget), stored with it.")
     ap.add_argument("--machine", default="", help="What the runs ran on (default: this CPU, shared, nice 19).")
@@ -202,12 +224,12 @@ def main() -> None:
             ap.error(f"--add takes PROTOCOL=PATH with PROTOCOL in {PROTOCOLS}, got {pair!r}")
         evals[protocol] = merge(evals[protocol], json.loads(Path(path).read_text()), path)
     notes = dict(pair.partition("=")[::2] for pair in args.describe)
-    for spec in args.add_seeds:
+    for spec, make_row in [*((s, seeds_row) for s in args.add_seeds), *((s, http_seeds_row) for s in args.add_http_seeds)]:
         where, _, paths = spec.partition("=")
         protocol, _, name = where.partition(":")
         if protocol not in PROTOCOLS or not name or not paths:
             ap.error(f"--add-seeds takes PROTOCOL:NAME=PATH,PATH,... with PROTOCOL in {PROTOCOLS}, got {spec!r}")
-        row = seeds_row(paths.split(","), evals[protocol]["split"])
+        row = make_row(paths.split(","), evals[protocol]["split"])
         if name in notes:
             row["about"] = notes[name]
         evals[protocol] = {**evals[protocol], name: row}
@@ -222,9 +244,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for p, name, r in rows:
         minutes = f"{r['train_minutes']:.1f}" if r.get("train_minutes") is not None else "–"
+        fit = f"{r['fit_s']:.0f}" if r.get("fit_s") is not None else "–"
         seeds = f"{r['seeds']} ({r['std']['ndcg@10']:.4f})" if "std" in r else "1"
         print(f"| {p} | {name} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {seeds} | {r['users']} | "
-              f"{r['fit_s']:.0f} | {minutes} |")
+              f"{fit} | {minutes} |")
     for name in ("sasrec", "hstu-large"):
         pub = PUBLISHED[name]
         print(f"| last-item (published) | {name} | {pub['hr@10']:.4f} | {pub['ndcg@10']:.4f} | – | 6040 | – | – |")
