@@ -2,11 +2,13 @@
 
 The token reading (`finetune.sequence`) spells every event as `ACTION s0 s1 s2` and predicts each next
 token, so a pass costs 4 trunk positions an event. Here the same trunk (the extended model's bottom
-`keep_layers` layers) reads each event as ONE position, its action row plus its SID code rows (summed,
-halved to keep the rows' scale), and scores the next item with a softmax over the whole catalog, an
-item's output vector being the sum of its code rows (tied to the input rows) plus a residual of its own
-that starts at zero; a learned vector per action shifts the last hidden state, so the model is asked for
-the item the user will take the next event's action on (at serving time: the positive action). The loss
+`keep_layers` layers) reads each event as ONE position, its action row plus its item's vector (summed,
+halved to keep the rows' scale), and scores the next item with a softmax over the whole catalog. An item's
+vector is the sum of its SID code rows plus a residual of its own that starts at zero, the same vector in
+the input rows and the output head as SASRec ties them (`events_item_input`; without the residual in the
+input rows an item is read only through its codes: 0.95 x on ML-1M validation); a learned vector per
+action shifts the last hidden state, so the model is asked for the item the user will take the next
+event's action on (at serving time: the positive action). The loss
 is SASRec's full-catalog cross-entropy, over SASRec's windows (up to `events_max_len` events, every event
 after a user's first a target once per pass). On ML-1M validation this read 1.5 x the token reading at
 the same CPU (BENCHMARKS.md, "One position per event").
@@ -101,7 +103,8 @@ def _module_base() -> type:
 class EventsModel(_module_base()):  # type: ignore[misc]
     """The trunk of a `RowsModel` reading one position per event and scoring every catalog item."""
 
-    def __init__(self, rm: Any, code_rows: Any, action_rows: Any, dropout: float, bf16: bool = False):
+    def __init__(self, rm: Any, code_rows: Any, action_rows: Any, dropout: float, bf16: bool = False,
+                 item_input: bool = False):
         import torch
 
         super().__init__()
@@ -113,10 +116,14 @@ class EventsModel(_module_base()):  # type: ignore[misc]
         self.shift = torch.nn.Parameter(torch.zeros(action_rows.shape[0], hidden))  # [A, H]
         self.dropout = dropout
         self.bf16 = bf16
+        self.item_input = item_input  # the input row = (item vector + action row) / 2, tied to the output
 
     def event_embeddings(self, items: Any, acts: Any) -> Any:  # [B, T] -> [B, T, H]
         rows = self.rm.new_rows
-        return (rows[self.code_rows[items]].sum(-2) + rows[self.action_rows[acts]]) / 2
+        item = rows[self.code_rows[items]].sum(-2)
+        if self.item_input:
+            item = item + self.residual[items]
+        return (item + rows[self.action_rows[acts]]) / 2
 
     def item_matrix(self) -> Any:  # [I, H]
         return self.rm.new_rows[self.code_rows].sum(-2) + self.residual
@@ -264,7 +271,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
                               for i in catalog.ids])
     action_rows = torch.tensor([token_map.action_id(a) - first for a in action_names])
     bf16 = use_bf16(cfg.bf16, "cpu")
-    em = EventsModel(rm, code_rows, action_rows, cfg.dropout or 0.0, bf16)
+    em = EventsModel(rm, code_rows, action_rows, cfg.dropout or 0.0, bf16, cfg.events_item_input)
     max_len = cfg.events_max_len
     wins = windows(user_sequences(split.train, catalog.index, action_index), max_len)
     if not wins:

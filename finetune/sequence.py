@@ -81,6 +81,9 @@ class SequenceConfig:
                          "finetune/events.py)."})
     events_max_len: int = field(default=200, metadata={"help": "events: events a training window and the served "
                                 "prompt hold (SASRec's ML-1M setting)."})
+    events_item_input: bool = field(default=True, metadata={"help": "events: an event's input row also holds its "
+                                    "item's own residual (the input and output item vectors tied, as in SASRec), "
+                                    "not only its SID code rows; chosen on ML-1M validation (1.06 x without, one seed)."})
     keep_layers: int | None = field(default=KEEP_LAYERS, metadata={
         "help": f"Decoder layers kept from the bottom (None = all); {KEEP_LAYERS} = the demo's, chosen on validation users."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate of the kept layers "

@@ -103,6 +103,8 @@ def finetune_cmd(
     replay_fraction: float = typer.Option(0.5, "--replay-fraction", help=_help(ContinualConfig, "replay_fraction")),
     reading: str = typer.Option(None, "--reading", help=_seq("reading")),
     events_max_len: int = typer.Option(None, "--events-max-len", help=_seq("events_max_len")),
+    events_item_input: bool = typer.Option(None, "--events-item-input/--no-events-item-input",
+                                           help=_seq("events_item_input")),
     keep_layers: int = typer.Option(None, "--keep-layers", help=_seq("keep_layers")),
     full_depth: bool = typer.Option(False, "--full-depth", help="Keep every decoder layer (--keep-layers all)."),
     lora: bool = typer.Option(False, "--lora", help=_seq("lora")),
@@ -141,7 +143,7 @@ def finetune_cmd(
     if full_depth and keep_layers is not None:
         raise ConfigError("use either --keep-layers N or --full-depth")
     overrides = {
-        "reading": reading, "events_max_len": events_max_len,
+        "reading": reading, "events_max_len": events_max_len, "events_item_input": events_item_input,
         "keep_layers": keep_layers, "max_minutes": max_minutes, "max_steps": max_steps, "epochs": epochs,
         "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
         "batch_size": batch_size, "micro_batch_size": micro_batch_size, "group_by_length": group_by_length,

@@ -32,9 +32,11 @@ def test_windows_make_every_event_after_the_first_a_target_once() -> None:
     assert sum(len(w[0]) - 1 for w in wins) == 10
 
 
-def test_the_materialised_model_scores_what_the_trained_one_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("item_input", [False, True])
+def test_the_materialised_model_scores_what_the_trained_one_scores(tmp_path: Path, item_input: bool) -> None:
     """The exported causal LM (event tokens, untied head, bias file) ranks every item exactly as the
-    in-memory events model does, so what is served is what was trained."""
+    in-memory events model does, so what is served is what was trained (with or without the items'
+    residuals in the input rows)."""
     import pandas as pd
     import torch
     from transformers import AutoModelForCausalLM
@@ -50,7 +52,7 @@ def test_the_materialised_model_scores_what_the_trained_one_scores(tmp_path: Pat
     actions = sorted(tm.actions)
     code_rows = torch.tensor([[tm.code_id(lv, int(c)) - rm.first for lv, c in enumerate(codes)] for codes in sids["codes"]])
     action_rows = torch.tensor([tm.action_id(a) - rm.first for a in actions])
-    em = EventsModel(rm, code_rows, action_rows, dropout=0.0)
+    em = EventsModel(rm, code_rows, action_rows, dropout=0.0, item_input=item_input)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # non-zero item residuals and action shifts, as training leaves them
         em.residual.copy_(torch.randn(em.residual.shape, generator=gen) * 0.1)
