@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from score_gains import aligned, pick  # the run picking and pairing by user id `score_gains.py report` does
 
 from chatrec.bundle import Bundle
 from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split
@@ -29,10 +30,8 @@ BUCKETS = {
 }
 
 
-def gains_of(path: str, system: str | None = None) -> tuple[list[str], np.ndarray]:
-    run = next(r for r in json.loads(Path(path).read_text())["runs"] if r["cases"] == "test")
-    name = system or next(n for n in run["systems"] if n.startswith("llm"))
-    return run["user_ids"], np.asarray(run["systems"][name]["gains"], dtype=float)
+def llm_gains(run: dict) -> np.ndarray:
+    return np.asarray(next(e for n, e in run["systems"].items() if n.startswith("llm"))["gains"], dtype=float)
 
 
 def main() -> None:
@@ -49,19 +48,19 @@ def main() -> None:
     split = make_split(inter, TRAINED_PROTOCOL, known_items=catalog.ids)
     pop = split.train["item_id"].astype(str).value_counts()
     trained = split.train.groupby(split.train["user_id"].astype(str)).size()
-    runs = [gains_of(p) for p in args.llm.split(",")]
-    users = runs[0][0]
-    if any(u != users for u, _ in runs):
+    runs = [pick(p, "test", "final") for p in args.llm.split(",")]
+    users = runs[0]["user_ids"]
+    if any(r["user_ids"] != users for r in runs):
         raise SystemExit("gap_buckets.py: the LLM files scored different users")
-    base_users, base = gains_of(args.baselines, args.against)
-    where = {u: i for i, u in enumerate(base_users)}
+    base_run = pick(args.baselines, "test", "final")
+    base = np.asarray(base_run["systems"][args.against]["gains"], dtype=float)[aligned(base_run, runs[0])]
     cases = {c.user_id: c for c in split.test}
     frame = pd.DataFrame([{
         "unseen": len(cases[u].items) - int(trained.get(u, 0)), "hist": len(cases[u].items),
         "pop": int(pop.get(cases[u].target, 0)), "last_positive": cases[u].actions[-1] == "like",
     } for u in users])
-    frame["llm"] = np.mean([g for _, g in runs], axis=0)
-    frame["base"] = base[[where[u] for u in users]]
+    frame["llm"] = np.mean([llm_gains(r) for r in runs], axis=0)
+    frame["base"] = base
     out = {}
     for title, (col, edges) in [*BUCKETS.items(), ("input ends with a positive event", ("last_positive", None))]:
         key = pd.cut(frame[col], edges) if edges else frame[col]
