@@ -140,6 +140,8 @@ def main() -> None:
     s_ndcg, s_hr = gains(served, cases)
     manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").exists() else {}
     trained = (manifest.get("stages", {}).get("finetune") or {}).get("counts", {})
+    tokens = bundle / "export" / "chatrec_tokens.json"  # an events model's served popularity prior, if any
+    served_events = (json.loads(tokens.read_text()).get("events") or {}) if tokens.exists() else {}
     p_ndcg, p_hr = gains(popular, cases)
     lo, hi = ratio_interval(s_ndcg, p_ndcg)
     row = {"label": args.label, "split": args.split, "users": len(cases), "history": args.history,
@@ -150,6 +152,7 @@ def main() -> None:
            "p50_ms": round(statistics.median(t for _, t in answers) * 1000, 1), "wall_s": round(wall, 1),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "bundle": str(bundle),
            **{k: trained.get(k) for k in ("train_minutes", "steps")},
+           "popularity_weight": served_events.get("popularity_weight"),
            "top10": {c["user"]: a for c, a in zip(cases, served, strict=True)}}
     evaluated = None
     if (bundle / "eval.json").exists() and args.split == "test":

@@ -8,12 +8,13 @@
 #
 # usage: benchmarks/ml1m_events.sh SEED MINUTES [train|eval|http|all]     (default all: train, eval)
 #   ROOT (default /tmp/ev) holds the bundle ROOT/S{SEED}; results go to benchmarks/results/;
-#   FINETUNE_ARGS adds options to `chatrec finetune` (e.g. "--dropout 0.3").
+#   FINETUNE_ARGS adds options to `chatrec finetune` (e.g. "--dropout 0.3"); TAG is appended to the http
+#   mode's result names (e.g. TAG=-pop: ml1m_gains_liked_http_events20-pop_seed0.json).
 #   `train` for every seed first, then `eval`: training must have the cores to itself (the budget is
 #   wall-clock), evaluations may share them.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 SEED MINUTES [train|eval|http|all]" >&2; exit 2; }
-seed=$1; minutes=$2; what=${3:-all}
+seed=$1; minutes=$2; what=${3:-all}; tag=${TAG:-}
 cd "$(dirname "$0")/.."
 B=${ROOT:-/tmp/ev}/S$seed
 R=benchmarks/results
@@ -43,6 +44,6 @@ if [ "$what" = http ]; then
         sleep 1
     done
     ${PYTHON:-.venv/bin/python} benchmarks/http_eval.py --bundle "$B" --url "http://127.0.0.1:$port" --history 200 \
-        --concurrency 2 --seed "$seed" --label "ml1m_events_${minutes}min_seed${seed}" \
-        --gains-out "$R/ml1m_gains_liked_http_events${minutes}_seed${seed}.json"
+        --concurrency 2 --seed "$seed" --label "ml1m_events_${minutes}min${tag}_seed${seed}" \
+        --gains-out "$R/ml1m_gains_liked_http_events${minutes}${tag}_seed${seed}.json"
 fi

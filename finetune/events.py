@@ -21,6 +21,11 @@ then a prompt of one token per event, and retrieval is one prefill: the next-tok
 the positive action's event tokens, plus the bias (`chatrec.recommender.Recommender`). Free text never
 emits an event token (they are banned outside SID spans like the code tokens).
 
+The served bias also holds a popularity prior, w x log(1 + the item's training events), whose weight
+`calibrate` chooses on the validation users at the end of training (`events_popularity`; the trained
+ranking alone under-weighs popular items on ML-1M validation, every seed: BENCHMARKS.md, "A popularity
+prior chosen on validation").
+
 What this reading does not do (yet): chat steps (a request with words is served by the SID beam search
 over rows that were trained only inside event embeddings), LoRA, tail averaging, resuming, several
 processes. `SequenceConfig.__post_init__` refuses the settings that would be silently ignored.
@@ -46,7 +51,9 @@ if TYPE_CHECKING:
     from finetune.sequence import SequenceConfig
 
 WIDTH_MULTIPLE = 16  # training windows are padded to a multiple of this many events
-EVENT_BIAS = "event_bias.npy"  # [actions, items] float32: s_a . m_i, added to the event tokens' log-probs
+EVENT_BIAS = "event_bias.npy"  # [actions, items] float32: s_a . m_i (+ the popularity prior), added to log-probs
+# the weights of the log training popularity `calibrate` chooses among on validation users (0 = none)
+POPULARITY_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 # data -----------------------------------------------------------------------------------------
@@ -218,6 +225,99 @@ def materialise(em: Any, tokenizer: Any, token_map: Any, item_ids: Sequence[str]
     return target
 
 
+# calibration ----------------------------------------------------------------------------------
+def item_popularity(train: Any, item_ids: Sequence[str]) -> np.ndarray:
+    """log(1 + the item's events in the training split), per item: the prior `calibrate` weighs."""
+    counts = train["item_id"].astype(str).value_counts()
+    return np.log1p(np.array([counts.get(i, 0) for i in item_ids], dtype=np.float64)).astype(np.float32)
+
+
+def validation_cases(split: Any, index: dict[str, int], action_index: dict[str, int], n: int, seed: int) -> list[Any]:
+    """The seeded validation users `chatrec finetune` scores (`benchmarks/score_gains.py --cases valid
+    --max-users N` scores the same, so runs pair by user), those with an event the model knows."""
+    from chatrec.evaluation import sample_cases
+
+    return [c for c in sample_cases(split.valid, n, seed) if any(
+        i in index and a in action_index for i, a in zip(c.items, c.actions, strict=True))] if n else []
+
+
+def calibrate(bundle: Bundle, *, weight: float | None = None, eval_users: int = 3000, seed: int = 0, k: int = 10,
+              cases: Sequence[Any] | None = None, batch: int = 32) -> dict[str, Any]:
+    """Set the popularity prior of the events model in BUNDLE/trained/: its event bias becomes the trained
+    one plus `weight` x log(1 + the item's training events), the weight (unless given) the one of
+    POPULARITY_WEIGHTS whose ranking of the served model scores the best NDCG@k on `eval_users` seeded
+    validation users (ties: the smaller; `cases` overrides the users). Scores the materialised model
+    itself, so what is chosen is what `chatrec serve` ranks; run `chatrec export` after it."""
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from chatrec import metrics
+    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split
+    from finetune.sequence import TRAINED
+    from tokenizer_ext.token_map import TokenMap
+
+    folder = bundle.path(TRAINED)
+    if not (folder / EVENT_BIAS).exists():
+        raise BundleError(f"{folder} holds no model finetuned with `--reading events` (no {EVENT_BIAS}); "
+                          "the popularity prior is for that reading only")
+    tm = TokenMap.load(folder)
+    ev = tm.events or {}
+    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
+    if list(ev.get("item_ids", ())) != catalog.ids:
+        raise BundleError(f"{folder}: its event tokens are not the catalog's items ({bundle.root / 'catalog.parquet'})")
+    inter = pd.read_parquet(bundle.require("interactions.parquet"))
+    build = (bundle.stage("build") or {}).get("config") or {}
+    present = set(inter["action"].astype(str))
+    positive = [a for a in build.get("positive_actions", ("like",)) if a in present] or ["like"]
+    split = make_split(inter, TRAINED_PROTOCOL, target_actions=positive, known_items=catalog.ids)
+    prior = item_popularity(split.train, catalog.ids)
+    bias = np.load(folder / EVENT_BIAS)
+    base = bias - float(ev.get("popularity_weight", 0.0)) * prior  # the trained bias, whatever was added before
+    actions = list(ev["actions"])
+    action_index = {a: i for i, a in enumerate(actions)}
+    action = next((action_index[a] for a in positive if a in action_index), 0)
+    scores: dict[float, float] = {}
+    if weight is None:
+        if cases is None:
+            cases = validation_cases(split, catalog.index, action_index, eval_users, seed)
+        if not cases:
+            raise ConfigError("choosing the popularity weight needs validation users (eval_users > 0), "
+                              "or give the weight")
+        first, n, max_len = int(ev["first"]), len(catalog), int(ev.get("max_len", 200))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        rows = model.get_output_embeddings().weight[first + action * n:first + (action + 1) * n].detach()
+        table, seen = np.empty((len(cases), n), dtype=np.float32), np.zeros((len(cases), n), dtype=bool)
+        with torch.no_grad():
+            for s in range(0, len(cases), batch):
+                chunk = cases[s:s + batch]
+                items, acts, mask = padded([event_rows(c.items, c.actions, catalog.index, action_index, max_len)
+                                            for c in chunk])
+                ids = first + acts * n + items  # each event's token (right padding is masked)
+                h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                last = h[torch.arange(len(chunk)), mask.sum(1) - 1]
+                table[s:s + len(chunk)] = (last @ rows.T).numpy() + base[action]
+                for j, c in enumerate(chunk):
+                    seen[s + j, [catalog.index[i] for i in c.items if i in catalog.index]] = True
+        targets = [catalog.index.get(c.target, -1) for c in cases]
+        for w in POPULARITY_WEIGHTS:
+            top = metrics.top_k_from_scores(table + w * prior, k, seen)
+            scores[w] = metrics.ndcg([metrics.target_rank(t.tolist(), y) for t, y in zip(top, targets, strict=True)], k)
+        weight = max(POPULARITY_WEIGHTS, key=lambda w: (scores[w], -w))
+    if weight < 0:
+        raise ConfigError(f"the popularity weight must be >= 0, got {weight}")
+    with atomic_path(folder / EVENT_BIAS) as tmp, open(tmp, "wb") as f:
+        np.save(f, (base + weight * prior).astype(np.float32))
+    tm.events = {**ev, "popularity_weight": float(weight)}
+    tm.save(folder / "chatrec_tokens.json")
+    out: dict[str, Any] = {"popularity_weight": float(weight), "users": len(cases or ()),
+                           **({f"valid_ndcg@{k}_by_weight": {str(w): v for w, v in scores.items()}} if scores else {})}
+    bundle.record_stage("calibrate", config={"weight": weight, "eval_users": eval_users, "seed": seed, "k": k},
+                        outputs={"trained": folder}, counts={"popularity_weight": float(weight), "users": out["users"]},
+                        extra=out)
+    return out
+
+
 # training -------------------------------------------------------------------------------------
 def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) -> dict[str, Any]:
     """`chatrec finetune --reading events`: train the events model on the bundle's training split (the
@@ -227,7 +327,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     import torch
     from tqdm.auto import tqdm
 
-    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split, sample_cases
+    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split
     from finetune.sequence import (
         CHECKPOINTS,
         TRAINED,
@@ -237,6 +337,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         peak_memory_mb,
         recipe_model,
         release_free_memory,
+        snapshot_name,
         use_bf16,
         window_order,
     )
@@ -290,8 +391,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     pending = sorted(cfg.save_minutes)
     snapshots: dict[str, Any] = {}
     # the seeded users `benchmarks/score_gains.py --cases valid --max-users N` scores, so runs pair by user
-    cases = [c for c in sample_cases(split.valid, cfg.eval_users, cfg.seed) if any(
-        i in catalog.index and a in action_index for i, a in zip(c.items, c.actions, strict=True))] if cfg.eval_users else []
+    cases = validation_cases(split, catalog.index, action_index, cfg.eval_users, cfg.seed)
 
     def save(target: Path) -> Path:
         em.eval()
@@ -333,13 +433,17 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", passes=f"{targets / targets_per_pass:.2f}")
         while pending and trained_s >= pending[0] * 60:
             minutes = pending.pop(0)
-            name = f"seq-{minutes:05.1f}min"
+            name = snapshot_name(minutes)
             save(ckpt_root / name)
             snapshots[name] = {"minutes": minutes, "step": step, **validate()}
     bar.close()
     em.eval()
     trained = save(bundle.path(TRAINED))
     metrics = validate()
+    # the served bias's popularity prior: chosen on the same validation users (none without them)
+    prior: dict[str, Any] = calibrate(bundle, weight=cfg.events_popularity, cases=cases, k=cfg.eval_k) if (
+        cases or cfg.events_popularity is not None) else {"popularity_weight": 0.0}
+    by_weight: dict[str, float] = prior.get(f"valid_ndcg@{cfg.eval_k}_by_weight", {})
     counts: dict[str, Any] = {
         "recipe": "sequence", "reading": "events", "lora": False, "processes": 1, "windows": len(wins),
         "chat_rows": 0, "steps": step, "layers": rm.model.config.num_hidden_layers, "bf16": bf16,
@@ -350,6 +454,9 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         "events_per_s": targets / trained_s if trained_s else 0.0,
         "epochs_seen": targets / targets_per_pass, "events_max_len": max_len, "actions": action_names,
         "peak_rss_mb": peak_memory_mb(), **{f"valid_{k}": v for k, v in metrics.items()},
+        "popularity_weight": prior["popularity_weight"],
+        **({f"valid_ndcg@{cfg.eval_k}_served": by_weight[str(prior["popularity_weight"])],
+            f"valid_ndcg@{cfg.eval_k}_by_popularity_weight": by_weight} if by_weight else {}),
     }
     bundle.record_stage("finetune", config=cfg, inputs={"interactions.parquet": bundle.interactions_path,
                                                         "model": source},

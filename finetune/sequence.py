@@ -84,6 +84,9 @@ class SequenceConfig:
     events_item_input: bool = field(default=True, metadata={"help": "events: an event's input row also holds its "
                                     "item's own residual (the input and output item vectors tied, as in SASRec), "
                                     "not only its SID code rows; chosen on ML-1M validation (1.06 x without, one seed)."})
+    events_popularity: float | None = field(default=None, metadata={"help": "events: weight of log(1 + an item's "
+                                            "training events) in its served score (None = chosen on the validation "
+                                            "users among 0-0.6 at the end of training; 0 = none)."})
     keep_layers: int | None = field(default=KEEP_LAYERS, metadata={
         "help": f"Decoder layers kept from the bottom (None = all); {KEEP_LAYERS} = the demo's, chosen on validation users."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate of the kept layers "
@@ -101,6 +104,8 @@ class SequenceConfig:
     rows_steps: int = field(default=30, metadata={"help": "First steps that train the added rows alone (trunk frozen)."})
     warmup_steps: int = field(default=20, metadata={"help": "Linear warm-up steps, then cosine decay to 10%."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the kept layers."})
+    rows_weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the added-token rows "
+                                     "(and, with reading events, the item vectors and action shifts)."})
     dropout: float | None = field(default=None, metadata={"help": "Dropout on the input embeddings and the final "
                                   "hidden states while training, in [0, 1) (None = 0 for tokens, 0.2 for events: "
                                   "each chosen on validation users)."})
@@ -161,6 +166,8 @@ class SequenceConfig:
             if unsupported:
                 problems.append(f"`reading` events does not take {', '.join(unsupported)} (events windows are "
                                 "always grouped by length)")
+            if self.events_popularity is not None and self.events_popularity < 0:
+                problems.append(f"`events_popularity` must be >= 0 or None, got {self.events_popularity}")
             if self.events_max_len < 1:
                 problems.append(f"`events_max_len` must be >= 1, got {self.events_max_len}")
         for name in ("lora_r", "lora_alpha"):
@@ -188,8 +195,9 @@ class SequenceConfig:
                 problems.append(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.average_from < 1.0:
             problems.append(f"`average_from` must be in [0, 1), got {self.average_from}")
-        if self.weight_decay < 0:
-            problems.append(f"`weight_decay` must be >= 0, got {self.weight_decay}")
+        for name in ("weight_decay", "rows_weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.chat_share < 1.0:
             problems.append(f"`chat_share` must be in [0, 1), got {self.chat_share}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -208,6 +216,11 @@ class SequenceConfig:
             problems.append(f"`num_threads` must be >= 1 or None, got {self.num_threads}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def snapshot_name(minutes: float) -> str:
+    """The folder under `checkpoints/` of the serveable snapshot written at `minutes` of training."""
+    return f"seq-{minutes:05.1f}min"
 
 
 # hardware -------------------------------------------------------------------------------------
@@ -397,10 +410,11 @@ def recipe_model(source: str | Path, cfg: SequenceConfig, device: str = "cpu") -
 
 
 def optimizer_groups(rm: Any, cfg: SequenceConfig) -> list[dict[str, Any]]:
-    """AdamW's parameter groups: the added rows at `rows_learning_rate` without weight decay, the trunk
+    """AdamW's parameter groups: the added rows at `rows_learning_rate` with `rows_weight_decay`, the trunk
     (kept layers or LoRA matrices) at `learning_rate` with `weight_decay`; `peak` is what the schedule scales."""
     return [
-        {"params": [rm.new_rows], "lr": cfg.rows_learning_rate, "weight_decay": 0.0, "peak": cfg.rows_learning_rate},
+        {"params": [rm.new_rows], "lr": cfg.rows_learning_rate, "weight_decay": cfg.rows_weight_decay,
+         "peak": cfg.rows_learning_rate},
         {"params": rm.trunk, "lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "peak": cfg.learning_rate},
     ]
 
@@ -574,7 +588,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
             bar.set_postfix(loss=f"{progress.ema:.3f}", tok_s=f"{progress.tokens_seen / max(elapsed, 1e-9):.0f}")
             while main and pending_saves and elapsed >= pending_saves[0] * 60:
                 minutes = pending_saves.pop(0)
-                name = f"seq-{minutes:05.1f}min"
+                name = snapshot_name(minutes)
                 save_model_folder(_snapshot(rm, peft_model), tokenizer, model_dir, ckpt_root / name)
                 progress.snapshots[name] = {"minutes": minutes, "step": step}
             if main and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:

@@ -1,4 +1,4 @@
-"""CLI commands: `chatrec model prepare` and `chatrec tokenizer extend`."""
+"""CLI commands: `chatrec model prepare`, `chatrec model calibrate` and `chatrec tokenizer extend`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,26 @@ def prepare(
 
     path = prepare_model(PrepareConfig(base=base).base)
     typer.echo(str(path))
+
+
+@model_app.command("calibrate")
+def calibrate(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle whose BUNDLE/trained/ was finetuned with `--reading events`."),
+    weight: float = typer.Option(None, "--weight", help="Weight of log(1 + an item's training events) in its served "
+                                 "score (default: the best of 0-0.6 on the validation users)."),
+    eval_users: int = typer.Option(3000, "--eval-users", help="Seeded validation users that choose the weight."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the validation users (the finetune run's, to score its users)."),
+) -> None:
+    """Set the popularity prior of an events model's served scores (chosen on validation users); then
+    `chatrec export`. `chatrec finetune --reading events` does this at the end of training."""
+    from chatrec.bundle import Bundle
+    from finetune.events import calibrate as run
+
+    out = run(Bundle(bundle), weight=weight, eval_users=eval_users, seed=seed)
+    for w, v in out.get("valid_ndcg@10_by_weight", {}).items():
+        typer.echo(f"weight {w}: validation NDCG@10 {v:.4f} ({out['users']} users)")
+    typer.echo(f"{Bundle(bundle).root / 'trained'}: popularity weight {out['popularity_weight']:g}; "
+               f"next: `chatrec export --bundle {bundle}`")
 
 
 @tokenizer_app.command("extend")

@@ -78,7 +78,8 @@ class VLLMEngine:
             # ends one token past a block (chatrec.prompts.block_trimmed), on every engine alike.
             block_size=KV_BLOCK,
             # a model finetuned with `--reading events` ranks its thousands of item tokens from one
-            # full-vocabulary log-prob row (`logprob_token_ids` takes 128 ids a request)
+            # full-vocabulary log-prob row (`logprob_token_ids` takes 128 ids a request); others keep
+            # vLLM's default of 20
             max_logprobs=-1 if self._full_rows else 20,
             gpu_memory_utilization=gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes, seed=0,
         )

@@ -107,3 +107,51 @@ def test_finetune_export_and_recommend_with_the_events_reading(tmp_path: Path) -
         assert len(rec.event_prompt(history)) == 3
     finally:
         rec.close()
+
+
+def test_the_popularity_prior_is_chosen_on_validation_and_served(tmp_path: Path) -> None:
+    """Training ends by choosing the prior's weight on the validation users (the best NDCG@10 of the
+    grid); `calibrate` with a given weight replaces it (never stacks), and the served ranking follows it:
+    a weight that drowns the model ranks by training popularity."""
+    import pandas as pd
+
+    from chatrec.bundle import Bundle
+    from chatrec.evaluation import TRAINED_PROTOCOL, make_split
+    from chatrec.recommender import Recommender
+    from chatrec.testing import make_tiny_bundle
+    from finetune.events import EVENT_BIAS, POPULARITY_WEIGHTS, calibrate, item_popularity
+    from finetune.export import export_bundle
+    from finetune.sequence import TRAINED, SequenceConfig, train_sequences
+    from tokenizer_ext import TokenMap
+
+    bundle = make_tiny_bundle(tmp_path / "b", n_items=60, n_users=24)
+    counts = train_sequences(bundle, SequenceConfig(reading="events", max_steps=10, batch_size=8, rows_steps=2,
+                                                    warmup_steps=2, eval_users=12, bf16="off", num_threads=2),
+                             quiet=True)
+    by_weight = {float(w): v for w, v in counts["valid_ndcg@10_by_popularity_weight"].items()}
+    assert sorted(by_weight) == list(POPULARITY_WEIGHTS)
+    chosen = counts["popularity_weight"]
+    assert by_weight[chosen] == max(by_weight.values()) == counts["valid_ndcg@10_served"]
+    assert all(w >= chosen for w, v in by_weight.items() if v == by_weight[chosen])  # ties: the smaller
+
+    folder = bundle.path(TRAINED)
+    catalog = pd.read_parquet(bundle.root / "catalog.parquet")
+    inter = pd.read_parquet(bundle.root / "interactions.parquet")
+    prior = item_popularity(make_split(inter, TRAINED_PROTOCOL).train, catalog["item_id"].astype(str).tolist())
+    trained_bias = np.load(folder / EVENT_BIAS) - chosen * prior
+    for weight in (0.5, 0.5, 100.0):
+        assert calibrate(Bundle(bundle.root), weight=weight)["popularity_weight"] == weight
+        np.testing.assert_allclose(np.load(folder / EVENT_BIAS), trained_bias + weight * prior, atol=1e-4)
+        assert TokenMap.load(folder).events["popularity_weight"] == weight
+
+    export_bundle(bundle)
+    rec = Recommender.from_bundle(Bundle(bundle.root), engine="transformers")
+    try:
+        ids = catalog["item_id"].astype(str).tolist()
+        history = [(ids[3], "like"), (ids[7], "like")]
+        got = [r.item_id for r in rec.recommend(history, k=5)]
+        pop = dict(zip(ids, prior.tolist(), strict=True))
+        best = sorted((v for i, v in pop.items() if i not in {ids[3], ids[7]}), reverse=True)[:5]
+        assert [pop[i] for i in got] == pytest.approx(best)  # the 5 most popular items the user has not seen
+    finally:
+        rec.close()

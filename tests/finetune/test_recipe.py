@@ -215,14 +215,15 @@ def test_recipe_model_is_the_model_the_recipe_trains(bundle: Bundle) -> None:
     the config's depth, dropouts, LoRA choice and learning rates; every trained tensor needs grad."""
     from finetune.sequence import SequenceConfig, optimizer_groups, recipe_model
 
-    cfg = SequenceConfig(keep_layers=1, attention_dropout=0.25, weight_decay=0.01, rows_learning_rate=3e-3)
+    cfg = SequenceConfig(keep_layers=1, attention_dropout=0.25, weight_decay=0.01, rows_learning_rate=3e-3,
+                         rows_weight_decay=0.05)
     rm, peft_model, tokenizer, token_map = recipe_model(bundle.require("model"), cfg)
     assert peft_model is None and len(rm.model.model.layers) == rm.model.config.num_hidden_layers == 1
     assert rm.first == min(token_map.all_ids()) and rm.new_rows.shape[0] >= len(tokenizer) - rm.first  # rows padded
     assert rm.model.model.layers[0].self_attn.attention_dropout == 0.25
     assert rm.new_rows.requires_grad and rm.trunk and all(p.requires_grad for p in rm.trunk)
     rows, trunk = optimizer_groups(rm, cfg)
-    assert (rows["lr"], rows["weight_decay"], trunk["lr"], trunk["weight_decay"]) == (3e-3, 0.0, cfg.learning_rate, 0.01)
+    assert (rows["lr"], rows["weight_decay"], trunk["lr"], trunk["weight_decay"]) == (3e-3, 0.05, cfg.learning_rate, 0.01)
     assert trunk["params"] == rm.trunk and rows["params"] == [rm.new_rows]
 
     lora = SequenceConfig(keep_layers=1, lora=True, lora_r=4)
