@@ -241,19 +241,56 @@ def validation_cases(split: Any, index: dict[str, int], action_index: dict[str, 
         i in index and a in action_index for i, a in zip(c.items, c.actions, strict=True))] if n else []
 
 
+def trained_split(bundle: Bundle, catalog: Any) -> tuple[Any, Any, list[str]]:
+    """The bundle's interactions, the split the events model trains on, and the build's positive actions
+    present in the log (may be empty: the split then targets `like`)."""
+    import pandas as pd
+
+    from chatrec.evaluation import TRAINED_PROTOCOL, make_split
+
+    inter = pd.read_parquet(bundle.require("interactions.parquet"))
+    build = (bundle.stage("build") or {}).get("config") or {}
+    present = set(inter["action"].astype(str))
+    positive = [a for a in build.get("positive_actions", ("like",)) if a in present]
+    return inter, make_split(inter, TRAINED_PROTOCOL, target_actions=positive or ("like",), known_items=catalog.ids), positive
+
+
+def case_ranks(scores: np.ndarray, cases: Sequence[Any], index: dict[str, int], k: int) -> list[int | None]:
+    """Each case's target rank in the top-`k` of its row of `scores`, items in its input excluded."""
+    from chatrec import metrics
+
+    seen = np.zeros(scores.shape, dtype=bool)
+    for j, c in enumerate(cases):
+        seen[j, [index[i] for i in c.items if i in index]] = True
+    return [metrics.target_rank(top.tolist(), index.get(c.target, -1))
+            for top, c in zip(metrics.top_k_from_scores(scores, k, seen), cases, strict=True)]
+
+
 def calibrate(bundle: Bundle, *, weight: float | None = None, eval_users: int = 3000, seed: int = 0, k: int = 10,
-              cases: Sequence[Any] | None = None, batch: int = 32) -> dict[str, Any]:
+              batch: int = 32) -> dict[str, Any]:
     """Set the popularity prior of the events model in BUNDLE/trained/: its event bias becomes the trained
     one plus `weight` x log(1 + the item's training events), the weight (unless given) the one of
     POPULARITY_WEIGHTS whose ranking of the served model scores the best NDCG@k on `eval_users` seeded
-    validation users (ties: the smaller; `cases` overrides the users). Scores the materialised model
-    itself, so what is chosen is what `chatrec serve` ranks; run `chatrec export` after it."""
+    validation users (ties: the smaller). Scores the materialised model itself, so what is chosen is what
+    `chatrec serve` ranks; run `chatrec export` after it."""
     import pandas as pd
+
+    from chatrec.evaluation import Catalog
+
+    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
+    _, split, positive = trained_split(bundle, catalog)
+    return _calibrate(bundle, catalog, split, positive, weight=weight, eval_users=eval_users, seed=seed, k=k,
+                      batch=batch)
+
+
+def _calibrate(bundle: Bundle, catalog: Any, split: Any, positive: Sequence[str], *, weight: float | None,
+               eval_users: int, seed: int, k: int, cases: Sequence[Any] | None = None, batch: int = 32
+               ) -> dict[str, Any]:
+    """`calibrate` on an already loaded catalog and split (`cases`, when given, are the validation users)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from chatrec import metrics
-    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split
     from finetune.sequence import TRAINED
     from tokenizer_ext.token_map import TokenMap
 
@@ -263,20 +300,13 @@ def calibrate(bundle: Bundle, *, weight: float | None = None, eval_users: int = 
                           "the popularity prior is for that reading only")
     tm = TokenMap.load(folder)
     ev = tm.events or {}
-    catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
     if list(ev.get("item_ids", ())) != catalog.ids:
         raise BundleError(f"{folder}: its event tokens are not the catalog's items ({bundle.root / 'catalog.parquet'})")
-    inter = pd.read_parquet(bundle.require("interactions.parquet"))
-    build = (bundle.stage("build") or {}).get("config") or {}
-    present = set(inter["action"].astype(str))
-    positive = [a for a in build.get("positive_actions", ("like",)) if a in present] or ["like"]
-    split = make_split(inter, TRAINED_PROTOCOL, target_actions=positive, known_items=catalog.ids)
     prior = item_popularity(split.train, catalog.ids)
     bias = np.load(folder / EVENT_BIAS)
     base = bias - float(ev.get("popularity_weight", 0.0)) * prior  # the trained bias, whatever was added before
-    actions = list(ev["actions"])
-    action_index = {a: i for i, a in enumerate(actions)}
-    action = next((action_index[a] for a in positive if a in action_index), 0)
+    action_index = {a: i for i, a in enumerate(ev["actions"])}
+    action = next((action_index[a] for a in positive or ["like"] if a in action_index), 0)
     scores: dict[float, float] = {}
     if weight is None:
         if cases is None:
@@ -287,7 +317,7 @@ def calibrate(bundle: Bundle, *, weight: float | None = None, eval_users: int = 
         first, n, max_len = int(ev["first"]), len(catalog), int(ev.get("max_len", 200))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
         rows = model.get_output_embeddings().weight[first + action * n:first + (action + 1) * n].detach()
-        table, seen = np.empty((len(cases), n), dtype=np.float32), np.zeros((len(cases), n), dtype=bool)
+        table = np.empty((len(cases), n), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(cases), batch):
                 chunk = cases[s:s + batch]
@@ -297,12 +327,8 @@ def calibrate(bundle: Bundle, *, weight: float | None = None, eval_users: int = 
                 h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
                 last = h[torch.arange(len(chunk)), mask.sum(1) - 1]
                 table[s:s + len(chunk)] = (last @ rows.T).numpy() + base[action]
-                for j, c in enumerate(chunk):
-                    seen[s + j, [catalog.index[i] for i in c.items if i in catalog.index]] = True
-        targets = [catalog.index.get(c.target, -1) for c in cases]
         for w in POPULARITY_WEIGHTS:
-            top = metrics.top_k_from_scores(table + w * prior, k, seen)
-            scores[w] = metrics.ndcg([metrics.target_rank(t.tolist(), y) for t, y in zip(top, targets, strict=True)], k)
+            scores[w] = metrics.ndcg(case_ranks(table + w * prior, cases, catalog.index, k), k)
         weight = max(POPULARITY_WEIGHTS, key=lambda w: (scores[w], -w))
     if weight < 0:
         raise ConfigError(f"the popularity weight must be >= 0, got {weight}")
@@ -327,7 +353,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     import torch
     from tqdm.auto import tqdm
 
-    from chatrec.evaluation import TRAINED_PROTOCOL, Catalog, make_split
+    from chatrec.evaluation import Catalog
     from finetune.sequence import (
         CHECKPOINTS,
         TRAINED,
@@ -352,11 +378,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         raise ConfigError(f"{source} was finetuned with `--reading events`; continuing such a model on new logs "
                           "is not built yet (finetune BUNDLE/model again with the new logs merged in)")
     catalog = Catalog(pd.read_parquet(bundle.require("catalog.parquet")))
-    inter = pd.read_parquet(bundle.require("interactions.parquet"))
+    inter, split, positive = trained_split(bundle, catalog)
     sids = pd.read_parquet(bundle.require("sids.parquet"))
-    build = (bundle.stage("build") or {}).get("config") or {}
-    positive = [a for a in build.get("positive_actions", ("like",)) if a in set(inter["action"].astype(str))]
-    split = make_split(inter, TRAINED_PROTOCOL, target_actions=positive or ("like",), known_items=catalog.ids)
     rm, _peft, tokenizer, token_map = recipe_model(source, cfg)
     action_names = sorted(a for a in token_map.actions if a in set(inter["action"].astype(str)))
     if not action_names:
@@ -441,9 +464,10 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     trained = save(bundle.path(TRAINED))
     metrics = validate()
     # the served bias's popularity prior: chosen on the same validation users (none without them)
-    prior: dict[str, Any] = calibrate(bundle, weight=cfg.events_popularity, cases=cases, k=cfg.eval_k) if (
-        cases or cfg.events_popularity is not None) else {"popularity_weight": 0.0}
-    by_weight: dict[str, float] = prior.get(f"valid_ndcg@{cfg.eval_k}_by_weight", {})
+    calibration: dict[str, Any] = _calibrate(
+        bundle, catalog, split, positive, weight=cfg.events_popularity, eval_users=cfg.eval_users, seed=cfg.seed,
+        k=cfg.eval_k, cases=cases) if (cases or cfg.events_popularity is not None) else {"popularity_weight": 0.0}
+    by_weight: dict[str, float] = calibration.get(f"valid_ndcg@{cfg.eval_k}_by_weight", {})
     counts: dict[str, Any] = {
         "recipe": "sequence", "reading": "events", "lora": False, "processes": 1, "windows": len(wins),
         "chat_rows": 0, "steps": step, "layers": rm.model.config.num_hidden_layers, "bf16": bf16,
@@ -454,8 +478,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         "events_per_s": targets / trained_s if trained_s else 0.0,
         "epochs_seen": targets / targets_per_pass, "events_max_len": max_len, "actions": action_names,
         "peak_rss_mb": peak_memory_mb(), **{f"valid_{k}": v for k, v in metrics.items()},
-        "popularity_weight": prior["popularity_weight"],
-        **({f"valid_ndcg@{cfg.eval_k}_served": by_weight[str(prior["popularity_weight"])],
+        "popularity_weight": calibration["popularity_weight"],
+        **({f"valid_ndcg@{cfg.eval_k}_served": by_weight[str(calibration["popularity_weight"])],
             f"valid_ndcg@{cfg.eval_k}_by_popularity_weight": by_weight} if by_weight else {}),
     }
     bundle.record_stage("finetune", config=cfg, inputs={"interactions.parquet": bundle.interactions_path,
@@ -478,12 +502,7 @@ def score_cases(em: Any, cases: Sequence[Any], index: dict[str, int], action_ind
         for s in range(0, len(cases), batch):
             chunk = cases[s:s + batch]
             rows = [event_rows(c.items, c.actions, index, action_index, max_len) for c in chunk]
-            scores = em.scores(*padded(rows), action).numpy()
-            seen = np.zeros(scores.shape, dtype=bool)
-            for j, c in enumerate(chunk):
-                seen[j, [index[i] for i in c.items if i in index]] = True
-            for top, c in zip(metrics.top_k_from_scores(scores, k, seen), chunk, strict=True):
-                ranks.append(metrics.target_rank(top.tolist(), index.get(c.target, -1)))
+            ranks += case_ranks(em.scores(*padded(rows), action).numpy(), chunk, index, k)
     em.train(was)
     return {f"ndcg@{k}": metrics.ndcg(ranks, k), f"hr@{k}": metrics.hit_rate(ranks, k), "users": float(len(cases))}
 

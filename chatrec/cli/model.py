@@ -38,10 +38,11 @@ def calibrate(
     from chatrec.bundle import Bundle
     from finetune.events import calibrate as run
 
-    out = run(Bundle(bundle), weight=weight, eval_users=eval_users, seed=seed)
+    b = Bundle(bundle)
+    out = run(b, weight=weight, eval_users=eval_users, seed=seed)
     for w, v in out.get("valid_ndcg@10_by_weight", {}).items():
         typer.echo(f"weight {w}: validation NDCG@10 {v:.4f} ({out['users']} users)")
-    typer.echo(f"{Bundle(bundle).root / 'trained'}: popularity weight {out['popularity_weight']:g}; "
+    typer.echo(f"{b.root / 'trained'}: popularity weight {out['popularity_weight']:g}; "
                f"next: `chatrec export --bundle {bundle}`")
 
 
