@@ -16,10 +16,15 @@ the same CPU (BENCHMARKS.md, "One position per event").
 Served without new engine code: the trained model is written out ("materialised") as an ordinary causal
 LM whose vocabulary has one token per (action, item), `<|ev_ACTION_INDEX|>`, with an untied head: the
 input row of `<|ev_a_i|>` is the event's embedding, its output row item i's vector, and the action shift
-becomes a per-item bias (`event_bias.npy`, since (h + s_a) . m_i = h . m_i + s_a . m_i). A history is
+becomes a per-item bias (`event_bias.npy`, since (h + s_a) . m_i = h . m_i + s_a . m_i; with
+`events_item_bias` the trained per-item logit offset is added to it). A history is
 then a prompt of one token per event, and retrieval is one prefill: the next-token log-probabilities of
 the positive action's event tokens, plus the bias (`chatrec.recommender.Recommender`). Free text never
 emits an event token (they are banned outside SID spans like the code tokens).
+
+The softmax also has a trained logit offset per item (`events_item_bias`), and the model served is the
+mean of the weights over the run's second half (`average_from`; the last step's weights stay in
+`checkpoints/seq-last/`): on ML-1M validation the tail's mean scored 1.03 x the same run's last step.
 
 The served bias also holds a popularity prior, w x log(1 + the item's training events), whose weight
 `calibrate` chooses on the validation users at the end of training (`events_popularity`; the trained
@@ -27,7 +32,7 @@ ranking alone under-weighs popular items on ML-1M validation, every seed: BENCHM
 prior chosen on validation").
 
 What this reading does not do (yet): chat steps (a request with words is served by the SID beam search
-over rows that were trained only inside event embeddings), LoRA, tail averaging, resuming, several
+over rows that were trained only inside event embeddings), LoRA, resuming, several
 processes. `SequenceConfig.__post_init__` refuses the settings that would be silently ignored.
 """
 
@@ -111,7 +116,7 @@ class EventsModel(_module_base()):  # type: ignore[misc]
     """The trunk of a `RowsModel` reading one position per event and scoring every catalog item."""
 
     def __init__(self, rm: Any, code_rows: Any, action_rows: Any, dropout: float, bf16: bool = False,
-                 item_input: bool = False):
+                 item_input: bool = False, item_bias: bool = False):
         import torch
 
         super().__init__()
@@ -121,6 +126,8 @@ class EventsModel(_module_base()):  # type: ignore[misc]
         hidden = rm.model.config.hidden_size
         self.residual = torch.nn.Parameter(torch.zeros(code_rows.shape[0], hidden))  # [I, H]
         self.shift = torch.nn.Parameter(torch.zeros(action_rows.shape[0], hidden))  # [A, H]
+        # [I]: a trained logit offset per item (frozen at zero without `item_bias`)
+        self.item_bias = torch.nn.Parameter(torch.zeros(code_rows.shape[0]), requires_grad=item_bias)
         self.dropout = dropout
         self.bf16 = bf16
         self.item_input = item_input  # the input row = (item vector + action row) / 2, tied to the output
@@ -153,7 +160,7 @@ class EventsModel(_module_base()):  # type: ignore[misc]
         h = self.hidden(items, acts, mask)
         keep = mask[:, 1:] > 0
         pred = h[:, :-1][keep] + self.shift[acts[:, 1:][keep]]
-        logits = pred @ self.item_matrix().T
+        logits = pred @ self.item_matrix().T + self.item_bias
         return F.cross_entropy(logits, items[:, 1:][keep]), int(keep.sum())
 
     def scores(self, items: Any, acts: Any, mask: Any, action: int) -> Any:
@@ -162,7 +169,7 @@ class EventsModel(_module_base()):  # type: ignore[misc]
 
         h = self.hidden(items, acts, mask)
         last = h[torch.arange(h.shape[0]), mask.sum(1) - 1] + self.shift[action]
-        return last @ self.item_matrix().T
+        return last @ self.item_matrix().T + self.item_bias
 
     @property
     def trunk(self) -> list[Any]:
@@ -197,7 +204,7 @@ def materialise(em: Any, tokenizer: Any, token_map: Any, item_ids: Sequence[str]
         event_in = torch.cat([em.event_embeddings(items, torch.full_like(items, a)) for a in range(len(actions))])
         mat = em.item_matrix().float()
         event_out = mat.repeat(len(actions), 1)  # every action's token of item i predicts item i
-        bias = (em.shift.float() @ mat.T).numpy().astype(np.float32)  # [A, I]
+        bias = (em.shift.float() @ mat.T + em.item_bias.float()).numpy().astype(np.float32)  # [A, I]
         emb = model.get_input_embeddings().weight.detach()[:base]
         hidden = emb.shape[1]
         size = base + len(names)
@@ -356,6 +363,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     from chatrec.evaluation import Catalog
     from finetune.sequence import (
         CHECKPOINTS,
+        LAST,
         TRAINED,
         TRIM_EVERY,
         lr_factor,
@@ -367,6 +375,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         use_bf16,
         window_order,
     )
+    from finetune.train_state import TailAverage
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -395,7 +404,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
                               for i in catalog.ids])
     action_rows = torch.tensor([token_map.action_id(a) - first for a in action_names])
     bf16 = use_bf16(cfg.bf16, "cpu")
-    em = EventsModel(rm, code_rows, action_rows, cfg.dropout or 0.0, bf16, cfg.events_item_input)
+    em = EventsModel(rm, code_rows, action_rows, cfg.dropout or 0.0, bf16, cfg.events_item_input,
+                     cfg.events_item_bias)
     max_len = cfg.events_max_len
     wins = windows(user_sequences(split.train, catalog.index, action_index), max_len)
     if not wins:
@@ -403,7 +413,9 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     targets_per_pass = sum(len(w[0]) - 1 for w in wins)
     positive_action = next((action_index[a] for a in positive if a in action_index), 0)
     groups = optimizer_groups(rm, cfg)  # the recipe's; the item vectors and action shifts train as rows
-    groups[0]["params"] = [*groups[0]["params"], em.residual, em.shift]
+    groups[0]["params"] = [*groups[0]["params"], em.residual, em.shift,
+                           *([em.item_bias] if cfg.events_item_bias else [])]
+    average = TailAverage([p for g in groups for p in g["params"]])  # `average_from`: serve the tail's mean
     opt = torch.optim.AdamW(groups)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     planned = cfg.max_steps or (None if budget else math.ceil(cfg.epochs * len(wins) / cfg.batch_size))
@@ -445,6 +457,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
                 p.grad = None
         opt.step()
         step += 1
+        if cfg.average_from and done >= cfg.average_from and step > cfg.rows_steps:
+            average.update()
         if step % TRIM_EVERY == 0:
             release_free_memory()
         targets += n
@@ -460,6 +474,10 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
             save(ckpt_root / name)
             snapshots[name] = {"minutes": minutes, "step": step, **validate()}
     bar.close()
+    if average.count:  # keep the last step's weights (and their validation) for comparison, serve the mean
+        save(ckpt_root / LAST)
+        snapshots[LAST] = {"minutes": round(trained_s / 60, 2), "step": step, **validate()}
+        average.copy_to_params()
     em.eval()
     trained = save(bundle.path(TRAINED))
     metrics = validate()
@@ -472,7 +490,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         "recipe": "sequence", "reading": "events", "lora": False, "processes": 1, "windows": len(wins),
         "chat_rows": 0, "steps": step, "layers": rm.model.config.num_hidden_layers, "bf16": bf16,
         "train_minutes": round(trained_s / 60, 2),
-        "trained_params": sum(p.numel() for p in (rm.new_rows, em.residual, em.shift, *em.trunk)),
+        "trained_params": sum(p.numel() for p in (rm.new_rows, em.residual, em.shift, *em.trunk)) + (
+            em.item_bias.numel() if cfg.events_item_bias else 0), "averaged_steps": average.count,
         "first_loss": losses[0] if losses else float("nan"), "final_loss": float(np.mean(losses[-200:])),
         "targets": targets, "targets_per_s": targets / trained_s if trained_s else 0.0,
         "events_per_s": targets / trained_s if trained_s else 0.0,

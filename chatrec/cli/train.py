@@ -105,6 +105,8 @@ def finetune_cmd(
     events_max_len: int = typer.Option(None, "--events-max-len", help=_seq("events_max_len")),
     events_item_input: bool = typer.Option(None, "--events-item-input/--no-events-item-input",
                                            help=_seq("events_item_input")),
+    events_item_bias: bool = typer.Option(None, "--events-item-bias/--no-events-item-bias",
+                                          help=_seq("events_item_bias")),
     events_popularity: float = typer.Option(None, "--events-popularity", help=_seq("events_popularity")),
     keep_layers: int = typer.Option(None, "--keep-layers", help=_seq("keep_layers")),
     full_depth: bool = typer.Option(False, "--full-depth", help="Keep every decoder layer (--keep-layers all)."),
@@ -146,7 +148,7 @@ def finetune_cmd(
         raise ConfigError("use either --keep-layers N or --full-depth")
     overrides = {
         "reading": reading, "events_max_len": events_max_len, "events_item_input": events_item_input,
-        "events_popularity": events_popularity,
+        "events_popularity": events_popularity, "events_item_bias": events_item_bias,
         "keep_layers": keep_layers, "max_minutes": max_minutes, "max_steps": max_steps, "epochs": epochs,
         "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
         "batch_size": batch_size, "micro_batch_size": micro_batch_size, "group_by_length": group_by_length,

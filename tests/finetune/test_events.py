@@ -11,10 +11,11 @@ from chatrec.errors import ConfigError
 
 
 def test_events_reading_refuses_what_it_would_ignore() -> None:
-    from finetune.sequence import EVENTS_DROPOUT, SequenceConfig
+    from finetune.sequence import EVENTS_AVERAGE_FROM, EVENTS_DROPOUT, SequenceConfig
 
     assert SequenceConfig(reading="events").dropout == EVENTS_DROPOUT
-    assert SequenceConfig().dropout == 0.0
+    assert SequenceConfig(reading="events").average_from == EVENTS_AVERAGE_FROM
+    assert SequenceConfig().dropout == 0.0 and SequenceConfig().average_from == 0.0
     with pytest.raises(ConfigError, match="lora"):
         SequenceConfig(reading="events", lora=True)
     with pytest.raises(ConfigError, match="reading"):
@@ -57,6 +58,7 @@ def test_the_materialised_model_scores_what_the_trained_one_scores(tmp_path: Pat
     with torch.no_grad():  # non-zero item residuals and action shifts, as training leaves them
         em.residual.copy_(torch.randn(em.residual.shape, generator=gen) * 0.1)
         em.shift.copy_(torch.randn(em.shift.shape, generator=gen) * 0.1)
+        em.item_bias.copy_(torch.randn(em.item_bias.shape, generator=gen) * 0.1)
     em.eval()
     item_ids = sids["item_id"].astype(str).tolist()
     out = materialise(em, tok, tm, item_ids, actions, 50, bundle.model_dir, tmp_path / "served")
@@ -107,6 +109,28 @@ def test_finetune_export_and_recommend_with_the_events_reading(tmp_path: Path) -
         assert len(rec.event_prompt(history)) == 3
     finally:
         rec.close()
+
+
+def test_the_item_bias_trains_and_the_tail_average_is_served(tmp_path: Path) -> None:
+    """`events_item_bias` trains a logit offset per item, and `average_from` serves the mean of the tail's
+    weights: the last step's model is kept (and scored) as the snapshot `seq-last`, and differs from it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from chatrec.testing import make_tiny_bundle
+    from finetune.sequence import LAST, SequenceConfig, train_sequences
+
+    bundle = make_tiny_bundle(tmp_path / "b", n_items=60, n_users=24)
+    cfg = SequenceConfig(reading="events", max_steps=20, batch_size=8, rows_steps=5, warmup_steps=3, eval_users=10,
+                         bf16="off", num_threads=2, events_item_bias=True, average_from=0.5, events_popularity=0.0)
+    counts = train_sequences(bundle, cfg, quiet=True)
+    assert counts["averaged_steps"] == 10  # steps 11-20: the second half
+    manifest = bundle.stage("finetune")
+    assert manifest is not None and 0.0 <= manifest["snapshots"][LAST]["ndcg@10"] <= 1.0
+    mean = load_file(str(bundle.path("trained") / "model.safetensors"))
+    last = load_file(str(bundle.path("checkpoints") / LAST / "model.safetensors"))
+    assert mean.keys() == last.keys()
+    assert any(not torch.equal(mean[k], last[k]) for k in mean)
 
 
 def test_the_popularity_prior_is_chosen_on_validation_and_served(tmp_path: Path) -> None:
