@@ -366,6 +366,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         LAST,
         TRAINED,
         TRIM_EVERY,
+        in_averaged_tail,
         lr_factor,
         optimizer_groups,
         peak_memory_mb,
@@ -415,7 +416,8 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
     groups = optimizer_groups(rm, cfg)  # the recipe's; the item vectors and action shifts train as rows
     groups[0]["params"] = [*groups[0]["params"], em.residual, em.shift,
                            *([em.item_bias] if cfg.events_item_bias else [])]
-    average = TailAverage([p for g in groups for p in g["params"]])  # `average_from`: serve the tail's mean
+    trained_params = [p for g in groups for p in g["params"]]
+    average = TailAverage(trained_params)  # `average_from`: serve the tail's mean
     opt = torch.optim.AdamW(groups)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
     planned = cfg.max_steps or (None if budget else math.ceil(cfg.epochs * len(wins) / cfg.batch_size))
@@ -457,7 +459,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
                 p.grad = None
         opt.step()
         step += 1
-        if cfg.average_from and done >= cfg.average_from and step > cfg.rows_steps:
+        if in_averaged_tail(cfg, done, step):
             average.update()
         if step % TRIM_EVERY == 0:
             release_free_memory()
@@ -490,8 +492,7 @@ def train_events(bundle: Bundle, cfg: SequenceConfig, *, quiet: bool = False) ->
         "recipe": "sequence", "reading": "events", "lora": False, "processes": 1, "windows": len(wins),
         "chat_rows": 0, "steps": step, "layers": rm.model.config.num_hidden_layers, "bf16": bf16,
         "train_minutes": round(trained_s / 60, 2),
-        "trained_params": sum(p.numel() for p in (rm.new_rows, em.residual, em.shift, *em.trunk)) + (
-            em.item_bias.numel() if cfg.events_item_bias else 0), "averaged_steps": average.count,
+        "trained_params": sum(p.numel() for p in trained_params), "averaged_steps": average.count,
         "first_loss": losses[0] if losses else float("nan"), "final_loss": float(np.mean(losses[-200:])),
         "targets": targets, "targets_per_s": targets / trained_s if trained_s else 0.0,
         "events_per_s": targets / trained_s if trained_s else 0.0,

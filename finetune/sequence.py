@@ -419,6 +419,11 @@ def recipe_model(source: str | Path, cfg: SequenceConfig, device: str = "cpu") -
     return rm, peft_model, tokenizer, token_map
 
 
+def in_averaged_tail(cfg: SequenceConfig, done: float, step: int) -> bool:
+    """Whether the weights after `step` (`done` of the run) join the tail average (`average_from`)."""
+    return bool(cfg.average_from) and done >= cfg.average_from and step > cfg.rows_steps  # type: ignore[operator]
+
+
 def optimizer_groups(rm: Any, cfg: SequenceConfig) -> list[dict[str, Any]]:
     """AdamW's parameter groups: the added rows at `rows_learning_rate` with `rows_weight_decay`, the trunk
     (kept layers or LoRA matrices) at `learning_rate` with `weight_decay`; `peak` is what the schedule scales."""
@@ -576,7 +581,7 @@ def train_sequences(bundle: Bundle | str | Path, config: SequenceConfig | None =
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if cfg.average_from and done >= cfg.average_from and step > cfg.rows_steps:
+            if in_averaged_tail(cfg, done, step):
                 average.update()
             value = float(accelerator.reduce(part.to(device), "sum")) if world > 1 else float(part)
             if kind == "sequence":
