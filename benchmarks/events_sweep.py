@@ -28,20 +28,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_FILES = ("catalog.parquet", "interactions.parquet", "manifest.json", "sids.parquet")
-BASE_DIRS = ("model", "sids", "quarantine")
+sys.path[0] = str(REPO)  # the repo, not benchmarks/: its serve.py would shadow the serve package
+from benchmarks.sequence_recipe import TRAINING_OUTPUTS  # noqa: E402
 
 
 def arm_bundle(base: Path, name: str) -> Path:
-    """A fresh bundle for one arm: the base's files copied, its directories linked (read only here)."""
+    """A fresh bundle for one arm: the base without its training outputs, as `sequence_recipe.untrained_copy`
+    makes, but kept (an arm's model may be exported and served) and with the extended model linked, not
+    copied (0.5 GB an arm; finetune only reads it)."""
     out = base.parent / f"{base.name}-sweep" / name
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    for f in BASE_FILES:
-        shutil.copy2(base / f, out / f)
-    for d in BASE_DIRS:
-        if (base / d).exists():
-            (out / d).symlink_to((base / d).resolve())
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns(*TRAINING_OUTPUTS, "model", "*.log"))
+    (out / "model").symlink_to((base / "model").resolve())
     return out
 
 

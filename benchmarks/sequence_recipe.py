@@ -34,11 +34,14 @@ def run(bundle: Path, args: list[str], env: dict[str, str] | None = None) -> Non
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
 
 
+TRAINING_OUTPUTS = ("checkpoints", "trained", "adapter", "export", "eval*")  # what a finetune run writes or feeds
+
+
 def untrained_copy(bundle: Path, prefix: str) -> tuple[Path, Path]:
     """(scratch folder, copy of `bundle` in it without training outputs); remove the folder when done."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     copy = work / "bundle"
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoints", "trained", "adapter", "export", "eval*"))
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns(*TRAINING_OUTPUTS))
     return work, copy
 
 

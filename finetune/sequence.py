@@ -421,7 +421,9 @@ def recipe_model(source: str | Path, cfg: SequenceConfig, device: str = "cpu") -
 
 def in_averaged_tail(cfg: SequenceConfig, done: float, step: int) -> bool:
     """Whether the weights after `step` (`done` of the run) join the tail average (`average_from`)."""
-    return bool(cfg.average_from) and done >= cfg.average_from and step > cfg.rows_steps  # type: ignore[operator]
+    if not cfg.average_from:  # None or 0: no average
+        return False
+    return done >= cfg.average_from and step > cfg.rows_steps
 
 
 def optimizer_groups(rm: Any, cfg: SequenceConfig) -> list[dict[str, Any]]:
